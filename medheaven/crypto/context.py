@@ -1,0 +1,220 @@
+"""Key custody: secret and public CKKS contexts are different types.
+
+``SecretContext`` can encrypt and decrypt and lives only in hospital processes. ``PublicContext`` can only hold
+and add ciphertexts; aggregation code is typed to accept nothing else, and its serialisation path has no way to
+include a secret key (TenSEAL's ``make_context_public`` drops it, and we re-check after loading).
+
+Neither file carries relinearisation or Galois keys: FedAvg only adds, and Galois keys alone would make the
+public context ~35 MB instead of ~125 KB.
+
+Files are msgpack maps ``{"format", "kind", "params", "fingerprint", "tenseal"}``; msgpack rather than pickle
+because loading a pickle runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import tenseal as ts
+
+from medheaven.crypto.planning import CkksParameters
+from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError
+
+CONTEXT_FORMAT = 1
+_MAX_CONTEXT_FILE = 64 * 1024 * 1024
+
+
+def _serialise(context: ts.Context, *, secret: bool) -> bytes:
+    data: bytes = context.serialize(
+        save_public_key=True, save_secret_key=secret, save_galois_keys=False, save_relin_keys=False
+    )
+    return data
+
+
+@dataclass(frozen=True)
+class PublicContext:
+    """Holds and adds ciphertexts; cannot decrypt."""
+
+    params: CkksParameters
+    fingerprint: str
+    tenseal: ts.Context
+
+    def __post_init__(self) -> None:
+        if self.tenseal.is_private() or self.tenseal.has_secret_key():
+            raise KeyCustodyError("refusing to build a PublicContext around a context that holds a secret key")
+
+    def to_bytes(self) -> bytes:
+        return _wrap("public-context", self.params, self.fingerprint, _serialise(self.tenseal, secret=False))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "public context") -> PublicContext:
+        kind, params, fingerprint, raw = _unwrap(data, source=source)
+        if kind != "public-context":
+            raise KeyCustodyError(
+                f"{source} is a {kind} file; the aggregator and the store only ever take the public context"
+            )
+        if hashlib.sha256(raw).hexdigest() != fingerprint:
+            raise CryptoError(f"{source}: fingerprint does not match its contents; the file is corrupt")
+        context = ts.context_from(raw)
+        return cls(params=params, fingerprint=fingerprint, tenseal=context)
+
+
+@dataclass(frozen=True)
+class SecretContext:
+    """Encrypts and decrypts. Only hospitals (key holders) ever construct one."""
+
+    params: CkksParameters
+    fingerprint: str
+    tenseal: ts.Context
+
+    def __post_init__(self) -> None:
+        if not self.tenseal.has_secret_key():
+            raise KeyCustodyError("a SecretContext needs a context with its secret key")
+
+    def public(self) -> PublicContext:
+        public = self.tenseal.copy()
+        public.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
+        return PublicContext(params=self.params, fingerprint=self.fingerprint, tenseal=public)
+
+    def to_bytes(self) -> bytes:
+        return _wrap("secret-context", self.params, self.fingerprint, _serialise(self.tenseal, secret=True))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "secret context") -> SecretContext:
+        kind, params, fingerprint, raw = _unwrap(data, source=source)
+        if kind != "secret-context":
+            raise KeyCustodyError(f"{source} is a {kind} file, not a secret context")
+        context = ts.context_from(raw)
+        context.global_scale = 2.0**params.scale_bits
+        return cls(params=params, fingerprint=fingerprint, tenseal=context)
+
+    def encrypt(self, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
+        bits = self.params.scale_bits if scale_bits is None else scale_bits
+        vector = ts.ckks_vector(self.tenseal, values, scale=2.0**bits)
+        data: bytes = vector.serialize()
+        return data
+
+    def decrypt(self, chunk: bytes) -> np.ndarray:
+        vector = ts.ckks_vector_from(self.tenseal, chunk)
+        return np.asarray(vector.decrypt(), dtype=np.float64)
+
+
+def create_key_material(params: CkksParameters) -> SecretContext:
+    """Generate a fresh CKKS key set for the federation (the key ceremony's only cryptographic step)."""
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+    )
+    context.global_scale = 2.0**params.scale_bits
+    public = context.copy()
+    public.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
+    fingerprint = hashlib.sha256(_serialise(public, secret=False)).hexdigest()
+    return SecretContext(params=params, fingerprint=fingerprint, tenseal=context)
+
+
+def _wrap(kind: str, params: CkksParameters, fingerprint: str, raw: bytes) -> bytes:
+    payload = {
+        "format": CONTEXT_FORMAT,
+        "kind": kind,
+        "params": params.to_dict(),
+        "fingerprint": fingerprint,
+        "tenseal": raw,
+    }
+    data: bytes = msgpack.packb(payload, use_bin_type=True)
+    return data
+
+
+def _unwrap(data: bytes, *, source: str) -> tuple[str, CkksParameters, str, bytes]:
+    if len(data) > _MAX_CONTEXT_FILE:
+        raise CryptoError(f"{source} is {len(data)} bytes, more than any MedHeaven context file")
+    try:
+        payload = msgpack.unpackb(data, raw=False, max_bin_len=_MAX_CONTEXT_FILE, max_str_len=4096)
+        if not isinstance(payload, dict) or payload.get("format") != CONTEXT_FORMAT:
+            raise ValueError("not a MedHeaven context file (format 1)")
+        kind = str(payload["kind"])
+        params = CkksParameters.from_dict(payload["params"])
+        fingerprint = str(payload["fingerprint"])
+        raw = payload["tenseal"]
+        if not isinstance(raw, bytes):
+            raise ValueError("context bytes missing")
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise CryptoError(f"{source} is not a MedHeaven context file ({exc}); run `medheaven keys init`") from exc
+    return kind, params, fingerprint, raw
+
+
+def write_secret_file(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Create a file readable by its owner only (0600), never widening permissions even for an instant."""
+    if path.exists() and not force:
+        raise ConfigurationError(f"{path} exists; pass --force to replace it (the old key will be lost)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def write_public_file(path: Path, data: bytes, *, force: bool = False) -> None:
+    if path.exists() and not force:
+        raise ConfigurationError(f"{path} exists; pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def check_secret_file_mode(path: Path) -> None:
+    """A secret key readable by group or others is refused: fix it with chmod 600."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"secret key file {path} does not exist") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyCustodyError(
+            f"secret key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run `chmod 600 {path}`"
+        )
+
+
+def load_secret_context(path: Path) -> SecretContext:
+    check_secret_file_mode(path)
+    return SecretContext.from_bytes(path.read_bytes(), source=str(path))
+
+
+def load_public_context(path: Path) -> PublicContext:
+    if not path.is_file():
+        raise ConfigurationError(f"public context file {path} does not exist; run `medheaven keys init`")
+    return PublicContext.from_bytes(path.read_bytes(), source=str(path))
+
+
+def describe_context_file(path: Path) -> dict[str, Any]:
+    """What `medheaven keys show` prints: parameters, fingerprint, sizes, and whether a secret key is inside."""
+    data = path.read_bytes()
+    kind, params, fingerprint, raw = _unwrap(data, source=str(path))
+    context = ts.context_from(raw)
+    return {
+        "path": str(path),
+        "kind": kind,
+        "fingerprint": fingerprint,
+        "file_bytes": len(data),
+        "has_secret_key": bool(context.has_secret_key()),
+        "has_galois_keys": bool(context.has_galois_keys()),
+        "has_relin_keys": bool(context.has_relin_keys()),
+        "poly_modulus_degree": params.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+        "scale_bits": params.scale_bits,
+        "max_abs_weight": params.max_abs_weight,
+        "max_total_samples": params.max_total_samples,
+        "precision": params.precision,
+        "error_bound": params.error_bound,
+        "mode": f"{stat.S_IMODE(path.stat().st_mode):o}",
+    }

@@ -1,0 +1,212 @@
+"""Choosing a schema and turning a raw CSV into the cleaned frame every other step works on.
+
+The cleaned frame holds only the schema's features (numeric as float64 with NaN for missing, categorical as
+object strings with missing as the literal ``"missing"``), ``group`` (the patient, as a string) and ``label``
+(0/1). Its index is the 0-based data row of the source file, so rows can be traced back (and joined to the raw
+file, e.g. to partition by a column that is not a feature).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from medheaven.data.diabetes130 import clean_diabetes130, diabetes130_schema
+from medheaven.data.encoding import FeatureLayout
+from medheaven.data.generic import drop_identifier_columns, infer_column_kinds, read_schema_file
+from medheaven.data.johns import clean_johns, johns_schema
+from medheaven.data.schemas import GROUP, LABEL, MISSING, PREPARED, SCHEMA_NAMES, Schema
+from medheaven.errors import DataFileError, SchemaError, TargetError
+
+# Read everything as text first: only "?" and empty cells are missing, so that "None" (a real level of
+# max_glu_serum and A1Cresult: test not taken) and "NA" survive as values.
+NA_VALUES = ["?", ""]
+NUMERIC_MISSING = frozenset({"", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "none"})
+
+_stderr = Console(stderr=True)
+
+
+def get_schema(name: str, *, schema_file: Path | None = None, target: str = "30d") -> Schema:
+    """A built-in schema by name, a generic one from ``schema_file``, or ``"prepared"`` for split output."""
+    if name == "diabetes130":
+        return diabetes130_schema(target)
+    if name == "johns":
+        return johns_schema()
+    if name == "generic":
+        if schema_file is None:
+            raise SchemaError(
+                "the generic schema needs a schema file: pass --schema-file PATH (JSON or YAML)"
+            )
+        return read_schema_file(schema_file)
+    if name == PREPARED:
+        return prepared_schema(schema_file)
+    raise SchemaError(f"unknown schema {name!r}; choose one of: {', '.join(SCHEMA_NAMES)}")
+
+
+def prepared_schema(schema_file: Path | None = None) -> Schema:
+    """The schema of files written by ``write_split``; features come from its schema.json or layout.json."""
+    base = Schema(PREPARED, LABEL, ("1",), GROUP, (), (), (), ())
+    if schema_file is None:
+        return base
+    data = _read_json(schema_file)
+    if "target" in data:
+        written = Schema.from_dict(data)
+        return replace(base, categorical=written.categorical, numeric=written.numeric)
+    layout = FeatureLayout.from_dict(data)
+    return replace(base, categorical=tuple(c for c, _ in layout.categorical), numeric=layout.numeric)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SchemaError(f"schema file {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"schema file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SchemaError(f"schema file {path} must hold a JSON object")
+    return data
+
+
+def read_raw_csv(path: Path) -> pd.DataFrame:
+    """The file as text columns, index = 0-based data row. Raises DataFileError for missing/empty/unreadable."""
+    if not path.is_file():
+        raise DataFileError(f"data file {path} does not exist; check the --data path")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=NA_VALUES)
+    except pd.errors.EmptyDataError as exc:
+        raise DataFileError(
+            f"data file {path} is empty: it needs a header row and at least one data row"
+        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise DataFileError(f"data file {path} cannot be read as CSV: {exc}") from exc
+    raw.columns = pd.Index([str(c).strip() for c in raw.columns])
+    if raw.empty:
+        raise DataFileError(f"data file {path} has a header but no data rows")
+    return raw
+
+
+def load_dataset(path: Path, schema: Schema) -> pd.DataFrame:
+    return load_frame(read_raw_csv(path), _resolve_prepared(schema, path), source=path)
+
+
+def load_frame(
+    raw: pd.DataFrame, schema: Schema, *, source: Path | str = "<in-memory frame>"
+) -> pd.DataFrame:
+    """Like :func:`load_dataset` for a raw frame already in memory (e.g. :func:`generate_synthetic`'s)."""
+    if raw.empty:
+        raise DataFileError(f"data {source} has no rows")
+    path = Path(source) if isinstance(source, str) else source
+    # Frames built in memory spell missing as "?" like the files do; read_raw_csv has already turned it into NaN.
+    raw = raw.mask(raw.isin(NA_VALUES))
+    _require_columns(raw, schema, path)
+    raw, schema = _clean(raw, schema, path)
+    if raw.empty:
+        raise DataFileError(f"data file {path} has no rows left after cleaning for schema {schema.name!r}")
+    missing = [c for c in schema.feature_columns if c not in raw.columns]
+    if missing:
+        raise SchemaError(
+            f"data file {path} lacks column(s) {', '.join(missing)} required by schema {schema.name!r}"
+        )
+    columns: dict[str, pd.Series] = {}
+    for column in schema.numeric:
+        columns[column] = parse_numeric(raw[column], column=column, path=path)
+    for column in schema.categorical:
+        columns[column] = clean_categorical(raw[column])
+    columns[GROUP] = _group(raw, schema)
+    columns[LABEL] = make_label(raw[schema.target], schema, path=path)
+    return pd.DataFrame(columns, index=raw.index)
+
+
+def _resolve_prepared(schema: Schema, path: Path) -> Schema:
+    if schema.name != PREPARED or schema.feature_columns:
+        return schema
+    for candidate in (path.parent / "schema.json", path.parent / "layout.json"):
+        if candidate.is_file():
+            return prepared_schema(candidate)
+    raise SchemaError(
+        f"data file {path}: the prepared schema needs schema.json or layout.json next to it (written by data split)"
+    )
+
+
+def _require_columns(raw: pd.DataFrame, schema: Schema, path: Path) -> None:
+    if schema.target not in raw.columns:
+        raise TargetError(
+            f"data file {path} has no target column {schema.target!r} (schema {schema.name!r}); "
+            f"columns present: {_preview(raw.columns)}"
+        )
+    if schema.group_column is not None and schema.group_column not in raw.columns:
+        raise SchemaError(
+            f"data file {path} has no patient column {schema.group_column!r} (schema {schema.name!r}); "
+            f"columns present: {_preview(raw.columns)}"
+        )
+
+
+def _preview(columns: pd.Index, limit: int = 12) -> str:
+    names = [str(c) for c in columns]
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _clean(raw: pd.DataFrame, schema: Schema, path: Path) -> tuple[pd.DataFrame, Schema]:
+    keep = {schema.group_column, schema.target}
+    raw = raw.drop(columns=[c for c in schema.identifier_columns if c in raw.columns and c not in keep])
+    if schema.name == "diabetes130":
+        return clean_diabetes130(raw), schema
+    if schema.name == "johns":
+        return clean_johns(raw), schema
+    if schema.name == "generic":
+        raw = drop_identifier_columns(raw, schema, path=path, console=_stderr)
+        return raw, infer_column_kinds(raw, schema, path=path, console=_stderr)
+    return raw, schema
+
+
+def parse_numeric(values: pd.Series, *, column: str, path: Path) -> pd.Series:
+    text = values.astype("object")
+    missing = text.isna() | text.astype(str).str.strip().isin(NUMERIC_MISSING)
+    parsed = pd.to_numeric(text.where(~missing), errors="coerce").astype(np.float64)
+    bad = (parsed.isna() | np.isinf(parsed)) & ~missing
+    if bad.any():
+        row = bad.index[bad.to_numpy().argmax()]
+        raise DataFileError(
+            f"data file {path}: column {column!r} must be numeric but holds {str(text.loc[row])!r} at data row "
+            f"{int(row) + 1} (line {int(row) + 2}) and {int(bad.sum())} row(s) in all; fix or blank those values"
+        )
+    return parsed
+
+
+def clean_categorical(values: pd.Series) -> pd.Series:
+    text = values.astype("object").where(values.notna(), MISSING).astype(str).str.strip()
+    return text.where(text != "", MISSING).astype("object")
+
+
+def _group(raw: pd.DataFrame, schema: Schema) -> pd.Series:
+    if schema.group_column is None:
+        # Without a patient column each row is its own patient.
+        return pd.Series([f"row{i}" for i in raw.index], index=raw.index, dtype="object")
+    groups = raw[schema.group_column].astype("object")
+    fallback = pd.Series([f"row{i}" for i in raw.index], index=raw.index, dtype="object")
+    return groups.where(groups.notna(), fallback).astype(str).str.strip().astype("object")
+
+
+def make_label(values: pd.Series, schema: Schema, *, path: Path) -> pd.Series:
+    text = values.astype("object")
+    if text.isna().any():
+        row = text.index[text.isna().to_numpy().argmax()]
+        raise TargetError(
+            f"data file {path}: target column {schema.target!r} is empty on {int(text.isna().sum())} row(s), "
+            f"first at data row {int(row) + 1}; fill or remove those rows"
+        )
+    label = text.astype(str).str.strip().isin(schema.positive_values).astype(np.int64)
+    if label.nunique() < 2:
+        seen = ", ".join(sorted(text.astype(str).str.strip().unique())[:10])
+        raise TargetError(
+            f"data file {path}: target column {schema.target!r} has a single class after mapping "
+            f"(positive values {list(schema.positive_values)}, values seen: {seen}); a model needs both classes"
+        )
+    return label

@@ -1,0 +1,1 @@
+"""Federated averaging as plain functions: plaintext reference, hospital side, aggregator side."""

@@ -1,0 +1,357 @@
+"""Aggregator side of a round: fold receipts as they arrive, finalise with the manifest as the commit.
+
+State and its durability:
+
+* The running encrypted sum lives in memory (one model's worth, whatever the number of hospitals).
+* The *ledger* (``updates/<r>/ledger.json``) records which hospitals have been folded, written atomically after
+  each fold and before the task is acknowledged. It is the source of truth: an aggregator that restarts rebuilds
+  the sum by re-folding exactly the ledger's envelopes, which stay in the store until the round commits. A
+  redelivered receipt whose hospital is already in the ledger is a no-op, so each hospital is folded at most once
+  per round however often the broker delivers it.
+* If anything fails after the in-memory sum changed but before the ledger was written, the in-memory sum is
+  dropped and rebuilt from the ledger on next use.
+* Finalising writes the result envelope, then the manifest with create-only semantics; the manifest's existence
+  is the commit. Receipts for a committed or failed attempt are rejected.
+
+Exactly one aggregator process (concurrency 1) serves the ``aggregate`` queue: the in-memory sum is per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from medheaven.crypto.context import PublicContext
+from medheaven.crypto.envelope import Envelope
+from medheaven.crypto.signing import HospitalRegistry
+from medheaven.errors import (
+    DigestMismatchError,
+    EnvelopeError,
+    EnvelopeFormatError,
+    MedHeavenError,
+    QuorumNotReachedError,
+    RoundClosedError,
+    RoundMismatchError,
+    StoreKeyNotFoundError,
+    UnknownHospitalError,
+)
+from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
+from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
+from medheaven.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _RoundState:
+    spec: RoundSpec
+    accumulator: Accumulator
+    folded: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def hospitals(self) -> set[str]:
+        return {str(entry["hospital"]) for entry in self.folded}
+
+
+class AggregatorNode:
+    """Holds the public context and the registry only; it is typed so that it cannot be given a secret key."""
+
+    def __init__(self, store: Store, *, expected_fingerprint: str | None = None) -> None:
+        self.store = store
+        self.expected_fingerprint = expected_fingerprint
+        self._context: PublicContext | None = None
+        self._runs: dict[str, RunDescription] = {}
+        self._rounds: dict[tuple[str, str, int], _RoundState] = {}
+
+    # -- loading -----------------------------------------------------------------------------------------
+    def public_context(self) -> PublicContext:
+        if self._context is None:
+            context = PublicContext.from_bytes(
+                self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}"
+            )
+            if self.expected_fingerprint and context.fingerprint != self.expected_fingerprint:
+                raise MedHeavenError(
+                    f"the store's public context has fingerprint {context.fingerprint[:12]}…, this aggregator was "
+                    f"configured for {self.expected_fingerprint[:12]}… (MEDHEAVEN_CONTEXT_FINGERPRINT)"
+                )
+            self._context = context
+        return self._context
+
+    def registry(self) -> HospitalRegistry:
+        return HospitalRegistry.from_dict(self.store.get_json(REGISTRY_KEY))
+
+    def run(self, run: str) -> RunDescription:
+        if run not in self._runs:
+            self._runs[run] = RunDescription.from_dict(self.store.get_json(RunPaths(run).model))
+        return self._runs[run]
+
+    def _spec(self, run: str, kind: str, round_number: int) -> RoundSpec:
+        try:
+            return RoundSpec.from_dict(self.store.get_json(RunPaths(run).spec(kind, round_number)))
+        except StoreKeyNotFoundError as exc:
+            raise RoundClosedError(f"run {run!r} has no open {kind} round {round_number}") from exc
+
+    def _new_accumulator(self, description: RunDescription, length: int) -> Accumulator:
+        if description.plaintext:
+            return PlainAccumulator(slots=description.params.slots, length=length)
+        context = self.public_context()
+        if context.fingerprint != description.fingerprint:
+            raise MedHeavenError(
+                f"run {description.run!r} was keyed with {description.fingerprint[:12]}…, the store's public context "
+                f"is {context.fingerprint[:12]}…"
+            )
+        return EncryptedAccumulator(context, length=length)
+
+    def _length(self, description: RunDescription, kind: str) -> int:
+        return stats_length(description) if kind == "stats" else description.vector_length
+
+    def _load_envelope(self, description: RunDescription, kind: str, key: str, sha256: str) -> Envelope:
+        data = self.store.get(key)
+        if sha256_hex(data) != sha256:
+            raise DigestMismatchError(
+                f"{key} does not match the digest in its receipt: the stored envelope was replaced or corrupted"
+            )
+        return Envelope.from_bytes(data, limits=envelope_limits(description, length=self._length(description, kind)))
+
+    def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
+        spec = state.spec
+        expect = expectation(
+            description,
+            kind=spec.kind,
+            round_number=spec.round,
+            base=spec.base_sha256,
+            length=self._length(description, spec.kind),
+        )
+        fold_update(state.accumulator, envelope, expect=expect, registry=self.registry())
+
+    def _state(self, spec: RoundSpec) -> _RoundState:
+        """The round's in-memory state, rebuilt from the ledger if this process has none (e.g. after a crash)."""
+        slot = (spec.run, spec.kind, spec.round)
+        state = self._rounds.get(slot)
+        if state is not None and state.spec.attempt == spec.attempt:
+            return state
+        description = self.run(spec.run)
+        state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)))
+        paths = RunPaths(spec.run)
+        ledger_key = paths.ledger(spec.kind, spec.round)
+        if self.store.exists(ledger_key):
+            ledger = self.store.get_json(ledger_key)
+            if int(ledger.get("attempt", -1)) == spec.attempt:
+                for entry in ledger["folded"]:
+                    envelope = self._load_envelope(description, spec.kind, entry["key"], entry["sha256"])
+                    self._fold_envelope(state, description, envelope)
+                    state.folded.append(entry)
+                state.rejected = list(ledger.get("rejected", []))
+                log.info(
+                    "rebuilt %s round %s of %s from its ledger (%d folded)",
+                    spec.kind,
+                    spec.round,
+                    spec.run,
+                    len(state.folded),
+                )
+        self._rounds[slot] = state
+        return state
+
+    def _write_ledger(self, state: _RoundState) -> None:
+        spec = state.spec
+        self.store.put_json(
+            RunPaths(spec.run).ledger(spec.kind, spec.round),
+            {
+                "run": spec.run,
+                "kind": spec.kind,
+                "round": spec.round,
+                "attempt": spec.attempt,
+                "folded": state.folded,
+                "rejected": state.rejected,
+            },
+        )
+
+    def _check_open(self, spec: RoundSpec, receipt: Receipt, *, now: float) -> None:
+        paths = RunPaths(spec.run)
+        if receipt.attempt != spec.attempt:
+            raise RoundMismatchError(
+                f"receipt from {receipt.hospital!r} is for attempt {receipt.attempt} of {spec.kind} round "
+                f"{spec.round}; attempt {spec.attempt} is the open one"
+            )
+        if self.store.exists(paths.manifest(spec.kind, spec.round)):
+            raise RoundClosedError(f"{spec.kind} round {spec.round} of {spec.run!r} is already committed")
+        if self.store.exists(paths.failure(spec.kind, spec.round, spec.attempt)):
+            raise RoundClosedError(f"attempt {spec.attempt} of {spec.kind} round {spec.round} has failed")
+        if now > spec.deadline:
+            raise RoundClosedError(
+                f"receipt from {receipt.hospital!r} arrived {now - spec.deadline:.1f}s after the deadline of "
+                f"{spec.kind} round {spec.round}"
+            )
+        if receipt.hospital not in spec.hospitals:
+            raise UnknownHospitalError(f"hospital {receipt.hospital!r} was not selected for round {spec.round}")
+        expected_key = paths.update(spec.kind, spec.round, receipt.hospital)
+        if receipt.key != expected_key:
+            raise EnvelopeFormatError(
+                f"receipt points at {receipt.key!r}; updates of this round live at {expected_key!r}"
+            )
+
+    # -- the two tasks -----------------------------------------------------------------------------------
+    def fold(self, raw_receipt: Any, *, now: float | None = None) -> dict[str, Any]:
+        """Fold one hospital's update. Returns a small status dict; rejections are recorded and logged."""
+        receipt = Receipt.from_dict(raw_receipt)
+        try:
+            spec = self._spec(receipt.run, receipt.kind, receipt.round)
+        except RoundClosedError as exc:
+            log.warning("rejected update of %r: %s", receipt.hospital, exc)
+            return {
+                "status": "rejected",
+                "hospital": receipt.hospital,
+                "round": receipt.round,
+                "reason": "closed",
+                "message": str(exc),
+            }
+        try:
+            self._check_open(spec, receipt, now=time.time() if now is None else now)
+            state = self._state(spec)
+            if receipt.hospital in state.hospitals():
+                log.info("duplicate delivery of %s's update for round %s ignored", receipt.hospital, spec.round)
+                return {"status": "duplicate", "hospital": receipt.hospital, "round": spec.round}
+            description = self.run(spec.run)
+            clock = time.perf_counter()
+            envelope = self._load_envelope(description, spec.kind, receipt.key, receipt.sha256)
+            if envelope.hospital != receipt.hospital:
+                raise EnvelopeFormatError(
+                    f"receipt names {receipt.hospital!r} but the envelope is from {envelope.hospital!r}"
+                )
+        except (EnvelopeError, RoundClosedError, UnknownHospitalError, StoreKeyNotFoundError) as exc:
+            return self._reject(spec, receipt, exc)
+        try:
+            self._fold_envelope(state, description, envelope)
+        except EnvelopeError as exc:
+            return self._reject(spec, receipt, exc)
+        except BaseException:
+            self._rounds.pop((spec.run, spec.kind, spec.round), None)
+            raise
+        fold_seconds = time.perf_counter() - clock
+        state.folded.append(
+            {
+                "hospital": receipt.hospital,
+                "key": receipt.key,
+                "sha256": receipt.sha256,
+                "size": receipt.size,
+                "metrics": receipt.metrics,
+                "timings": {**receipt.timings, "fold": fold_seconds},
+                "folded_at": time.time(),
+            }
+        )
+        try:
+            self._write_ledger(state)
+        except BaseException:
+            self._rounds.pop((spec.run, spec.kind, spec.round), None)
+            raise
+        log.info(
+            "folded %s into %s round %s of %s (%d so far)",
+            receipt.hospital,
+            spec.kind,
+            spec.round,
+            spec.run,
+            len(state.folded),
+        )
+        return {
+            "status": "folded",
+            "hospital": receipt.hospital,
+            "round": spec.round,
+            "fold_seconds": fold_seconds,
+        }
+
+    def _reject(self, spec: RoundSpec, receipt: Receipt, exc: MedHeavenError) -> dict[str, Any]:
+        reason = getattr(exc, "reason", type(exc).__name__)
+        log.warning("rejected update of %r for %s round %s: %s", receipt.hospital, spec.kind, spec.round, exc)
+        open_attempt = receipt.attempt == spec.attempt and not isinstance(exc, RoundClosedError)
+        if open_attempt:
+            state = self._state(spec)
+            state.rejected.append(
+                {"hospital": receipt.hospital, "reason": reason, "message": str(exc), "at": time.time()}
+            )
+            self._write_ledger(state)
+        return {
+            "status": "rejected",
+            "hospital": receipt.hospital,
+            "round": spec.round,
+            "reason": reason,
+            "message": str(exc),
+        }
+
+    def finalise(self, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
+        """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
+        paths = RunPaths(run)
+        manifest_key = paths.manifest(kind, round_number)
+        if self.store.exists(manifest_key):
+            manifest = Manifest.from_dict(self.store.get_json(manifest_key))
+            return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
+        spec = self._spec(run, kind, round_number)
+        if spec.attempt != attempt:
+            raise RoundMismatchError(f"finalise asked for attempt {attempt}, the open attempt is {spec.attempt}")
+        state = self._state(spec)
+        if len(state.folded) < spec.quorum:
+            failure = {
+                "run": run,
+                "kind": kind,
+                "round": round_number,
+                "attempt": attempt,
+                "quorum": spec.quorum,
+                "folded": sorted(state.hospitals()),
+                "rejected": state.rejected,
+                "at": time.time(),
+            }
+            self.store.put_json(paths.failure(kind, round_number, attempt), failure)
+            self._rounds.pop((run, kind, round_number), None)
+            raise QuorumNotReachedError(
+                f"{kind} round {round_number} of {run!r} (attempt {attempt}) folded {len(state.folded)} of "
+                f"{len(spec.hospitals)} hospitals, quorum is {spec.quorum}: the round is not committed and the "
+                f"previous global model is untouched; resume with `medheaven-coordinator resume --run-id {run}`"
+            )
+        clock = time.perf_counter()
+        data = self._result_bytes(state)
+        result_key = paths.result(kind, round_number)
+        # not yet committed (no manifest), so a result left by a crashed finalise may be replaced
+        self.store.put(result_key, data)
+        manifest = Manifest(
+            run=run,
+            round=round_number,
+            attempt=attempt,
+            kind=kind,
+            base_sha256=spec.base_sha256,
+            result_key=result_key,
+            result_sha256=sha256_hex(data),
+            result_size=len(data),
+            selected=spec.hospitals,
+            folded=tuple(state.folded),
+            rejected=tuple(state.rejected),
+            quorum=spec.quorum,
+            opened_at=spec.opened_at,
+            deadline=spec.deadline,
+            finalised_at=time.time(),
+            timings={"finalise": time.perf_counter() - clock},
+        )
+        self.store.create_json(manifest_key, manifest.to_dict())
+        self._rounds.pop((run, kind, round_number), None)
+        log.info("committed %s round %s of %s with %s", kind, round_number, run, manifest.participants)
+        return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
+
+    def _result_bytes(self, state: _RoundState) -> bytes:
+        spec = state.spec
+        description = self.run(spec.run)
+        result = Envelope(
+            kind="stats" if spec.kind == "stats" else "global",
+            run=spec.run,
+            round=spec.round,
+            hospital="",
+            fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            base=spec.base_sha256,
+            length=state.accumulator.length,
+            scale_bits=expectation(
+                description, kind=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
+            ).scale_bits,
+            chunks=state.accumulator.to_chunks(),
+        )
+        return result.to_bytes()

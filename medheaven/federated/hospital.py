@@ -1,0 +1,338 @@
+"""Hospital side of a round, as plain methods over a store, a key and local data.
+
+A ``HospitalNode`` is what one hospital's worker process holds. It caches, per run, the prepared data, the
+federated standardiser and the compiled Keras model, so a round costs one fetch, one decryption, one local
+training and one encryption, not a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medheaven.crypto.context import SecretContext
+from medheaven.crypto.envelope import Envelope, check_envelope
+from medheaven.crypto.packing import decrypt_chunks, encrypt_chunks, pack_update, unpack_average
+from medheaven.crypto.signing import SigningKey
+from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError
+from medheaven.federated.evaluation import binary_metrics
+from medheaven.federated.fold import plain_chunks
+from medheaven.federated.paths import RunPaths
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length, stats_scale
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
+from medheaven.store.base import Store
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+
+    from medheaven.data import HospitalData, Standardiser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _RunCache:
+    description: RunDescription
+    data: HospitalData | None = None
+    standardiser: Standardiser | None = None
+    model: keras.Model | None = None
+    prepared: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class HospitalNode:
+    """One hospital: its data, the shared secret context and its own signing key."""
+
+    def __init__(
+        self,
+        *,
+        hospital_id: str,
+        store: Store,
+        frame_loader: Any,
+        secret: SecretContext | None,
+        signing_key: SigningKey,
+        validation_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        if signing_key.hospital_id != hospital_id:
+            raise ConfigurationError(
+                f"signing key belongs to {signing_key.hospital_id!r}, this node is hospital {hospital_id!r}"
+            )
+        self.hospital_id = hospital_id
+        self.store = store
+        self._frame_loader = frame_loader  # () -> pandas frame in the cleaned format; called once
+        self._frame: pd.DataFrame | None = None
+        self.secret = secret
+        self.signing_key = signing_key
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self._runs: dict[str, _RunCache] = {}
+
+    # -- caches ------------------------------------------------------------------------------------------
+    def _run(self, run: str) -> _RunCache:
+        cache = self._runs.get(run)
+        if cache is None:
+            description = RunDescription.from_dict(self.store.get_json(RunPaths(run).model))
+            if not description.plaintext:
+                if self.secret is None:
+                    raise ConfigurationError(f"run {run!r} is encrypted but hospital {self.hospital_id!r} has no key")
+                if description.fingerprint != self.secret.fingerprint:
+                    raise ConfigurationError(
+                        f"run {run!r} uses key set {description.fingerprint[:12]}…, hospital {self.hospital_id!r} "
+                        f"holds {self.secret.fingerprint[:12]}…: install the federation's secret context"
+                    )
+            cache = _RunCache(description)
+            self._runs[run] = cache
+        return cache
+
+    def _data(self, cache: _RunCache) -> HospitalData:
+        if cache.data is None:
+            from medheaven.data import FeatureLayout, prepare_hospital_data
+
+            if self._frame is None:
+                self._frame = self._frame_loader()
+            layout = FeatureLayout.from_dict(cache.description.layout)
+            cache.data = prepare_hospital_data(
+                self._frame, layout, validation_fraction=self.validation_fraction, seed=self.seed
+            )
+        return cache.data
+
+    # -- crypto helpers ----------------------------------------------------------------------------------
+    def _seal(self, run: RunDescription, values: np.ndarray, *, kind: str) -> tuple[bytes, ...]:
+        if run.plaintext:
+            return plain_chunks(values, slots=run.params.slots)
+        assert self.secret is not None
+        scale = stats_scale(run) if kind == "stats" else None
+        return encrypt_chunks(self.secret, values, scale_bits=scale)
+
+    def _open(self, run: RunDescription, envelope: Envelope) -> np.ndarray:
+        if run.plaintext:
+            return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
+        assert self.secret is not None
+        return decrypt_chunks(self.secret, envelope.chunks, length=envelope.length)
+
+    def _read_result(self, run: RunDescription, *, kind: str, round_number: int, sha256: str, base: str) -> np.ndarray:
+        paths = RunPaths(run.run)
+        length = stats_length(run) if kind == "stats" else run.vector_length
+        data = self.store.get(paths.result(kind, round_number))
+        if sha256_hex(data) != sha256:
+            raise DigestMismatchError(
+                f"{paths.result(kind, round_number)} does not match the digest its manifest announced: "
+                "the store's copy was altered or is incomplete"
+            )
+        envelope = Envelope.from_bytes(data, limits=envelope_limits(run, length=length))
+        result_kind = "stats" if kind == "stats" else "global"
+        check_envelope(
+            envelope,
+            expect=expectation(run, kind=result_kind, round_number=round_number, base=base, length=length),
+            registry=None,
+        )
+        return self._open(run, envelope)
+
+    def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int]:
+        envelope = Envelope(
+            kind=spec.kind,
+            run=run.run,
+            round=spec.round,
+            hospital=self.hospital_id,
+            fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
+            base=spec.base_sha256,
+            length=values.size,
+            scale_bits=0 if run.plaintext else (stats_scale(run) if spec.kind == "stats" else run.params.scale_bits),
+            chunks=self._seal(run, values, kind=spec.kind),
+        ).signed_by(self.signing_key)
+        data = envelope.to_bytes()
+        key = RunPaths(run.run).update(spec.kind, spec.round, self.hospital_id)
+        self.store.put(key, data)  # deterministic key: a retry overwrites instead of duplicating
+        return key, sha256_hex(data), len(data)
+
+    # -- standardisation ---------------------------------------------------------------------------------
+    def standardiser(self, run: str) -> Standardiser:
+        cache = self._run(run)
+        if cache.standardiser is None:
+            from medheaven.data import Standardiser, SufficientStats
+
+            manifest = self.store.get_json(RunPaths(run).manifest("stats", 0))
+            summed = self._read_result(
+                cache.description, kind="stats", round_number=0, sha256=manifest["result_sha256"], base=""
+            )
+            n_features = summed.size // 3
+            # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
+            cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, n_features))
+        return cache.standardiser
+
+    def _prepared(self, cache: _RunCache) -> dict[str, np.ndarray]:
+        if not cache.prepared:
+            data = self._data(cache)
+            std = self.standardiser(cache.description.run)
+            cache.prepared = {
+                "train_x": std.apply(data.train_x),
+                "train_y": data.train_y.astype(np.float32),
+                "val_x": std.apply(data.val_x),
+                "val_y": data.val_y,
+            }
+        return cache.prepared
+
+    # -- tasks -------------------------------------------------------------------------------------------
+    def compute_stats(self, spec: RoundSpec) -> Receipt:
+        """Encrypt this hospital's sufficient statistics (count, sum, sum of squares per feature)."""
+        from medheaven.data import SufficientStats
+
+        started = time.perf_counter()
+        cache = self._run(spec.run)
+        data = self._data(cache)
+        finite = data.train_x[np.isfinite(data.train_x)]
+        largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+        if largest > cache.description.max_abs_feature:
+            raise PackingError(
+                f"hospital {self.hospital_id!r}: a feature value of magnitude {largest:.4g} exceeds the run's "
+                f"max_abs_feature={cache.description.max_abs_feature}; check the data file for unit errors"
+            )
+        vector = SufficientStats.of(data.train_x).to_vector()
+        key, digest, size = self._upload(cache.description, spec, vector)
+        timings = {"total": time.perf_counter() - started}
+        return self._receipt(spec, key, digest, size, {}, timings)
+
+    def initial_model(self, run: str) -> tuple[bytes, str]:
+        """Round 0: the deterministic initial weights, encrypted as a global model with total weight 1."""
+        from medheaven.model import build_model, get_flat_weights
+
+        description = self._run(run).description
+        weights = get_flat_weights(build_model(description.model))
+        packed = pack_update(weights, 1, params=description.params)
+        envelope = Envelope(
+            kind="global",
+            run=run,
+            round=0,
+            hospital="",
+            fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            base="",
+            length=packed.size,
+            scale_bits=0 if description.plaintext else description.params.scale_bits,
+            chunks=self._seal(description, packed, kind="global"),
+        )
+        data = envelope.to_bytes()
+        return data, sha256_hex(data)
+
+    def global_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
+        """Decrypt the committed global model of ``round_number`` and divide by the decrypted total weight."""
+        from medheaven.federated.wire import Manifest
+
+        description = self._run(run).description
+        manifest = Manifest.from_dict(self.store.get_json(RunPaths(run).manifest("update", round_number)))
+        if expected_sha256 is not None and manifest.result_sha256 != expected_sha256:
+            raise DigestMismatchError(
+                f"run {run!r} round {round_number}: the round spec names global model {expected_sha256[:12]}…, "
+                f"the committed manifest says {manifest.result_sha256[:12]}…"
+            )
+        summed = self._read_result(
+            description,
+            kind="update",
+            round_number=round_number,
+            sha256=manifest.result_sha256,
+            base=manifest.base_sha256,
+        )
+        weights, _ = unpack_average(summed)
+        return weights
+
+    def train(self, spec: RoundSpec) -> Receipt:
+        """Fetch and check the global model, evaluate it, train locally, upload the encrypted pre-scaled update."""
+        from medheaven.model import compile_model, get_flat_weights, predict_risk, set_flat_weights
+
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        cache = self._run(spec.run)
+        description = cache.description
+        weights = self.global_weights(spec.run, spec.round - 1, expected_sha256=spec.base_sha256)
+        timings["fetch_decrypt"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        prepared = self._prepared(cache)
+        model = self._model(cache)
+        set_flat_weights(model, weights)
+        metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
+        timings["evaluate"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        training = spec.training
+        compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
+        _seed_round(description.model.seed, spec.round, self.hospital_id)
+        model.fit(
+            prepared["train_x"],
+            prepared["train_y"],
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            shuffle=True,
+            verbose=0,
+        )
+        timings["train"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        n_train = int(prepared["train_y"].size)
+        packed = pack_update(get_flat_weights(model), n_train, params=description.params)
+        key, digest, size = self._upload(description, spec, packed)
+        timings["encrypt_upload"] = time.perf_counter() - clock
+        reported = {k: v for k, v in metrics.items() if np.isfinite(v)}
+        return self._receipt(spec, key, digest, size, reported, timings)
+
+    def _model(self, cache: _RunCache) -> keras.Model:
+        if cache.model is None:
+            from medheaven.model import build_model
+
+            cache.model = build_model(cache.description.model)
+        return cache.model
+
+    def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
+        """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
+        from medheaven.model import predict_risk, set_flat_weights
+
+        cache = self._run(run)
+        weights = self.global_weights(run, round_number)
+        model = self._model(cache)
+        set_flat_weights(model, weights)
+        return predict_risk(model, self.standardiser(run).apply(features))
+
+    def _receipt(
+        self,
+        spec: RoundSpec,
+        key: str,
+        digest: str,
+        size: int,
+        metrics: dict[str, float],
+        timings: dict[str, float],
+    ) -> Receipt:
+        return Receipt(
+            run=spec.run,
+            round=spec.round,
+            attempt=spec.attempt,
+            kind=spec.kind,
+            hospital=self.hospital_id,
+            key=key,
+            sha256=digest,
+            size=size,
+            metrics=metrics,
+            timings=timings,
+        )
+
+
+def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:
+    import keras
+
+    offset = int(hashlib.sha256(hospital_id.encode()).hexdigest()[:6], 16)
+    keras.utils.set_random_seed((seed * 1_000_003 + round_number * 7919 + offset) % (2**31))
+
+
+def load_frame_from_path(path: Path, *, schema_name: str, schema_file: Path | None) -> Any:
+    """A frame loader for HospitalNode: reads the hospital's file with its schema, once."""
+    from medheaven.data import get_schema, load_dataset
+
+    def loader() -> Any:
+        return load_dataset(path, get_schema(schema_name, schema_file=schema_file))
+
+    return loader

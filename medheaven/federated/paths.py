@@ -1,0 +1,56 @@
+"""Where a run's files live in the store (the layout of ARCHITECTURE.md, under ``<run>/``).
+
+Federation-wide files sit at the store root: ``context.public`` and ``hospitals.json`` are shared by every run
+that uses the same key set and hospitals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTEXT_KEY = "context.public"
+REGISTRY_KEY = "hospitals.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run: str
+
+    @property
+    def model(self) -> str:
+        return f"{self.run}/model.json"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.run}/metrics.jsonl"
+
+    def phase_dir(self, kind: str, round_number: int) -> str:
+        return f"{self.run}/stats" if kind == "stats" else f"{self.run}/rounds/{round_number}"
+
+    def updates_dir(self, kind: str, round_number: int) -> str:
+        return f"{self.run}/stats/updates" if kind == "stats" else f"{self.run}/updates/{round_number}"
+
+    def spec(self, kind: str, round_number: int) -> str:
+        return f"{self.phase_dir(kind, round_number)}/spec.json"
+
+    def manifest(self, kind: str, round_number: int) -> str:
+        return f"{self.phase_dir(kind, round_number)}/manifest.json"
+
+    def failure(self, kind: str, round_number: int, attempt: int) -> str:
+        return f"{self.phase_dir(kind, round_number)}/failed-{attempt}.json"
+
+    def result(self, kind: str, round_number: int) -> str:
+        name = "summed.ckks" if kind == "stats" else "global.ckks"
+        return f"{self.phase_dir(kind, round_number)}/{name}"
+
+    def update(self, kind: str, round_number: int, hospital: str) -> str:
+        return f"{self.updates_dir(kind, round_number)}/{hospital}.ckks"
+
+    def ledger(self, kind: str, round_number: int) -> str:
+        return f"{self.updates_dir(kind, round_number)}/ledger.json"
+
+    def global_model(self, round_number: int) -> str:
+        return self.result("update", round_number)
+
+    def test_scores(self) -> str:
+        return f"{self.run}/final-test.json"

@@ -1,0 +1,44 @@
+"""Round-protocol rules shared by hospitals and the aggregator: what an envelope of a round must look like."""
+
+from __future__ import annotations
+
+import hashlib
+
+from medheaven.crypto.envelope import EnvelopeExpectation, EnvelopeLimits
+from medheaven.crypto.packing import stats_scale_bits
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RunDescription
+
+
+def envelope_limits(run: RunDescription, *, length: int | None = None) -> EnvelopeLimits:
+    vector = length if length is not None else run.vector_length
+    chunks = run.params.chunk_count(vector)
+    chunk_bytes = run.params.slots * 8 if run.plaintext else run.params.max_chunk_bytes()
+    return EnvelopeLimits(max_chunks=chunks, max_chunk_bytes=chunk_bytes, max_length=vector)
+
+
+def expectation(run: RunDescription, *, kind: str, round_number: int, base: str, length: int) -> EnvelopeExpectation:
+    return EnvelopeExpectation(
+        kind=kind,
+        run=run.run,
+        round=round_number,
+        fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
+        base=base,
+        length=length,
+        chunk_count=run.params.chunk_count(length),
+        scale_bits=0 if run.plaintext else (stats_scale(run) if kind == "stats" else run.params.scale_bits),
+    )
+
+
+def stats_scale(run: RunDescription) -> int:
+    return stats_scale_bits(run.params, max_abs_feature=run.max_abs_feature)
+
+
+def stats_length(run: RunDescription) -> int:
+    """Sufficient statistics are count, sum and sum of squares for each encoded feature."""
+    from medheaven.data import FeatureLayout
+
+    return 3 * FeatureLayout.from_dict(run.layout).n_features
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,248 @@
+"""Typed wire objects: run description, round spec, receipt, manifest.
+
+Each is a frozen dataclass with one ``to_dict``/``from_dict`` pair. They travel as msgpack (Celery) or JSON
+(store); never pickle, because loading a pickle runs code. Decoders check types and bound sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from medheaven.crypto.planning import CkksParameters
+from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError
+from medheaven.model import ModelSpec
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
+MAX_RECEIPT_FIELDS = 32
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LocalTraining:
+        return cls(
+            epochs=int(data["epochs"]),
+            batch_size=int(data["batch_size"]),
+            learning_rate=float(data["learning_rate"]),
+            optimizer=str(data["optimizer"]),
+        )
+
+
+@dataclass(frozen=True)
+class RunDescription:
+    """``model.json``: everything about a run that every party needs and that is not secret."""
+
+    run: str
+    model: ModelSpec
+    params: CkksParameters
+    fingerprint: str
+    layout: dict[str, Any]
+    plaintext: bool = False
+    max_abs_feature: float = 1000.0
+    test_data: str | None = None
+
+    @property
+    def vector_length(self) -> int:
+        """Flat weights plus the spare slot holding the (scaled) sample count."""
+        return self.model.parameter_count() + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "run": self.run,
+            "model": self.model.to_dict(),
+            "weight_shapes": [list(s) for s in self.model.weight_shapes()],
+            "weight_order": "model.weights in Keras order (per layer: kernel then bias), each C-order flattened",
+            "parameter_count": self.model.parameter_count(),
+            "vector_length": self.vector_length,
+            "ckks": self.params.to_dict(),
+            "fingerprint": self.fingerprint,
+            "layout": self.layout,
+            "plaintext": self.plaintext,
+            "max_abs_feature": self.max_abs_feature,
+            "test_data": self.test_data,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunDescription:
+        return cls(
+            run=str(data["run"]),
+            model=ModelSpec.from_dict(data["model"]),
+            params=CkksParameters.from_dict(data["ckks"]),
+            fingerprint=str(data["fingerprint"]),
+            layout=dict(data["layout"]),
+            plaintext=bool(data.get("plaintext", False)),
+            max_abs_feature=float(data.get("max_abs_feature", 1000.0)),
+            test_data=data.get("test_data"),
+        )
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What the coordinator decided for one attempt at one round; round policy lives here as data."""
+
+    run: str
+    round: int
+    attempt: int
+    kind: str  # "update" (a training round) or "stats" (sufficient statistics for standardisation)
+    hospitals: tuple[str, ...]
+    quorum: int
+    deadline: float  # unix time; receipts that reach the aggregator later are rejected as late
+    base_sha256: str  # digest of the global model the round starts from ("" for stats)
+    training: LocalTraining = field(default_factory=LocalTraining)
+    opened_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hospitals"] = list(self.hospitals)
+        data["training"] = self.training.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundSpec:
+        return cls(
+            run=str(data["run"]),
+            round=int(data["round"]),
+            attempt=int(data["attempt"]),
+            kind=str(data["kind"]),
+            hospitals=tuple(str(h) for h in data["hospitals"]),
+            quorum=int(data["quorum"]),
+            deadline=float(data["deadline"]),
+            base_sha256=str(data["base_sha256"]),
+            training=LocalTraining.from_dict(data["training"]),
+            opened_at=float(data.get("opened_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a hospital task returns: a reference to its envelope, never the envelope (a few hundred bytes)."""
+
+    run: str
+    round: int
+    attempt: int
+    kind: str
+    hospital: str
+    key: str
+    sha256: str
+    size: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Receipt:
+        """Strict: a receipt arrives over the broker and may be forged or malformed."""
+        if not isinstance(data, dict) or len(data) > MAX_RECEIPT_FIELDS:
+            raise EnvelopeFormatError(f"receipt must be a small map, got {type(data).__name__}")
+        try:
+            receipt = cls(
+                run=_typed(data, "run", str),
+                round=_typed(data, "round", int),
+                attempt=_typed(data, "attempt", int),
+                kind=_typed(data, "kind", str),
+                hospital=_typed(data, "hospital", str),
+                key=_typed(data, "key", str),
+                sha256=_typed(data, "sha256", str),
+                size=_typed(data, "size", int),
+                metrics=_number_map(data.get("metrics", {}), "metrics"),
+                timings=_number_map(data.get("timings", {}), "timings"),
+            )
+        except KeyError as exc:
+            raise EnvelopeFormatError(f"receipt is missing field {exc}") from exc
+        if not RUN_ID.match(receipt.run) or len(receipt.key) > 512 or len(receipt.hospital) > 64:
+            raise EnvelopeFormatError("receipt run id, key or hospital id is malformed")
+        if not re.fullmatch(r"[0-9a-f]{64}", receipt.sha256):
+            raise EnvelopeFormatError("receipt sha256 is not a lower-case hex digest")
+        if receipt.size < 0 or receipt.size > 1 << 40 or receipt.round < 0 or receipt.attempt < 0:
+            raise EnvelopeSizeError(f"receipt size {receipt.size} or round/attempt out of range")
+        return receipt
+
+
+def _typed(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise EnvelopeFormatError(f"receipt field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _number_map(value: Any, name: str) -> dict[str, float]:
+    if not isinstance(value, dict) or len(value) > MAX_RECEIPT_FIELDS:
+        raise EnvelopeFormatError(f"receipt field {name!r} must be a small map of numbers")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if not isinstance(key, str) or len(key) > 64:
+            raise EnvelopeFormatError(f"receipt field {name!r} has a malformed key")
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+            raise EnvelopeFormatError(f"receipt {name}[{key!r}] must be a finite number")
+        out[key] = float(number)
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The commit record of a round; written last, with create-only semantics."""
+
+    run: str
+    round: int
+    attempt: int
+    kind: str
+    base_sha256: str
+    result_key: str
+    result_sha256: str
+    result_size: int
+    selected: tuple[str, ...]
+    folded: tuple[dict[str, Any], ...]
+    rejected: tuple[dict[str, Any], ...]
+    quorum: int
+    opened_at: float
+    deadline: float
+    finalised_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return tuple(str(entry["hospital"]) for entry in self.folded)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = 1
+        data["selected"] = list(self.selected)
+        data["folded"] = list(self.folded)
+        data["rejected"] = list(self.rejected)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            run=str(data["run"]),
+            round=int(data["round"]),
+            attempt=int(data["attempt"]),
+            kind=str(data["kind"]),
+            base_sha256=str(data["base_sha256"]),
+            result_key=str(data["result_key"]),
+            result_sha256=str(data["result_sha256"]),
+            result_size=int(data["result_size"]),
+            selected=tuple(data["selected"]),
+            folded=tuple(data["folded"]),
+            rejected=tuple(data["rejected"]),
+            quorum=int(data["quorum"]),
+            opened_at=float(data["opened_at"]),
+            deadline=float(data["deadline"]),
+            finalised_at=float(data["finalised_at"]),
+            timings=dict(data.get("timings", {})),
+        )

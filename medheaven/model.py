@@ -1,0 +1,153 @@
+"""Keras model builders and the flat weight vector that the encryption layer works on.
+
+Flat order (fixed, documented, the same on every hospital): ``model.weights`` in Keras order, i.e. layer by
+layer from input to output, and within a Dense layer its kernel (shape ``(inputs, units)``) before its bias;
+each array flattened in C (row-major) order. Shapes travel once, in ``model.json``; envelopes carry only the
+vector length.
+
+TensorFlow is imported inside functions on purpose: a prefork Celery parent must never import it before forking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from medheaven.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import keras
+
+ModelKind = Literal["logreg", "mlp"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the same architecture anywhere: no weights, no data."""
+
+    n_features: int
+    kind: ModelKind = "mlp"
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.1
+    seed: int = 0
+    l2: float = 1e-4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_features < 1:
+            raise ConfigurationError(f"model spec: n_features must be >= 1, got {self.n_features}")
+        if self.kind not in ("logreg", "mlp"):
+            raise ConfigurationError(f"model spec: kind must be 'logreg' or 'mlp', got {self.kind!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigurationError(f"model spec: dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(
+            n_features=int(data["n_features"]),
+            kind=data.get("kind", "mlp"),
+            hidden=tuple(int(h) for h in data.get("hidden", ())),
+            dropout=float(data.get("dropout", 0.0)),
+            seed=int(data.get("seed", 0)),
+            l2=float(data.get("l2", 0.0)),
+            extra=dict(data.get("extra", {})),
+        )
+
+    def layer_sizes(self) -> list[int]:
+        widths = list(self.hidden) if self.kind == "mlp" else []
+        return [self.n_features, *widths, 1]
+
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes in flat order, computed without TensorFlow (the aggregator and planner use this)."""
+        sizes = self.layer_sizes()
+        shapes: list[tuple[int, ...]] = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            shapes.extend([(fan_in, fan_out), (fan_out,)])
+        return shapes
+
+    def parameter_count(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.weight_shapes()))
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def build_model(spec: ModelSpec) -> keras.Model:
+    """Build the model with deterministic initial weights: the same spec gives the same weights everywhere."""
+    _quiet_tensorflow()
+    import keras
+
+    regulariser = keras.regularizers.L2(spec.l2) if spec.l2 > 0 else None
+    inputs = keras.Input(shape=(spec.n_features,), name="features")
+    x = inputs
+    sizes = spec.layer_sizes()
+    for index, width in enumerate(sizes[1:-1]):
+        x = keras.layers.Dense(
+            width,
+            activation="relu",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed + index),
+            kernel_regularizer=regulariser,
+            name=f"dense_{index}",
+        )(x)
+        if spec.dropout > 0:
+            x = keras.layers.Dropout(spec.dropout, seed=spec.seed + 1000 + index, name=f"dropout_{index}")(x)
+    outputs = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=spec.seed + 999),
+        kernel_regularizer=regulariser,
+        name="risk",
+    )(x)
+    return keras.Model(inputs, outputs, name=f"readmission_{spec.kind}")
+
+
+def compile_model(model: keras.Model, *, learning_rate: float, optimizer: str = "adam") -> None:
+    _quiet_tensorflow()
+    import keras
+
+    if optimizer == "adam":
+        opt: Any = keras.optimizers.Adam(learning_rate=learning_rate)
+    elif optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=learning_rate)
+    else:
+        raise ConfigurationError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    model.compile(optimizer=opt, loss="binary_crossentropy")
+
+
+def get_flat_weights(model: keras.Model) -> np.ndarray:
+    """The weights as one float64 vector in the documented flat order."""
+    arrays = [np.asarray(w, dtype=np.float64).ravel() for w in model.get_weights()]
+    return np.concatenate(arrays) if arrays else np.zeros(0)
+
+
+def set_flat_weights(model: keras.Model, flat: np.ndarray) -> None:
+    shapes = [tuple(w.shape) for w in model.get_weights()]
+    total = int(sum(int(np.prod(s)) for s in shapes))
+    vector = np.asarray(flat)
+    if vector.ndim != 1 or vector.size != total:
+        raise ConfigurationError(
+            f"flat weight vector has {vector.size} values but model {model.name!r} has {total} parameters"
+        )
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        arrays.append(vector[offset : offset + size].reshape(shape).astype(np.float32))
+        offset += size
+    model.set_weights(arrays)
+
+
+def predict_risk(model: keras.Model, features: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+    scores = model.predict(np.asarray(features, dtype=np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(scores, dtype=np.float64).ravel()
