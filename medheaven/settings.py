@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SchemaName = Literal["diabetes130", "johns", "generic"]
+SchemaName = Literal["diabetes130", "johns", "generic", "prepared"]
 
 
 class Settings(BaseSettings):
@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         default=3,
         ge=1,
         description="A task delivered this many times without finishing is failed, not retried.",
+    )
+
+    hospitals: str = Field(
+        default="", description="Comma-separated hospital ids whose queues this process declares (coordinator, Flower)."
+    )
+    keep_updates: bool = Field(
+        default=True, description="Keep updates/<r>/ envelopes after commit (audit, `medheaven verify`)."
     )
 
     # --- store ---------------------------------------------------------------------------------------------
@@ -82,6 +89,12 @@ class Settings(BaseSettings):
         if not (value.startswith("file://") or value.startswith("drive://")):
             raise ValueError(f"MEDHEAVEN_STORE={value!r}: use file:///path, file://./path or drive://<folder-id>")
         return value
+
+    def hospital_ids(self) -> list[str]:
+        listed = [h.strip() for h in self.hospitals.split(",") if h.strip()]
+        if self.hospital_id and self.hospital_id not in listed:
+            listed.append(self.hospital_id)
+        return listed
 
     def resolved_backend(self) -> str:
         if self.result_backend:

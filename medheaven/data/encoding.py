@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medheaven.data.schemas import GROUP, LABEL, MISSING, OTHER, Schema
+from medheaven.data.schemas import GROUP, LABEL, MISSING, OTHER, PREPARED, Schema
 from medheaven.errors import DataFileError, SchemaError
 
 LAYOUT_VERSION = 1
@@ -53,8 +53,7 @@ class FeatureLayout:
         try:
             numeric = tuple(str(c) for c in data["numeric"])
             categorical = tuple(
-                (str(entry["column"]), tuple(str(level) for level in entry["levels"]))
-                for entry in data["categorical"]
+                (str(entry["column"]), tuple(str(level) for level in entry["levels"])) for entry in data["categorical"]
             )
         except (KeyError, TypeError) as exc:
             raise SchemaError(
@@ -79,12 +78,16 @@ class FeatureLayout:
 
 
 def _feature_kinds(frame: pd.DataFrame, schema: Schema) -> tuple[list[str], list[str]]:
-    if schema.numeric or schema.categorical:
-        return list(schema.numeric), list(schema.categorical)
-    # A generic schema whose kinds were inferred at load time: the cleaned frame's dtypes carry the decision.
-    features = [c for c in frame.columns if c not in (GROUP, LABEL)]
-    numeric = [c for c in features if pd.api.types.is_numeric_dtype(frame[c])]
-    return numeric, [c for c in features if c not in numeric]
+    numeric, categorical = list(schema.numeric), list(schema.categorical)
+    if schema.name not in ("generic", PREPARED):
+        return numeric, categorical
+    # Columns a generic schema left out were given a kind at load time: the cleaned frame's dtypes carry it.
+    # (Only the cleaned frame reaches here; load_dataset has already dropped identifier-looking columns.)
+    for column in frame.columns:
+        if column in (GROUP, LABEL) or column in numeric or column in categorical:
+            continue
+        (numeric if pd.api.types.is_numeric_dtype(frame[column]) else categorical).append(str(column))
+    return numeric, categorical
 
 
 def fit_layout(frame: pd.DataFrame, schema: Schema, *, min_level_count: int = 10) -> FeatureLayout:
@@ -105,14 +108,10 @@ def encode_features(frame: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
     needed = [*layout.numeric, *(c for c, _ in layout.categorical)]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise SchemaError(
-            f"cannot encode features: the data lacks column(s) {', '.join(missing)} of the layout"
-        )
+        raise SchemaError(f"cannot encode features: the data lacks column(s) {', '.join(missing)} of the layout")
     out = np.zeros((len(frame), layout.n_features), dtype=np.float64)
     for index, column in enumerate(layout.numeric):
-        out[:, index] = pd.to_numeric(frame[column], errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
+        out[:, index] = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     offset = len(layout.numeric)
     rows = np.arange(len(frame))
     for column, levels in layout.categorical:
@@ -144,9 +143,7 @@ class SufficientStats:
     def __add__(self, other: SufficientStats) -> SufficientStats:
         if self.count.shape != other.count.shape:
             raise SchemaError(f"cannot add statistics of {self.count.size} and {other.count.size} features")
-        return SufficientStats(
-            self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
-        )
+        return SufficientStats(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq)
 
     def to_vector(self) -> np.ndarray:
         return np.concatenate([self.count, self.total, self.total_sq]).astype(np.float64)
@@ -155,9 +152,7 @@ class SufficientStats:
     def from_vector(cls, v: np.ndarray, n_features: int) -> SufficientStats:
         vector = np.asarray(v, dtype=np.float64).ravel()
         if vector.size != 3 * n_features:
-            raise SchemaError(
-                f"statistics vector has {vector.size} values, expected 3 x {n_features} features"
-            )
+            raise SchemaError(f"statistics vector has {vector.size} values, expected 3 x {n_features} features")
         count, total, total_sq = np.split(vector, 3)
         return cls(count=count.copy(), total=total.copy(), total_sq=total_sq.copy())
 
@@ -180,11 +175,10 @@ class Standardiser:
     def apply(self, features: np.ndarray) -> np.ndarray:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.mean.size:
-            raise SchemaError(
-                f"features have shape {x.shape}, the standardiser expects {self.mean.size} columns"
-            )
+            raise SchemaError(f"features have shape {x.shape}, the standardiser expects {self.mean.size} columns")
         # NaN -> 0.0 after centring is mean imputation, with the federation's mean rather than a local one.
-        return np.nan_to_num((x - self.mean) / self.scale, nan=0.0).astype(np.float32)
+        scaled: np.ndarray = np.nan_to_num((x - self.mean) / self.scale, nan=0.0)
+        return scaled.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}

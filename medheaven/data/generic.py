@@ -24,6 +24,16 @@ from rich.table import Table
 from medheaven.data.schemas import GROUP, LABEL, Schema, looks_like_identifier
 from medheaven.errors import SchemaError
 
+
+class _TextYamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads yes/no/on/off as booleans; target values are compared as text, so keep them as written."""
+
+
+_TextYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
 # Integer-valued columns with few distinct values are usually codes (ward, status), not quantities.
 MAX_CODE_LEVELS = 10
 
@@ -33,11 +43,13 @@ def read_schema_file(path: Path) -> Schema:
         raise SchemaError(f"schema file {path} does not exist; pass --schema-file with a JSON or YAML schema")
     text = path.read_text(encoding="utf-8")
     try:
-        data: Any = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            # _TextYamlLoader is a SafeLoader minus booleans: it builds no arbitrary objects.
+            data: Any = yaml.load(text, Loader=_TextYamlLoader)  # noqa: S506
+        else:
+            data = json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SchemaError(
-            f"schema file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}"
-        ) from exc
+        raise SchemaError(f"schema file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
     try:
         schema = Schema.from_dict({**data, "name": "generic"} if isinstance(data, dict) else data)
     except SchemaError as exc:
@@ -49,9 +61,7 @@ def read_schema_file(path: Path) -> Schema:
 def refuse_identifier_features(schema: Schema, *, source: str) -> None:
     for column in schema.feature_columns:
         if column in (GROUP, LABEL):
-            raise SchemaError(
-                f"{source}: feature column {column!r} clashes with a reserved column name; rename it"
-            )
+            raise SchemaError(f"{source}: feature column {column!r} clashes with a reserved column name; rename it")
         if column != schema.group_column and looks_like_identifier(column):
             raise SchemaError(
                 f"{source}: column {column!r} looks like a personal identifier or a date and cannot be a feature; "
@@ -59,9 +69,7 @@ def refuse_identifier_features(schema: Schema, *, source: str) -> None:
             )
 
 
-def drop_identifier_columns(
-    raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console
-) -> pd.DataFrame:
+def drop_identifier_columns(raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console) -> pd.DataFrame:
     declared = {schema.target, schema.group_column, *schema.feature_columns}
     suspects = [c for c in raw.columns if c not in declared and looks_like_identifier(c)]
     if suspects:

@@ -40,9 +40,7 @@ def get_schema(name: str, *, schema_file: Path | None = None, target: str = "30d
         return johns_schema()
     if name == "generic":
         if schema_file is None:
-            raise SchemaError(
-                "the generic schema needs a schema file: pass --schema-file PATH (JSON or YAML)"
-            )
+            raise SchemaError("the generic schema needs a schema file: pass --schema-file PATH (JSON or YAML)")
         return read_schema_file(schema_file)
     if name == PREPARED:
         return prepared_schema(schema_file)
@@ -81,9 +79,7 @@ def read_raw_csv(path: Path) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=NA_VALUES)
     except pd.errors.EmptyDataError as exc:
-        raise DataFileError(
-            f"data file {path} is empty: it needs a header row and at least one data row"
-        ) from exc
+        raise DataFileError(f"data file {path} is empty: it needs a header row and at least one data row") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise DataFileError(f"data file {path} cannot be read as CSV: {exc}") from exc
     raw.columns = pd.Index([str(c).strip() for c in raw.columns])
@@ -96,9 +92,7 @@ def load_dataset(path: Path, schema: Schema) -> pd.DataFrame:
     return load_frame(read_raw_csv(path), _resolve_prepared(schema, path), source=path)
 
 
-def load_frame(
-    raw: pd.DataFrame, schema: Schema, *, source: Path | str = "<in-memory frame>"
-) -> pd.DataFrame:
+def load_frame(raw: pd.DataFrame, schema: Schema, *, source: Path | str = "<in-memory frame>") -> pd.DataFrame:
     """Like :func:`load_dataset` for a raw frame already in memory (e.g. :func:`generate_synthetic`'s)."""
     if raw.empty:
         raise DataFileError(f"data {source} has no rows")
@@ -111,9 +105,7 @@ def load_frame(
         raise DataFileError(f"data file {path} has no rows left after cleaning for schema {schema.name!r}")
     missing = [c for c in schema.feature_columns if c not in raw.columns]
     if missing:
-        raise SchemaError(
-            f"data file {path} lacks column(s) {', '.join(missing)} required by schema {schema.name!r}"
-        )
+        raise SchemaError(f"data file {path} lacks column(s) {', '.join(missing)} required by schema {schema.name!r}")
     columns: dict[str, pd.Series] = {}
     for column in schema.numeric:
         columns[column] = parse_numeric(raw[column], column=column, path=path)
@@ -172,7 +164,7 @@ def parse_numeric(values: pd.Series, *, column: str, path: Path) -> pd.Series:
     parsed = pd.to_numeric(text.where(~missing), errors="coerce").astype(np.float64)
     bad = (parsed.isna() | np.isinf(parsed)) & ~missing
     if bad.any():
-        row = bad.index[bad.to_numpy().argmax()]
+        row = bad.index[int(bad.to_numpy().argmax())]
         raise DataFileError(
             f"data file {path}: column {column!r} must be numeric but holds {str(text.loc[row])!r} at data row "
             f"{int(row) + 1} (line {int(row) + 2}) and {int(bad.sum())} row(s) in all; fix or blank those values"
@@ -197,7 +189,7 @@ def _group(raw: pd.DataFrame, schema: Schema) -> pd.Series:
 def make_label(values: pd.Series, schema: Schema, *, path: Path) -> pd.Series:
     text = values.astype("object")
     if text.isna().any():
-        row = text.index[text.isna().to_numpy().argmax()]
+        row = text.index[int(text.isna().to_numpy().argmax())]
         raise TargetError(
             f"data file {path}: target column {schema.target!r} is empty on {int(text.isna().sum())} row(s), "
             f"first at data row {int(row) + 1}; fill or remove those rows"

@@ -32,7 +32,7 @@ import pandas as pd
 
 from medheaven.data.encoding import FeatureLayout
 from medheaven.data.schemas import GROUP, LABEL, MISSING, PREPARED, Schema
-from medheaven.errors import ConfigurationError
+from medheaven.errors import ConfigurationError, SchemaError
 
 MIN_HOSPITAL_PATIENTS = 10
 MIN_SHARE_OF_EQUAL = 0.1
@@ -53,9 +53,7 @@ def parse_scheme(scheme: str) -> tuple[str, str]:
         except ValueError:
             alpha = -1.0
         if not (alpha > 0 and math.isfinite(alpha)):
-            raise ConfigurationError(
-                f"scheme {scheme!r}: ALPHA must be a positive number, e.g. dirichlet:0.5"
-            )
+            raise ConfigurationError(f"scheme {scheme!r}: ALPHA must be a positive number, e.g. dirichlet:0.5")
         return kind, argument
     if kind == "column" and argument:
         return kind, argument
@@ -72,6 +70,9 @@ def split_dataset(
     raw_frame: pd.DataFrame | None = None,
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     kind, argument = parse_scheme(scheme)
+    missing = [c for c in (GROUP, LABEL) if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"cannot split: the frame lacks {', '.join(missing)}; load it with load_dataset first")
     if hospitals < 1:
         raise ConfigurationError(f"the number of hospitals must be >= 1, got {hospitals}")
     if not 0.0 <= test_fraction < 1.0:
@@ -89,15 +90,13 @@ def split_dataset(
         values = _column_values(frame, argument, raw_frame).loc[train.index]
         assignment = _assign_by_value(table, _first_value_per_group(train, values), hospitals, argument)
     row_hospital = train[GROUP].astype(str).map(assignment)
-    parts = {
-        hid: train.loc[(row_hospital == k).to_numpy()].copy() for k, hid in enumerate(hospital_ids(hospitals))
-    }
+    parts = {hid: train.loc[(row_hospital == k).to_numpy()].copy() for k, hid in enumerate(hospital_ids(hospitals))}
     return parts, frame.loc[~train_mask].copy()
 
 
 def _train_mask(groups: pd.Series, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
     unique = np.sort(groups.unique().astype(str))
-    n_test = int(round(test_fraction * unique.size))
+    n_test = round(test_fraction * unique.size)
     if test_fraction > 0 and not 0 < n_test < unique.size:
         raise ConfigurationError(
             f"a test fraction of {test_fraction} of {unique.size} patients leaves train or test empty"
@@ -126,9 +125,7 @@ def _assign_iid(table: pd.DataFrame, hospitals: int, rng: np.random.Generator) -
     return dict(zip(table.index, assignment.tolist(), strict=True))
 
 
-def _assign_dirichlet(
-    table: pd.DataFrame, hospitals: int, alpha: float, rng: np.random.Generator
-) -> dict[str, int]:
+def _assign_dirichlet(table: pd.DataFrame, hospitals: int, alpha: float, rng: np.random.Generator) -> dict[str, int]:
     _check_enough_patients(table, hospitals)
     positive = table["positive"].to_numpy()
     if int(positive.sum()) < hospitals:
@@ -167,9 +164,7 @@ def _enforce_minimum(assignment: np.ndarray, positive: np.ndarray, hospitals: in
         while (deficit := minimum - int(np.sum(assignment == k))) > 0:
             sizes = np.bincount(assignment, minlength=hospitals)
             donor = int(np.argmax(sizes))
-            movable = np.flatnonzero(~positive & (assignment == donor))[
-                : min(deficit, sizes[donor] - minimum)
-            ]
+            movable = np.flatnonzero(~positive & (assignment == donor))[: min(deficit, sizes[donor] - minimum)]
             if donor == k or movable.size == 0:
                 raise ConfigurationError(f"dirichlet split: cannot give hospital h{k + 1} {minimum} patients")
             assignment[movable] = k
@@ -192,10 +187,9 @@ def _first_value_per_group(train: pd.DataFrame, values: pd.Series) -> pd.Series:
     return values.groupby(train[GROUP].astype(str), sort=True).first()
 
 
-def column_hospital_values(values: pd.Series, hospitals: int, name: str) -> dict[str, list[str]]:
+def column_hospital_values(row_counts: dict[str, int], hospitals: int, name: str) -> dict[str, list[str]]:
     """Which column values each hospital holds: the K-1 most frequent alone, all the rest together in hK."""
-    counts = values.value_counts()
-    ranked = sorted(counts.index, key=lambda v: (-int(counts[v]), str(v)))
+    ranked = sorted(row_counts, key=lambda value: (-row_counts[value], value))
     if len(ranked) < hospitals:
         raise ConfigurationError(
             f"scheme column:{name}: the column has {len(ranked)} distinct value(s), fewer than {hospitals} hospitals"
@@ -208,10 +202,13 @@ def column_hospital_values(values: pd.Series, hospitals: int, name: str) -> dict
 
 def _assign_by_value(table: pd.DataFrame, first: pd.Series, hospitals: int, name: str) -> dict[str, int]:
     _check_enough_patients(table, hospitals)
-    row_values = first.reindex(table.index).repeat(table["rows"].to_numpy())
-    mapping = column_hospital_values(row_values, hospitals, name)
-    value_to_k = {value: k for k, values in enumerate(mapping.values()) for value in values}
-    return {group: value_to_k[str(value)] for group, value in first.reindex(table.index).items()}
+    values = [str(v) for v in first.reindex(table.index)]
+    row_counts: dict[str, int] = {}
+    for value, rows in zip(values, table["rows"].tolist(), strict=True):
+        row_counts[value] = row_counts.get(value, 0) + int(rows)
+    mapping = column_hospital_values(row_counts, hospitals, name)
+    value_to_k = {value: k for k, members in enumerate(mapping.values()) for value in members}
+    return {str(group): value_to_k[value] for group, value in zip(table.index, values, strict=True)}
 
 
 def describe_partition(frame: pd.DataFrame) -> dict[str, Any]:

@@ -75,9 +75,7 @@ class Schema:
             raise SchemaError("schema: 'target' (the name of the target column) is required")
         positives = _string_tuple(data, "positive_values")
         if not positives:
-            raise SchemaError(
-                f"schema: 'positive_values' must list the values of {target!r} that mean label 1"
-            )
+            raise SchemaError(f"schema: 'positive_values' must list the values of {target!r} that mean label 1")
         group = data.get("group_column")
         if group is not None and not isinstance(group, str):
             raise SchemaError(f"schema: 'group_column' must be a column name or null, got {group!r}")
@@ -115,6 +113,4 @@ def looks_like_identifier(column: str) -> bool:
     lowered = column.strip().lower()
     if lowered in IDENTIFIER_WORDS:
         return True
-    return any(word in IDENTIFIER_WORDS for word in _name_words(column)) or lowered.endswith(
-        IDENTIFIER_SUFFIXES
-    )
+    return any(word in IDENTIFIER_WORDS for word in _name_words(column)) or lowered.endswith(IDENTIFIER_SUFFIXES)

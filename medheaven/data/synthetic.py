@@ -7,13 +7,13 @@ raises prior inpatient and emergency visits, so a patient's encounters are corre
 
 The planted signal. For each encounter::
 
-    logit P(readmitted = "<30") = -3.1
-        + 0.40 * number_inpatient
-        + 0.25 * number_emergency
-        + 0.05 * time_in_hospital
-        + 0.015 * num_medications
-        + 0.02 * (age_midpoint - 65)
-        + 0.40 * [diag_1 is circulatory (390-459, 785) or respiratory (460-519, 786)]
+    logit P(readmitted = "<30") = -3.6
+        + 0.55 * number_inpatient
+        + 0.40 * number_emergency
+        + 0.08 * time_in_hospital
+        + 0.02 * num_medications
+        + 0.03 * (age_midpoint - 65)
+        + 0.60 * [diag_1 is circulatory (390-459, 785) or respiratory (460-519, 786)]
 
 The intercept gives about 11% positives. Negatives are ``>30`` with probability 0.39, else ``NO``. Encounters
 discharged as expired or to hospice (dispositions 11, 13, 14, 19, 20, 21) are never readmitted, as in reality;
@@ -138,9 +138,7 @@ def generate_synthetic(n_rows: int = 20000, *, seed: int = 0) -> pd.DataFrame:
         columns[name] = _choice(rng, name, n_rows)
     columns.update(_medications(rng, n_rows))
     age_mid = age_index * 10.0 + 5.0
-    columns["readmitted"] = _readmitted(
-        rng, counts, age_mid, chapters[:, 0], columns["discharge_disposition_id"]
-    )
+    columns["readmitted"] = _readmitted(rng, counts, age_mid, chapters[:, 0], columns["discharge_disposition_id"])
     return pd.DataFrame(columns)[list(_column_order())]
 
 
@@ -156,7 +154,7 @@ def _column_order() -> tuple[str, ...]:
 
 def _normalised(probs: tuple[float, ...]) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
-    return p / p.sum()
+    return np.asarray(p / p.sum(), dtype=np.float64)
 
 
 def _choice(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
@@ -166,7 +164,7 @@ def _choice(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
 
 def _assign_patients(rng: np.random.Generator, n_rows: int) -> np.ndarray:
     """About 1.4 encounters per patient on average, a long tail of frequent patients, as in the real file."""
-    n_patients = max(1, int(round(n_rows / 1.4)))
+    n_patients = max(1, round(n_rows / 1.4))
     first = np.arange(min(n_patients, n_rows))
     weights = rng.lognormal(sigma=1.0, size=n_patients)
     repeat = rng.choice(n_patients, size=n_rows - first.size, p=weights / weights.sum())
@@ -225,11 +223,7 @@ def _readmitted(
     cardio_respiratory = np.isin(
         first_chapter, [chapter_names.index("circulatory"), chapter_names.index("respiratory")]
     )
-    logit = (
-        INTERCEPT
-        + AGE_COEFFICIENT * (age_mid - AGE_CENTRE)
-        + CARDIO_RESPIRATORY_COEFFICIENT * cardio_respiratory
-    )
+    logit = INTERCEPT + AGE_COEFFICIENT * (age_mid - AGE_CENTRE) + CARDIO_RESPIRATORY_COEFFICIENT * cardio_respiratory
     for name, coefficient in COEFFICIENTS.items():
         logit = logit + coefficient * counts[name]
     positive = rng.random(age_mid.size) < 1.0 / (1.0 + np.exp(-logit))

@@ -137,29 +137,28 @@ class AggregatorNode:
         description = self.run(spec.run)
         state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)))
         paths = RunPaths(spec.run)
-        ledger_key = paths.ledger(spec.kind, spec.round)
+        ledger_key = paths.ledger(spec.kind, spec.round, spec.attempt)
         if self.store.exists(ledger_key):
             ledger = self.store.get_json(ledger_key)
-            if int(ledger.get("attempt", -1)) == spec.attempt:
-                for entry in ledger["folded"]:
-                    envelope = self._load_envelope(description, spec.kind, entry["key"], entry["sha256"])
-                    self._fold_envelope(state, description, envelope)
-                    state.folded.append(entry)
-                state.rejected = list(ledger.get("rejected", []))
-                log.info(
-                    "rebuilt %s round %s of %s from its ledger (%d folded)",
-                    spec.kind,
-                    spec.round,
-                    spec.run,
-                    len(state.folded),
-                )
+            for entry in ledger["folded"]:
+                envelope = self._load_envelope(description, spec.kind, entry["key"], entry["sha256"])
+                self._fold_envelope(state, description, envelope)
+                state.folded.append(entry)
+            state.rejected = list(ledger.get("rejected", []))
+            log.info(
+                "rebuilt %s round %s of %s from its ledger (%d folded)",
+                spec.kind,
+                spec.round,
+                spec.run,
+                len(state.folded),
+            )
         self._rounds[slot] = state
         return state
 
     def _write_ledger(self, state: _RoundState) -> None:
         spec = state.spec
         self.store.put_json(
-            RunPaths(spec.run).ledger(spec.kind, spec.round),
+            RunPaths(spec.run).ledger(spec.kind, spec.round, spec.attempt),
             {
                 "run": spec.run,
                 "kind": spec.kind,
@@ -188,7 +187,7 @@ class AggregatorNode:
             )
         if receipt.hospital not in spec.hospitals:
             raise UnknownHospitalError(f"hospital {receipt.hospital!r} was not selected for round {spec.round}")
-        expected_key = paths.update(spec.kind, spec.round, receipt.hospital)
+        expected_key = paths.update(spec.kind, spec.round, spec.attempt, receipt.hospital)
         if receipt.key != expected_key:
             raise EnvelopeFormatError(
                 f"receipt points at {receipt.key!r}; updates of this round live at {expected_key!r}"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,11 +55,13 @@ class HospitalNode:
         *,
         hospital_id: str,
         store: Store,
-        frame_loader: Any,
+        data_path: Path,
+        reader: Callable[[Path], pd.DataFrame],
         secret: SecretContext | None,
         signing_key: SigningKey,
         validation_fraction: float = 0.2,
         seed: int = 0,
+        audit: bool = False,
     ) -> None:
         if signing_key.hospital_id != hospital_id:
             raise ConfigurationError(
@@ -66,13 +69,18 @@ class HospitalNode:
             )
         self.hospital_id = hospital_id
         self.store = store
-        self._frame_loader = frame_loader  # () -> pandas frame in the cleaned format; called once
+        self.data_path = data_path
+        self.reader = reader  # path -> frame in the cleaned format (medheaven.data.load_dataset with a schema)
         self._frame: pd.DataFrame | None = None
         self.secret = secret
         self.signing_key = signing_key
         self.validation_fraction = validation_fraction
         self.seed = seed
         self._runs: dict[str, _RunCache] = {}
+        # simulations only: keep each round's plaintext update in memory so a test or the demo can check the
+        # encrypted aggregate against plaintext FedAvg of the very weights that were encrypted
+        self.audit = audit
+        self.audit_updates: dict[tuple[str, int], np.ndarray] = {}
 
     # -- caches ------------------------------------------------------------------------------------------
     def _run(self, run: str) -> _RunCache:
@@ -96,7 +104,7 @@ class HospitalNode:
             from medheaven.data import FeatureLayout, prepare_hospital_data
 
             if self._frame is None:
-                self._frame = self._frame_loader()
+                self._frame = self.reader(self.data_path)
             layout = FeatureLayout.from_dict(cache.description.layout)
             cache.data = prepare_hospital_data(
                 self._frame, layout, validation_fraction=self.validation_fraction, seed=self.seed
@@ -148,7 +156,7 @@ class HospitalNode:
             chunks=self._seal(run, values, kind=spec.kind),
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
-        key = RunPaths(run.run).update(spec.kind, spec.round, self.hospital_id)
+        key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
         self.store.put(key, data)  # deterministic key: a retry overwrites instead of duplicating
         return key, sha256_hex(data), len(data)
 
@@ -276,6 +284,8 @@ class HospitalNode:
         clock = time.perf_counter()
         n_train = int(prepared["train_y"].size)
         packed = pack_update(get_flat_weights(model), n_train, params=description.params)
+        if self.audit:
+            self.audit_updates[(spec.run, spec.round)] = packed
         key, digest, size = self._upload(description, spec, packed)
         timings["encrypt_upload"] = time.perf_counter() - clock
         reported = {k: v for k, v in metrics.items() if np.isfinite(v)}
@@ -326,13 +336,3 @@ def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:
 
     offset = int(hashlib.sha256(hospital_id.encode()).hexdigest()[:6], 16)
     keras.utils.set_random_seed((seed * 1_000_003 + round_number * 7919 + offset) % (2**31))
-
-
-def load_frame_from_path(path: Path, *, schema_name: str, schema_file: Path | None) -> Any:
-    """A frame loader for HospitalNode: reads the hospital's file with its schema, once."""
-    from medheaven.data import get_schema, load_dataset
-
-    def loader() -> Any:
-        return load_dataset(path, get_schema(schema_name, schema_file=schema_file))
-
-    return loader

@@ -20,15 +20,13 @@ class RunPaths:
     def model(self) -> str:
         return f"{self.run}/model.json"
 
-    @property
-    def metrics(self) -> str:
-        return f"{self.run}/metrics.jsonl"
-
     def phase_dir(self, kind: str, round_number: int) -> str:
         return f"{self.run}/stats" if kind == "stats" else f"{self.run}/rounds/{round_number}"
 
-    def updates_dir(self, kind: str, round_number: int) -> str:
-        return f"{self.run}/stats/updates" if kind == "stats" else f"{self.run}/updates/{round_number}"
+    def updates_dir(self, kind: str, round_number: int, attempt: int) -> str:
+        # attempts are kept apart so that a straggler of a failed attempt can never overwrite a later attempt's file
+        base = f"{self.run}/stats/updates" if kind == "stats" else f"{self.run}/updates/{round_number}"
+        return f"{base}/a{attempt}"
 
     def spec(self, kind: str, round_number: int) -> str:
         return f"{self.phase_dir(kind, round_number)}/spec.json"
@@ -43,11 +41,22 @@ class RunPaths:
         name = "summed.ckks" if kind == "stats" else "global.ckks"
         return f"{self.phase_dir(kind, round_number)}/{name}"
 
-    def update(self, kind: str, round_number: int, hospital: str) -> str:
-        return f"{self.updates_dir(kind, round_number)}/{hospital}.ckks"
+    def update(self, kind: str, round_number: int, attempt: int, hospital: str) -> str:
+        return f"{self.updates_dir(kind, round_number, attempt)}/{hospital}.ckks"
 
-    def ledger(self, kind: str, round_number: int) -> str:
-        return f"{self.updates_dir(kind, round_number)}/ledger.json"
+    def ledger(self, kind: str, round_number: int, attempt: int) -> str:
+        return f"{self.updates_dir(kind, round_number, attempt)}/ledger.json"
+
+    def dispatch(self, kind: str, round_number: int, attempt: int) -> str:
+        return f"{self.updates_dir(kind, round_number, attempt)}/dispatch.json"
+
+    @property
+    def config(self) -> str:
+        return f"{self.run}/run.json"
+
+    @property
+    def history(self) -> str:
+        return f"{self.run}/history.json"
 
     def global_model(self, round_number: int) -> str:
         return self.result("update", round_number)

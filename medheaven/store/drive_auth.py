@@ -1,12 +1,30 @@
 """Credentials and API endpoint for the Google Drive store.
 
-Two ways to sign in, chosen by settings:
+Service account (the right choice for servers). In the Google Cloud console: enable the Drive API, create a service
+account, add a JSON key, and share the federation's folder with the account's ``client_email`` as Editor. Then set
+``MEDHEAVEN_DRIVE_SERVICE_ACCOUNT=/path/key.json`` (readable by the service user only). A service account has
+no Drive storage quota of its own (uploads fail with ``storageQuotaExceeded``): put the federation's folder in a
+shared drive and add the account to it as Content manager; the store then lists that drive's files.
+``MEDHEAVEN_DRIVE_TOKEN_URI`` replaces the key file's ``token_uri``; the key reaches pydrive2 as a dict, so nothing
+secret is written anywhere.
 
-* ``MEDHEAVEN_DRIVE_SERVICE_ACCOUNT=/path/key.json``: a service account (the right choice for servers). Share
-  the federation's Drive folder with the account's ``client_email`` as **Editor**. ``MEDHEAVEN_DRIVE_TOKEN_URI``
-  replaces the key file's ``token_uri``; the key is handed to pydrive2 as a dict, so nothing secret is written.
-* ``MEDHEAVEN_DRIVE_OAUTH_SETTINGS=/path/settings.yaml``: a user account through pydrive2's own settings file.
-  The store never opens a browser: it only uses credentials saved beforehand. See ``medheaven.store.drive``.
+User account (OAuth). The store never opens a browser; it uses credentials saved by a one-time sign-in:
+
+1. Create an OAuth client of type "Desktop app" in the Cloud console and download ``client_secrets.json``.
+2. Write a pydrive2 ``settings.yaml``::
+
+       client_config_backend: file
+       client_config_file: /etc/medheaven/client_secrets.json
+       save_credentials: true
+       save_credentials_backend: file
+       save_credentials_file: /etc/medheaven/drive-credentials.json
+       get_refresh_token: true
+       oauth_scope: [https://www.googleapis.com/auth/drive]
+
+3. On a machine with a browser, sign in once:
+   ``python -c "from pydrive2.auth import GoogleAuth; GoogleAuth('settings.yaml').LocalWebserverAuth()"``.
+4. Copy ``drive-credentials.json`` (it holds a refresh token: mode 600) to the server and set
+   ``MEDHEAVEN_DRIVE_OAUTH_SETTINGS=/etc/medheaven/settings.yaml``. Refreshed tokens are saved back to it.
 
 Where requests go is configuration too (``MEDHEAVEN_DRIVE_API_ROOT``): :class:`EndpointGoogleAuth` overrides only
 ``GoogleAuth.Authorize()`` so that the Drive v2 service is built from the discovery document bundled with
@@ -63,6 +81,9 @@ def drive_v2_document(api_root: str) -> dict[str, Any]:
 class EndpointGoogleAuth(GoogleAuth):  # type: ignore[misc]
     """``GoogleAuth`` whose Drive service talks to a configurable API root; everything else is pydrive2's."""
 
+    # declared for mypy only (an annotation creates no class attribute): pydrive2 stores it through a descriptor
+    http: Any
+
     def __init__(self, *, api_root: str, settings: dict[str, Any], http_timeout: float | None) -> None:
         # settings_file=None: never pick up a stray ./settings.yaml from the working directory
         super().__init__(settings_file=None, settings=settings, http_timeout=http_timeout)
@@ -71,10 +92,11 @@ class EndpointGoogleAuth(GoogleAuth):  # type: ignore[misc]
     def Authorize(self) -> None:  # noqa: N802 - pydrive2's method name
         # Unlike pydrive2, no "token expired" refusal here: oauth2client refreshes on the first request (or on a
         # 401), and DriveStore refreshes ahead of each operation, so pydrive2 never falls back to a browser flow.
-        if self.http is None:
+        http: Any = self.http
+        if http is None:
             # pydrive2's builder stops httplib2 treating Drive's "308 Resume Incomplete" as a redirect
-            self.http = self._build_http()
-        self.http = self.credentials.authorize(self.http)
+            http = self._build_http()
+        self.http = self.credentials.authorize(http)
         self.service = build_from_document(drive_v2_document(self.api_root), http=self.http)
 
 
@@ -100,11 +122,7 @@ def _service_account_auth(settings: Settings, http_timeout: float | None) -> tup
     except ValueError as exc:
         raise ConfigurationError(f"{path} is not a JSON service-account key file ({exc})") from exc
     required = ("type", "client_email", "private_key", "private_key_id", "client_id")
-    if (
-        not isinstance(info, dict)
-        or info.get("type") != "service_account"
-        or not all(map(info.get, required))
-    ):
+    if not isinstance(info, dict) or info.get("type") != "service_account" or not all(map(info.get, required)):
         raise ConfigurationError(
             f"{path} is not a service-account key (it needs type=service_account and {', '.join(required[1:])}); "
             "download a JSON key for the service account from the Google Cloud console"
@@ -154,16 +172,14 @@ def _user_auth(settings: Settings, http_timeout: float | None) -> tuple[GoogleAu
         share_with="the Google account whose credentials were saved",
     )
     try:
-        auth = EndpointGoogleAuth(
-            api_root=settings.drive_api_root, settings=loaded, http_timeout=http_timeout
-        )
+        auth = EndpointGoogleAuth(api_root=settings.drive_api_root, settings=loaded, http_timeout=http_timeout)
         auth.LoadCredentialsFile(str(loaded["save_credentials_file"]))
     except (InvalidConfigError, OSError) as exc:
         raise ConfigurationError(f"{identity.credential}: {exc}") from exc
     if auth.credentials is None:
         raise ConfigurationError(
             f"no saved credentials in {loaded['save_credentials_file']}: sign in once on a machine with a "
-            "browser as described in medheaven.store.drive, then copy the credentials file here"
+            "browser as described in medheaven.store.drive_auth, then copy the credentials file here"
         )
     if settings.drive_token_uri:
         auth.credentials.token_uri = settings.drive_token_uri

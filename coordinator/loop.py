@@ -1,0 +1,323 @@
+"""The round loop: open, wait for quorum and answers or the deadline, finalise, record. Resumable at any point.
+
+Everything the loop needs to continue lives in the store (run.json, specs, dispatch records, ledgers, manifests),
+so a coordinator killed at any moment is replaced by ``medheaven-coordinator resume``: committed rounds are
+skipped, an attempt that was in flight is re-attached (its tasks are still queued or running) and finalised at its
+deadline, and a failed attempt is followed by a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from coordinator.run import RunConfig
+from coordinator.transport import CeleryTransport, TaskState
+from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
+from medheaven.federated.fedavg import weighted_mean
+from medheaven.federated.paths import RunPaths
+from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.wire import Manifest, RoundSpec
+from medheaven.store.base import Store
+
+log = logging.getLogger(__name__)
+
+FINALISE_TIMEOUT = 300.0
+
+
+@dataclass
+class HospitalStatus:
+    hospital: str
+    state: str = "queued"  # queued, training, uploaded, folded, rejected, failed, late
+    detail: str = ""
+
+
+@dataclass
+class RoundProgress:
+    spec: RoundSpec
+    statuses: dict[str, HospitalStatus] = field(default_factory=dict)
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.statuses.values() if s.state == state)
+
+
+class Observer(Protocol):
+    def round_started(self, spec: RoundSpec) -> None: ...
+    def round_progress(self, progress: RoundProgress) -> None: ...
+    def round_finished(self, record: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class LogObserver:
+    def round_started(self, spec: RoundSpec) -> None:
+        log.info("%s round %s attempt %s opened for %s", spec.kind, spec.round, spec.attempt, ",".join(spec.hospitals))
+
+    def round_progress(self, progress: RoundProgress) -> None:
+        return None
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        log.info("round %s: %s", record.get("round"), record.get("status"))
+
+    def message(self, text: str) -> None:
+        log.info("%s", text)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Store,
+        transport: CeleryTransport,
+        config: RunConfig,
+        *,
+        poll_interval: float = 0.2,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.config = config
+        self.paths = RunPaths(config.run)
+        self.poll_interval = poll_interval
+        self.observer: Observer = observer or LogObserver()
+        self.clock = clock
+
+    # -- store queries -----------------------------------------------------------------------------------
+    def manifest(self, kind: str, round_number: int) -> Manifest | None:
+        key = self.paths.manifest(kind, round_number)
+        return Manifest.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
+
+    def last_committed_round(self) -> int:
+        committed = -1
+        while self.store.exists(self.paths.manifest("update", committed + 1)):
+            committed += 1
+        return committed
+
+    def _open_spec(self, kind: str, round_number: int) -> RoundSpec | None:
+        key = self.paths.spec(kind, round_number)
+        return RoundSpec.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
+
+    def _failed(self, spec: RoundSpec) -> bool:
+        return self.store.exists(self.paths.failure(spec.kind, spec.round, spec.attempt))
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or continue) the whole federation; returns the per-round history."""
+        if self.manifest("stats", 0) is None:
+            self._phase("stats", 0, base="")
+        if self.manifest("update", 0) is None:
+            self._initial_model()
+        start = self.last_committed_round() + 1
+        for round_number in range(start, self.config.rounds + 1):
+            base = self.manifest("update", round_number - 1)
+            assert base is not None
+            self._phase("update", round_number, base=base.result_sha256)
+        if self.config.test_path:
+            self._score_test()
+        return self.history()
+
+    def _phase(self, kind: str, round_number: int, *, base: str) -> Manifest:
+        """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one."""
+        spec = self._open_spec(kind, round_number)
+        if spec is None or self._failed(spec) or spec.base_sha256 != base:
+            spec = self._open(kind, round_number, base, attempt=1 if spec is None else spec.attempt + 1)
+        else:
+            self.observer.message(f"re-attaching to {kind} round {round_number} attempt {spec.attempt}")
+        dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
+        progress = self._wait(spec, dispatch)
+        manifest = self._finalise(spec)
+        self._record(spec, manifest, progress)
+        return manifest
+
+    def _open(self, kind: str, round_number: int, base: str, *, attempt: int) -> RoundSpec:
+        now = self.clock()
+        spec = RoundSpec(
+            run=self.config.run,
+            round=round_number,
+            attempt=attempt,
+            kind=kind,
+            hospitals=self.config.hospitals,
+            quorum=self.config.min_hospitals,
+            deadline=now + self.config.round_timeout,
+            base_sha256=base,
+            training=self.config.training,
+            opened_at=now,
+        )
+        self.store.put_json(self.paths.spec(kind, round_number), spec.to_dict())
+        task = "stats" if kind == "stats" else "train"
+        dispatch = {
+            hospital: self.transport.send_hospital_task(task, (spec.to_dict(), hospital), hospital, fold=True)
+            for hospital in spec.hospitals
+        }
+        self.store.put_json(self.paths.dispatch(kind, round_number, attempt), dispatch)
+        self.observer.round_started(spec)
+        return spec
+
+    def _statuses(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
+        ledger_key = self.paths.ledger(spec.kind, spec.round, spec.attempt)
+        ledger = self.store.get_json(ledger_key) if self.store.exists(ledger_key) else {"folded": [], "rejected": []}
+        folded = {entry["hospital"] for entry in ledger["folded"]}
+        rejected = {entry["hospital"]: entry.get("message", "") for entry in ledger["rejected"]}
+        progress = RoundProgress(spec)
+        for hospital in spec.hospitals:
+            status = HospitalStatus(hospital)
+            ids = dispatch.get(hospital, {})
+            if hospital in folded:
+                status.state = "folded"
+            elif hospital in rejected:
+                status.state, status.detail = "rejected", rejected[hospital]
+            else:
+                task: TaskState = self.transport.state(ids["task"])
+                if task.state == "FAILURE":
+                    status.state, status.detail = "failed", task.error or ""
+                elif task.state == "SUCCESS":
+                    fold = self.transport.state(ids["fold"])
+                    status.state = "rejected" if fold.done else "uploaded"
+                    if fold.done:
+                        status.detail = str((fold.result or {}).get("message", fold.error or ""))
+                elif task.state == "STARTED":
+                    status.state = "training"
+            progress.statuses[hospital] = status
+        return progress
+
+    def _wait(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
+        while True:
+            progress = self._statuses(spec, dispatch)
+            self.observer.round_progress(progress)
+            folded = progress.count("folded")
+            pending = sum(1 for s in progress.statuses.values() if s.state in {"queued", "training", "uploaded"})
+            if folded >= spec.quorum and pending == 0:
+                return progress
+            if folded + pending < spec.quorum:
+                return progress  # the quorum can no longer be reached: fail now rather than at the deadline
+            if self.clock() >= spec.deadline:
+                for status in progress.statuses.values():
+                    if status.state in {"queued", "training", "uploaded"}:
+                        status.state, status.detail = "late", "no folded update before the deadline"
+                return progress
+            time.sleep(self.poll_interval)
+
+    def _finalise(self, spec: RoundSpec) -> Manifest:
+        task_id = self.transport.send_aggregate_task("finalise", (spec.run, spec.kind, spec.round, spec.attempt))
+        limit = self.clock() + FINALISE_TIMEOUT
+        while self.clock() < limit:
+            manifest = self.manifest(spec.kind, spec.round)
+            if manifest is not None and manifest.attempt == spec.attempt:
+                return manifest
+            if self._failed(spec):
+                failure = self.store.get_json(self.paths.failure(spec.kind, spec.round, spec.attempt))
+                raise QuorumNotReachedError(
+                    f"{spec.kind} round {spec.round} of run {spec.run!r} failed: {len(failure['folded'])} of "
+                    f"{len(spec.hospitals)} hospitals folded ({', '.join(failure['folded']) or 'none'}), quorum "
+                    f"{spec.quorum}. The previous global model is untouched; fix the failing hospitals and run "
+                    f"`medheaven-coordinator resume --run-id {spec.run}`"
+                )
+            state = self.transport.state(task_id)
+            if state.state == "FAILURE":
+                raise RoundError(f"finalising {spec.kind} round {spec.round} failed on the aggregator: {state.error}")
+            time.sleep(self.poll_interval)
+        raise RoundError(
+            f"the aggregator did not finalise {spec.kind} round {spec.round} within {FINALISE_TIMEOUT:.0f}s: "
+            "is an aggregator worker consuming the 'aggregate' queue?"
+        )
+
+    def _initial_model(self) -> None:
+        holder = self.config.key_holder
+        ids = self.transport.send_hospital_task("init_model", (self.config.run, holder), holder, fold=False)
+        result = self._await_task(ids["task"], f"initial model from {holder!r}", self.config.round_timeout)
+        data = self.store.get(self.paths.global_model(0))
+        if sha256_hex(data) != result["sha256"]:
+            raise RoundError("round 0 model in the store does not match what the key holder reported; retry")
+        now = self.clock()
+        manifest = Manifest(
+            run=self.config.run,
+            round=0,
+            attempt=1,
+            kind="update",
+            base_sha256="",
+            result_key=self.paths.global_model(0),
+            result_sha256=result["sha256"],
+            result_size=len(data),
+            selected=(holder,),
+            folded=(),
+            rejected=(),
+            quorum=0,
+            opened_at=now,
+            deadline=now,
+            finalised_at=now,
+        )
+        self.store.create_json(self.paths.manifest("update", 0), manifest.to_dict())
+
+    def _await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
+        limit = self.clock() + timeout
+        while self.clock() < limit:
+            state = self.transport.state(task_id)
+            if state.state == "SUCCESS":
+                return dict(state.result)
+            if state.state == "FAILURE":
+                raise RoundError(f"{what} failed: {state.error}")
+            time.sleep(self.poll_interval)
+        raise RoundError(f"{what} did not finish within {timeout:.0f}s: is that hospital's worker running?")
+
+    def _score_test(self) -> None:
+        holder = self.config.key_holder
+        last = self.last_committed_round()
+        args = (self.config.run, last, holder, self.config.test_path)
+        ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
+        record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
+        self.observer.message(f"held-out test of round {last}: {record['metrics']}")
+
+    # -- records -----------------------------------------------------------------------------------------
+    def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
+        if spec.kind != "update":
+            self.observer.message(f"federated standardisation statistics from {', '.join(manifest.participants)}")
+            return
+        record = round_record(manifest)
+        record["statuses"] = {h: s.state for h, s in progress.statuses.items()}
+        history = self.history()
+        history = [r for r in history if r["round"] != spec.round] + [record]
+        self.store.put_json(self.paths.history, sorted(history, key=lambda r: int(r["round"])))
+        self.observer.round_finished(record)
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.store.exists(self.paths.history):
+            return []
+        return list(self.store.get_json(self.paths.history))
+
+
+def round_record(manifest: Manifest) -> dict[str, Any]:
+    """Per-round metrics: the incoming model's validation metrics per hospital and their weighted mean."""
+    per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
+    mean = {
+        name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 0.0)) for m in per_hospital.values()])
+        for name in ("loss", "roc_auc", "pr_auc")
+    }
+    phases: dict[str, float] = {}
+    for entry in manifest.folded:
+        for phase, seconds in dict(entry.get("timings", {})).items():
+            phases[phase] = max(phases.get(phase, 0.0), float(seconds))
+    return {
+        "round": manifest.round,
+        "attempt": manifest.attempt,
+        "status": "committed",
+        "participants": list(manifest.participants),
+        "rejected": [dict(r) for r in manifest.rejected],
+        "evaluated_round": manifest.round - 1,
+        "metrics": per_hospital,
+        "weighted": mean,
+        "seconds": manifest.finalised_at - manifest.opened_at,
+        "phases_max": phases,
+        "bytes_up": sum(int(e.get("size", 0)) for e in manifest.folded),
+        "global_bytes": manifest.result_size,
+    }
+
+
+def require_run_config(store: Store, run: str) -> RunConfig:
+    key = RunPaths(run).config
+    if not store.exists(key):
+        raise RunStateError(
+            f"run {run!r} does not exist in {store.location}: start it with `medheaven-coordinator run`"
+        )
+    return RunConfig.from_dict(store.get_json(key))

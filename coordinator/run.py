@@ -1,0 +1,116 @@
+"""Run configuration and run creation: what the coordinator decides once, before round 1."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from medheaven.crypto.context import PublicContext
+from medheaven.crypto.planning import plan_ckks_parameters
+from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
+from medheaven.errors import ConfigurationError, RunStateError
+from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
+from medheaven.model import ModelSpec
+from medheaven.store.base import Store
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run: str
+    hospitals: tuple[str, ...]
+    rounds: int
+    min_hospitals: int
+    round_timeout: float
+    training: LocalTraining = field(default_factory=LocalTraining)
+    evaluator: str | None = None  # key holder that encrypts round 0 and scores the test file
+    test_path: str | None = None
+    plaintext: bool = False  # INSECURE comparison mode: measures what encryption costs, nothing else
+
+    def __post_init__(self) -> None:
+        if not RUN_ID.match(self.run):
+            raise ConfigurationError(f"run id {self.run!r}: use letters, digits, '.', '_' or '-' (max 64)")
+        if not self.hospitals:
+            raise ConfigurationError("a run needs at least one hospital (--hospitals a,b,c)")
+        for hospital in self.hospitals:
+            validate_hospital_id(hospital)
+        if len(set(self.hospitals)) != len(self.hospitals):
+            raise ConfigurationError(f"--hospitals lists a hospital twice: {','.join(self.hospitals)}")
+        if not 1 <= self.min_hospitals <= len(self.hospitals):
+            raise ConfigurationError(
+                f"--min-hospitals must be between 1 and the {len(self.hospitals)} hospitals, got {self.min_hospitals}"
+            )
+        if self.rounds < 1:
+            raise ConfigurationError(f"--rounds must be >= 1, got {self.rounds}")
+
+    @property
+    def key_holder(self) -> str:
+        return self.evaluator or self.hospitals[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hospitals"] = list(self.hospitals)
+        data["training"] = self.training.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(
+            run=str(data["run"]),
+            hospitals=tuple(data["hospitals"]),
+            rounds=int(data["rounds"]),
+            min_hospitals=int(data["min_hospitals"]),
+            round_timeout=float(data["round_timeout"]),
+            training=LocalTraining.from_dict(data["training"]),
+            evaluator=data.get("evaluator"),
+            test_path=data.get("test_path"),
+            plaintext=bool(data.get("plaintext", False)),
+        )
+
+
+def create_run(
+    store: Store,
+    config: RunConfig,
+    *,
+    model: ModelSpec,
+    layout: dict[str, Any],
+    max_abs_feature: float = 1000.0,
+) -> RunDescription:
+    """Write ``run.json`` and ``model.json`` for a new run; refuses to touch an existing run."""
+    paths = RunPaths(config.run)
+    if store.exists(paths.model):
+        raise RunStateError(
+            f"run {config.run!r} already exists in {store.location}: use `medheaven-coordinator resume "
+            f"--run-id {config.run}` or choose another --run-id"
+        )
+    if config.plaintext:
+        params, fingerprint = plan_ckks_parameters(), PLAINTEXT_FINGERPRINT
+    else:
+        if not store.exists(CONTEXT_KEY):
+            raise ConfigurationError(
+                f"{store.location} has no {CONTEXT_KEY}: publish the federation's public context with "
+                "`medheaven federation publish --public-context keys/context.public`"
+            )
+        context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
+        params, fingerprint = context.params, context.fingerprint
+    registry = (
+        HospitalRegistry.from_dict(store.get_json(REGISTRY_KEY)) if store.exists(REGISTRY_KEY) else HospitalRegistry()
+    )
+    unknown = [h for h in config.hospitals if h not in registry.keys]
+    if unknown:
+        raise ConfigurationError(
+            f"hospitals {', '.join(unknown)} are not registered in {store.location}/{REGISTRY_KEY}: "
+            "run `medheaven hospital register --id H --verify-key H.verify.hex` for each"
+        )
+    description = RunDescription(
+        run=config.run,
+        model=model,
+        params=params,
+        fingerprint=fingerprint,
+        layout=layout,
+        plaintext=config.plaintext,
+        max_abs_feature=max_abs_feature,
+    )
+    store.create_json(paths.config, config.to_dict())
+    store.create_json(paths.model, description.to_dict())
+    return description

@@ -1,0 +1,212 @@
+"""A whole federation on one machine: the embedded demo, the end-to-end tests and the benchmarks use this.
+
+``prepare_simulation`` splits a data set into hospitals (patients never straddle hospitals or train/test),
+runs the key ceremony and fills a local store. ``run_simulation`` then runs the same coordinator either on worker
+threads in this process (``memory://``, no services) or on real worker processes over Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.loop import Coordinator, Observer
+from coordinator.run import RunConfig, create_run
+from coordinator.transport import CeleryTransport
+from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
+from medheaven.crypto.signing import load_signing_key
+from medheaven.federated.aggregator import AggregatorNode
+from medheaven.federated.hospital import HospitalNode
+from medheaven.federated.nodes import schema_reader
+from medheaven.federated.setup import HospitalFiles, KeyFiles, set_up_federation
+from medheaven.federated.wire import LocalTraining
+from medheaven.model import ModelSpec
+from medheaven.settings import Settings
+from medheaven.store.local import LocalStore
+
+
+@dataclass(frozen=True)
+class Simulation:
+    root: Path
+    hospitals: tuple[str, ...]
+    data_files: dict[str, Path]
+    test_file: Path
+    layout: dict[str, Any]
+    keys: KeyFiles
+    identities: dict[str, HospitalFiles]
+
+    @property
+    def store_dir(self) -> Path:
+        return self.root / "store"
+
+    def store(self) -> LocalStore:
+        return LocalStore(self.store_dir)
+
+    def store_url(self) -> str:
+        return f"file://{self.store_dir.resolve()}"
+
+    def hospital_env(self, hospital: str, *, broker_url: str) -> dict[str, str]:
+        """The MEDHEAVEN_* environment a real hospital worker of this simulation gets."""
+        return {
+            "MEDHEAVEN_BROKER_URL": broker_url,
+            "MEDHEAVEN_STORE": self.store_url(),
+            "MEDHEAVEN_HOSPITAL_ID": hospital,
+            "MEDHEAVEN_DATA_PATH": str(self.data_files[hospital].resolve()),
+            "MEDHEAVEN_SCHEMA_NAME": "prepared",
+            "MEDHEAVEN_SECRET_CONTEXT": str(self.keys.secret.resolve()),
+            "MEDHEAVEN_SIGNING_KEY": str(self.identities[hospital].signing_key.resolve()),
+        }
+
+    def aggregator_env(self, *, broker_url: str) -> dict[str, str]:
+        return {
+            "MEDHEAVEN_BROKER_URL": broker_url,
+            "MEDHEAVEN_STORE": self.store_url(),
+            "MEDHEAVEN_CONTEXT_FINGERPRINT": self.keys.fingerprint,
+        }
+
+
+def prepare_simulation(
+    root: Path,
+    *,
+    data: Path | None = None,
+    schema: str = "diabetes130",
+    schema_file: Path | None = None,
+    hospitals: int = 3,
+    scheme: str = "iid",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    synthetic_rows: int = 20000,
+    params: CkksParameters | None = None,
+) -> Simulation:
+    from medheaven.data import (
+        fit_layout,
+        generate_synthetic,
+        get_schema,
+        load_dataset,
+        load_frame,
+        split_dataset,
+        write_split,
+    )
+
+    source_schema = get_schema(schema, schema_file=schema_file)
+    if data is None:
+        source_schema = get_schema("diabetes130")
+        raw = generate_synthetic(synthetic_rows, seed=seed)
+        frame = load_frame(raw, source_schema, source="synthetic diabetes130 sample")
+    else:
+        frame = load_dataset(data, source_schema)
+    parts, test = split_dataset(frame, hospitals=hospitals, scheme=scheme, test_fraction=test_fraction, seed=seed)
+    layout = fit_layout(frame, source_schema)
+    data_dir = root / "data"
+    write_split(
+        data_dir,
+        parts,
+        test,
+        layout,
+        source_schema,
+        meta={"source": str(data) if data else "synthetic", "scheme": scheme, "seed": seed},
+    )
+    store = LocalStore(root / "store")
+    hospital_ids = sorted(parts)
+    keys, identities = set_up_federation(root / "keys", store, hospital_ids, params or plan_ckks_parameters())
+    return Simulation(
+        root=root,
+        hospitals=tuple(hospital_ids),
+        data_files={h: data_dir / f"{h}.csv" for h in hospital_ids},
+        test_file=data_dir / "test.csv",
+        layout=layout.to_dict(),
+        keys=keys,
+        identities=identities,
+    )
+
+
+@dataclass
+class SimulationResult:
+    run: str
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    audit: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def default_model(simulation: Simulation, *, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> ModelSpec:
+    from medheaven.data import FeatureLayout
+
+    n_features = FeatureLayout.from_dict(simulation.layout).n_features
+    return ModelSpec(n_features=n_features, kind="mlp", hidden=hidden, dropout=0.1, l2=1e-4, seed=seed)
+
+
+def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, HospitalNode]:
+    secret = load_secret_context(simulation.keys.secret)
+    reader = schema_reader("prepared", None)
+    return {
+        h: HospitalNode(
+            hospital_id=h,
+            store=simulation.store(),
+            data_path=simulation.data_files[h],
+            reader=reader,
+            secret=secret,
+            signing_key=load_signing_key(simulation.identities[h].signing_key, hospital_id=h),
+            audit=audit,
+        )
+        for h in simulation.hospitals
+    }
+
+
+def run_in_threads(
+    simulation: Simulation,
+    config: RunConfig,
+    *,
+    model: ModelSpec,
+    observer: Observer | None = None,
+    audit: bool = False,
+) -> tuple[SimulationResult, dict[str, HospitalNode]]:
+    """The embedded default: memory:// broker, worker threads, local store, no services."""
+    from workers.app import create_app
+    from workers.cluster import ThreadCluster
+
+    app = create_app(Settings(broker_url="memory://", store=simulation.store_url()), hospitals=list(config.hospitals))
+    store = simulation.store()
+    create_run(store, config, model=model, layout=simulation.layout)
+    nodes = hospital_nodes(simulation, audit=audit)
+    aggregator = AggregatorNode(simulation.store(), expected_fingerprint=simulation.keys.fingerprint)
+    with ThreadCluster(app, hospitals=list(config.hospitals), node_factory=nodes.__getitem__, aggregator=aggregator):
+        coordinator = Coordinator(store, CeleryTransport(app), config, poll_interval=0.05, observer=observer)
+        history = coordinator.run()
+    return SimulationResult(config.run, history, _test_record(store, config.run)), nodes
+
+
+def _test_record(store: LocalStore, run: str) -> dict[str, Any] | None:
+    from medheaven.federated.paths import RunPaths
+
+    key = RunPaths(run).test_scores()
+    return dict(store.get_json(key)) if store.exists(key) else None
+
+
+def simulation_config(
+    simulation: Simulation,
+    *,
+    run: str,
+    rounds: int,
+    min_hospitals: int | None = None,
+    round_timeout: float = 600.0,
+    training: LocalTraining | None = None,
+    plaintext: bool = False,
+    score_test: bool = True,
+) -> RunConfig:
+    return RunConfig(
+        run=run,
+        hospitals=simulation.hospitals,
+        rounds=rounds,
+        min_hospitals=min_hospitals or len(simulation.hospitals),
+        round_timeout=round_timeout,
+        training=training or LocalTraining(),
+        test_path=str(simulation.test_file.resolve()) if score_test else None,
+        plaintext=plaintext,
+    )
+
+
+def save_summary(path: Path, result: SimulationResult) -> None:
+    path.write_text(json.dumps({"run": result.run, "history": result.history, "test": result.test}, indent=2))

@@ -1,0 +1,115 @@
+"""Building nodes from settings, and the few multi-step operations that tasks delegate to.
+
+Settings are passed in (read once at process start by the caller); nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medheaven.crypto.context import check_secret_file_mode, load_secret_context
+from medheaven.crypto.signing import load_signing_key, validate_hospital_id
+from medheaven.errors import ConfigurationError, KeyCustodyError
+from medheaven.federated.aggregator import AggregatorNode
+from medheaven.federated.evaluation import binary_metrics
+from medheaven.federated.hospital import HospitalNode
+from medheaven.federated.paths import RunPaths
+from medheaven.federated.protocol import sha256_hex
+from medheaven.settings import Settings
+from medheaven.store import open_store
+
+
+def schema_reader(schema_name: str, schema_file: Path | None) -> Any:
+    from medheaven.data import get_schema, load_dataset
+
+    schema = get_schema(schema_name, schema_file=schema_file)
+
+    def read(path: Path) -> Any:
+        return load_dataset(path, schema)
+
+    return read
+
+
+def check_hospital_settings(settings: Settings) -> None:
+    """What a hospital worker verifies before it accepts any task."""
+    missing = [
+        name
+        for name, value in (
+            ("MEDHEAVEN_HOSPITAL_ID", settings.hospital_id),
+            ("MEDHEAVEN_DATA_PATH", settings.data_path),
+            ("MEDHEAVEN_SIGNING_KEY", settings.signing_key),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigurationError(f"a hospital worker needs {', '.join(missing)}")
+    assert settings.hospital_id is not None and settings.data_path is not None and settings.signing_key is not None
+    validate_hospital_id(settings.hospital_id)
+    if settings.secret_context is not None:
+        check_secret_file_mode(settings.secret_context)
+    check_secret_file_mode(settings.signing_key)
+    if not settings.data_path.is_file():
+        raise ConfigurationError(f"MEDHEAVEN_DATA_PATH={settings.data_path} is not a readable file")
+
+
+def hospital_node_from_settings(settings: Settings, *, expected_hospital: str) -> HospitalNode:
+    check_hospital_settings(settings)
+    assert settings.hospital_id is not None and settings.data_path is not None and settings.signing_key is not None
+    if settings.hospital_id != expected_hospital:
+        raise ConfigurationError(
+            f"this worker is hospital {settings.hospital_id!r} but received a task for {expected_hospital!r}: "
+            f"start it with -Q hospital.{settings.hospital_id} only"
+        )
+    secret = load_secret_context(settings.secret_context) if settings.secret_context else None
+    return HospitalNode(
+        hospital_id=settings.hospital_id,
+        store=open_store(settings.store, settings=settings),
+        data_path=settings.data_path,
+        reader=schema_reader(settings.schema_name, settings.schema_file),
+        secret=secret,
+        signing_key=load_signing_key(settings.signing_key, hospital_id=settings.hospital_id),
+        validation_fraction=settings.validation_fraction,
+    )
+
+
+def check_aggregator_settings(settings: Settings) -> None:
+    """The aggregator must never be handed a secret key, not even by accident of configuration."""
+    if settings.secret_context is not None:
+        raise KeyCustodyError(
+            f"MEDHEAVEN_SECRET_CONTEXT={settings.secret_context} is set on the aggregator; the aggregator must not "
+            "have access to the secret context: unset it"
+        )
+
+
+def aggregator_node_from_settings(settings: Settings) -> AggregatorNode:
+    check_aggregator_settings(settings)
+    return AggregatorNode(
+        open_store(settings.store, settings=settings), expected_fingerprint=settings.context_fingerprint
+    )
+
+
+def store_initial_model(node: HospitalNode, run: str) -> dict[str, Any]:
+    """Write round 0's encrypted initial model unless round 0 is already committed; idempotent under redelivery."""
+    paths = RunPaths(run)
+    key = paths.global_model(0)
+    if node.store.exists(paths.manifest("update", 0)):
+        existing = node.store.get(key)
+        return {"key": key, "sha256": sha256_hex(existing), "size": len(existing)}
+    data, digest = node.initial_model(run)
+    node.store.put(key, data)
+    return {"key": key, "sha256": digest, "size": len(data)}
+
+
+def score_test_file(node: HospitalNode, run: str, round_number: int, test_path: str) -> dict[str, Any]:
+    """Score a committed global model on a held-out file; only metrics leave the hospital."""
+    from medheaven.data import FeatureLayout, encode_features
+
+    description = node.store.get_json(RunPaths(run).model)
+    layout = FeatureLayout.from_dict(description["layout"])
+    frame = node.reader(Path(test_path))
+    scores = node.score(run, round_number, encode_features(frame, layout))
+    metrics = binary_metrics(frame["label"].to_numpy(), scores)
+    record = {"run": run, "round": round_number, "scored_by": node.hospital_id, "metrics": metrics}
+    node.store.put_json(RunPaths(run).test_scores(), record)
+    return record

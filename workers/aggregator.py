@@ -1,0 +1,69 @@
+"""Aggregator worker: ``celery -A workers.aggregator worker -Q aggregate`` (exactly one process, concurrency 1).
+
+Holds the public context and the hospitals' verification keys only; it refuses to start if a secret context is
+configured. Tasks are thin: parse, call ``medheaven.federated.aggregator.AggregatorNode``, return a small dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.signals import worker_init
+
+from medheaven.errors import QuorumNotReachedError
+from workers.app import app, settings
+from workers.guard import count_delivery
+
+if TYPE_CHECKING:
+    from medheaven.federated.aggregator import AggregatorNode
+
+log = logging.getLogger(__name__)
+
+_node: AggregatorNode | None = None
+# the in-process demo runs tasks on a thread pool; the node's running sums must see one task at a time
+_lock = threading.Lock()
+
+
+def node() -> AggregatorNode:
+    global _node
+    if _node is None:
+        from medheaven.federated.nodes import aggregator_node_from_settings
+
+        _node = aggregator_node_from_settings(settings())
+    return _node
+
+
+def use_node(aggregator: AggregatorNode | None) -> None:
+    """The in-process demo hands the aggregator its store directly instead of through settings."""
+    global _node
+    _node = aggregator
+
+
+@worker_init.connect
+def _check_aggregator_configuration(**_: Any) -> None:
+    from medheaven.federated.nodes import check_aggregator_settings
+
+    check_aggregator_settings(settings())
+
+
+@app.task(name="medheaven.aggregate.fold", bind=True)
+def fold(self: Task, receipt: Any) -> dict[str, Any]:
+    """Verify one hospital's update and add it to the round's encrypted running sum."""
+    count_delivery(self, limit=settings().max_deliveries)
+    with _lock:
+        return node().fold(receipt)
+
+
+@app.task(name="medheaven.aggregate.finalise", bind=True)
+def finalise(self: Task, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
+    """Commit the round (result, then manifest) or record why it failed."""
+    count_delivery(self, limit=settings().max_deliveries)
+    with _lock:
+        try:
+            return node().finalise(run, kind, round_number, attempt)
+        except QuorumNotReachedError as exc:
+            log.error("%s", exc)
+            return {"status": "failed", "round": round_number, "message": str(exc)}

@@ -1,0 +1,25 @@
+"""The Celery application shared by every role. Settings are read once, here, when the process starts."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from medheaven.settings import Settings
+from workers.config import celery_config, register_bounded_msgpack
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings()
+
+
+def create_app(current: Settings, *, hospitals: list[str] | None = None) -> Celery:
+    register_bounded_msgpack()
+    celery = Celery("medheaven")
+    celery.conf.update(celery_config(current, hospitals=current.hospital_ids() + list(hospitals or [])))
+    return celery
+
+
+app = create_app(settings())

@@ -1,0 +1,119 @@
+"""Celery configuration derived from MEDHEAVEN_* settings: the single place transport policy is decided.
+
+* msgpack is the task and result serializer and the only content accepted; a pickle body is refused before any
+  of our code runs (loading a pickle runs code). Our msgpack decoder replaces kombu's so that it bounds the
+  message size and every container before allocating.
+* Queues are declared, never created on demand: ``aggregate`` and one ``hospital.<id>`` per hospital. A typo in a
+  hospital id fails at send time instead of filling a queue nobody reads.
+* Late acks, prefetch 1 and requeue on worker loss: a hospital task is acknowledged only once its receipt exists,
+  and a worker killed mid-training gives its task back. ``MEDHEAVEN_MAX_DELIVERIES`` stops a task that keeps
+  killing its worker (see ``workers.guard``).
+* Redis' visibility timeout is longer than any task's hard time limit, so a slow but live task is not redelivered.
+* Task events on, so Flower shows workers, queues and tasks.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+from kombu import Exchange, Queue
+from kombu.serialization import register
+
+from medheaven.settings import Settings
+
+AGGREGATE_QUEUE = "aggregate"
+MAX_MESSAGE_BYTES = 256 * 1024  # task messages carry references and digests only; a receipt is < 4 KiB
+
+
+def hospital_queue(hospital_id: str) -> str:
+    return f"hospital.{hospital_id}"
+
+
+def _bounded_msgpack_loads(data: bytes | str) -> Any:
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message of {len(raw)} bytes exceeds MedHeaven's {MAX_MESSAGE_BYTES}-byte bound")
+    return msgpack.unpackb(
+        raw,
+        raw=False,
+        strict_map_key=False,
+        max_bin_len=MAX_MESSAGE_BYTES,
+        max_str_len=MAX_MESSAGE_BYTES,
+        max_array_len=4096,
+        max_map_len=4096,
+        max_ext_len=0,
+    )
+
+
+def _msgpack_dumps(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def register_bounded_msgpack() -> None:
+    register(
+        "msgpack",
+        _msgpack_dumps,
+        _bounded_msgpack_loads,
+        content_type="application/x-msgpack",
+        content_encoding="binary",
+    )
+
+
+def declared_queues(hospitals: Iterable[str]) -> list[Queue]:
+    names = [AGGREGATE_QUEUE, *sorted({hospital_queue(h) for h in hospitals})]
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names]
+
+
+def _tls_options(settings: Settings) -> dict[str, Any] | None:
+    if not settings.broker_url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca)
+    if settings.redis_tls_cert:
+        options["ssl_certfile"] = str(settings.redis_tls_cert)
+    if settings.redis_tls_key:
+        options["ssl_keyfile"] = str(settings.redis_tls_key)
+    return options
+
+
+def celery_config(settings: Settings, *, hospitals: Iterable[str] = ()) -> dict[str, Any]:
+    visibility = settings.task_time_limit * 2 + 60
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.resolved_backend(),
+        "task_serializer": "msgpack",
+        "result_serializer": "msgpack",
+        "accept_content": ["msgpack"],
+        "result_accept_content": ["msgpack"],
+        "event_serializer": "json",
+        "task_queues": declared_queues(hospitals),
+        "task_default_queue": AGGREGATE_QUEUE,
+        "task_create_missing_queues": False,
+        "task_routes": {"medheaven.aggregate.*": {"queue": AGGREGATE_QUEUE}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(settings.task_time_limit - 30, 5),
+        "broker_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "result_expires": 7 * 24 * 3600,
+        "result_extended": True,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_hijack_root_logger": False,
+    }
+    tls = _tls_options(settings)
+    if tls is not None:
+        config["broker_use_ssl"] = tls
+        config["redis_backend_use_ssl"] = tls
+    return config

@@ -1,0 +1,99 @@
+"""Hospital worker: ``celery -A workers.hospital worker -Q hospital.<id>``.
+
+A thin adapter: each task parses its arguments, calls ``medheaven.federated.hospital.HospitalNode`` and returns a
+small dict. TensorFlow and TenSEAL are imported inside the tasks, never in the prefork parent, because a parent that
+imported TensorFlow before forking leaves its children hung.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.signals import worker_init
+
+from workers.app import app, settings
+from workers.guard import count_delivery
+
+if TYPE_CHECKING:
+    from medheaven.federated.hospital import HospitalNode
+
+log = logging.getLogger(__name__)
+
+_NODES: dict[str, HospitalNode] = {}
+_NODES_LOCK = threading.Lock()
+_node_factory: Callable[[str], HospitalNode] | None = None
+
+
+def use_node_factory(factory: Callable[[str], HospitalNode] | None) -> None:
+    """The in-process demo serves several hospitals from one process; a real worker serves one."""
+    global _node_factory
+    _node_factory = factory
+    _NODES.clear()
+
+
+def node_for(hospital_id: str) -> HospitalNode:
+    with _NODES_LOCK:
+        node = _NODES.get(hospital_id)
+        if node is None:
+            if _node_factory is not None:
+                node = _node_factory(hospital_id)
+            else:
+                from medheaven.federated.nodes import hospital_node_from_settings
+
+                node = hospital_node_from_settings(settings(), expected_hospital=hospital_id)
+            _NODES[hospital_id] = node
+        return node
+
+
+@worker_init.connect
+def _check_hospital_configuration(**_: Any) -> None:
+    """Refuse to start a hospital worker whose configuration is incomplete or whose secret key is exposed."""
+    if _node_factory is not None:
+        return
+    from medheaven.federated.nodes import check_hospital_settings
+
+    check_hospital_settings(settings())
+
+
+def _guard(task: Task) -> None:
+    count_delivery(task, limit=settings().max_deliveries)
+
+
+@app.task(name="medheaven.hospital.stats", bind=True)
+def stats(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
+    """Encrypt this hospital's sufficient statistics for the federated standardiser."""
+    from medheaven.federated.wire import RoundSpec
+
+    _guard(self)
+    return node_for(hospital).compute_stats(RoundSpec.from_dict(spec)).to_dict()
+
+
+@app.task(name="medheaven.hospital.init_model", bind=True)
+def init_model(self: Task, run: str, hospital: str) -> dict[str, Any]:
+    """Round 0: a key holder encrypts the deterministic initial model and stores it (idempotent)."""
+    from medheaven.federated.nodes import store_initial_model
+
+    _guard(self)
+    return store_initial_model(node_for(hospital), run)
+
+
+@app.task(name="medheaven.hospital.train", bind=True)
+def train(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
+    """Fetch and check the global model, evaluate, train locally, upload the encrypted update; return a receipt."""
+    from medheaven.federated.wire import RoundSpec
+
+    _guard(self)
+    return node_for(hospital).train(RoundSpec.from_dict(spec)).to_dict()
+
+
+@app.task(name="medheaven.hospital.evaluate_test", bind=True)
+def evaluate_test(self: Task, run: str, round_number: int, hospital: str, test_path: str) -> dict[str, Any]:
+    """Simulation only: a key holder scores a committed global model on the held-out test file."""
+    from medheaven.federated.nodes import score_test_file
+
+    _guard(self)
+    return score_test_file(node_for(hospital), run, round_number, test_path)
