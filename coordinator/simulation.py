@@ -210,3 +210,31 @@ def simulation_config(
 
 def save_summary(path: Path, result: SimulationResult) -> None:
     path.write_text(json.dumps({"run": result.run, "history": result.history, "test": result.test}, indent=2))
+
+
+def run_in_processes(
+    simulation: Simulation,
+    config: RunConfig,
+    *,
+    model: ModelSpec,
+    broker_url: str,
+    observer: Observer | None = None,
+    workers_per_hospital: int = 1,
+    ready_timeout: float = 180.0,
+) -> SimulationResult:
+    """The same federation on real worker processes over Redis: one aggregator, N processes per hospital."""
+    from workers.app import create_app
+    from workers.cluster import ProcessCluster
+
+    app = create_app(Settings(broker_url=broker_url, store=simulation.store_url()), hospitals=list(config.hospitals))
+    store = simulation.store()
+    create_run(store, config, model=model, layout=simulation.layout)
+    with ProcessCluster(base_env={}, log_dir=simulation.root / "logs") as cluster:
+        cluster.start_aggregator(simulation.aggregator_env(broker_url=broker_url))
+        for hospital in config.hospitals:
+            for _ in range(workers_per_hospital):
+                cluster.start_hospital(hospital, simulation.hospital_env(hospital, broker_url=broker_url))
+        cluster.wait_ready(app, timeout=ready_timeout)
+        coordinator = Coordinator(store, CeleryTransport(app), config, poll_interval=0.1, observer=observer)
+        history = coordinator.run()
+    return SimulationResult(config.run, history, _test_record(store, config.run))
