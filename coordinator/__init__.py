@@ -1,0 +1,1 @@
+"""The coordinator: opens rounds, waits for quorum or the deadline, finalises, resumes."""

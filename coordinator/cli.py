@@ -1,0 +1,192 @@
+"""``medheaven-coordinator``: submit a run, watch it, resume it.
+
+    medheaven-coordinator run --run-id r1 --rounds 10 --hospitals a,b,c --layout data/layout.json
+    medheaven-coordinator status --run-id r1
+    medheaven-coordinator resume --run-id r1
+
+Configuration (broker, store) comes from MEDHEAVEN_* settings; the run's own choices are stored in the run's
+``run.json`` so that ``resume`` needs nothing but the run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from coordinator.loop import Coordinator, require_run_config
+from coordinator.progress import ProgressObserver
+from coordinator.run import RunConfig, create_run
+from coordinator.transport import CeleryTransport
+from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
+from medheaven.federated.wire import LocalTraining
+from medheaven.model import ModelSpec
+from medheaven.settings import Settings
+
+app = typer.Typer(
+    help="Coordinate MedHeaven federated rounds over Celery/Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    set_debug(debug)
+    if not debug:
+        logging.getLogger("coordinator").setLevel(logging.INFO)
+
+
+def _connect(settings: Settings, hospitals: tuple[str, ...]) -> tuple[Any, CeleryTransport]:
+    from medheaven.store import open_store
+    from workers.app import create_app
+
+    store = open_store(settings.store, settings=settings)
+    return store, CeleryTransport(create_app(settings, hospitals=list(hospitals)))
+
+
+def _drive(coordinator: Coordinator, *, json_output: bool) -> None:
+    # SIGTERM behaves like Ctrl-C: stop waiting, leave the last committed round intact
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        history = coordinator.run()
+    except KeyboardInterrupt:
+        last = coordinator.last_committed_round()
+        stderr.print(
+            f"[yellow]stopped; round {last} is the last committed round. Continue with "
+            f"`medheaven-coordinator resume --run-id {coordinator.config.run}`[/yellow]"
+        )
+        raise typer.Exit(130) from None
+    if json_output:
+        print_json({"run": coordinator.config.run, "history": history, "test": _test(coordinator)})
+    else:
+        ProgressObserver.print_summary(stdout, history, _test(coordinator))
+
+
+def _test(coordinator: Coordinator) -> dict[str, Any] | None:
+    key = coordinator.paths.test_scores()
+    return dict(coordinator.store.get_json(key)) if coordinator.store.exists(key) else None
+
+
+@app.command("run")
+@command
+def run(
+    run_id: Annotated[str, typer.Option("--run-id")],
+    hospitals: Annotated[str, typer.Option("--hospitals", help="Comma-separated hospital ids.")],
+    layout: Annotated[Path, typer.Option("--layout", help="Shared feature layout (layout.json).")],
+    rounds: Annotated[int, typer.Option("--rounds", min=1)] = 10,
+    min_hospitals: Annotated[int | None, typer.Option("--min-hospitals", help="Quorum; default: all.")] = None,
+    round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round.")] = None,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
+    hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
+    dropout: Annotated[float, typer.Option("--dropout")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    evaluator: Annotated[str | None, typer.Option("--evaluator", help="Key holder for round 0 and test.")] = None,
+    test_data: Annotated[str | None, typer.Option("--test-data", help="Held-out file (simulations).")] = None,
+    plaintext: Annotated[bool, typer.Option("--plaintext-insecure", help="INSECURE: no encryption.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
+) -> None:
+    """Start a new run and drive it to the end.
+
+    Example: medheaven-coordinator run --run-id r1 --rounds 10 --hospitals a,b,c --layout data/layout.json
+    """
+    from medheaven.data import FeatureLayout
+
+    settings = Settings()
+    hospital_ids = tuple(h.strip() for h in hospitals.split(",") if h.strip())
+    config = RunConfig(
+        run=run_id,
+        hospitals=hospital_ids,
+        rounds=rounds,
+        min_hospitals=min_hospitals or len(hospital_ids),
+        round_timeout=round_timeout or settings.round_timeout,
+        training=LocalTraining(epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate),
+        evaluator=evaluator,
+        test_path=test_data,
+        plaintext=plaintext,
+    )
+    feature_layout = FeatureLayout.load(layout)
+    widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    model = ModelSpec(
+        n_features=feature_layout.n_features,
+        kind="mlp" if widths else "logreg",
+        hidden=widths,
+        dropout=dropout if widths else 0.0,
+        seed=seed,
+    )
+    store, transport = _connect(settings, hospital_ids)
+    create_run(store, config, model=model, layout=feature_layout.to_dict())
+    observer = ProgressObserver(quiet=quiet or json_output, rounds=rounds)
+    _drive(
+        Coordinator(store, transport, config, poll_interval=settings.poll_interval, observer=observer),
+        json_output=json_output,
+    )
+
+
+@app.command("resume")
+@command
+def resume(
+    run_id: Annotated[str, typer.Option("--run-id")],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """Continue a run from its last committed round (after Ctrl-C, a crash or a failed round).
+
+    Example: medheaven-coordinator resume --run-id r1
+    """
+    from medheaven.store import open_store
+
+    settings = Settings()
+    store = open_store(settings.store, settings=settings)
+    config = require_run_config(store, run_id)
+    _, transport = _connect(settings, config.hospitals)
+    observer = ProgressObserver(quiet=quiet or json_output, rounds=config.rounds)
+    _drive(
+        Coordinator(store, transport, config, poll_interval=settings.poll_interval, observer=observer),
+        json_output=json_output,
+    )
+
+
+@app.command("status")
+@command
+def status(
+    run_id: Annotated[str, typer.Option("--run-id")],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a run's committed rounds and metrics from the store (no broker needed).
+
+    Example: medheaven-coordinator status --run-id r1 --json
+    """
+    from medheaven.federated.paths import RunPaths
+    from medheaven.store import open_store
+
+    settings = Settings()
+    store = open_store(settings.store, settings=settings)
+    config = require_run_config(store, run_id)
+    history_key = RunPaths(run_id).history
+    history = list(store.get_json(history_key)) if store.exists(history_key) else []
+    committed = max((int(r["round"]) for r in history), default=0)
+    summary = {
+        "run": run_id,
+        "rounds": config.rounds,
+        "committed": committed,
+        "config": config.to_dict(),
+        "history": history,
+    }
+    if json_output:
+        print_json(summary)
+        return
+    stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
+    ProgressObserver.print_summary(stdout, history, None)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,106 @@
+"""Live progress for operators (rich, on stderr) and the final summary table (stdout)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from coordinator.loop import RoundProgress
+from medheaven.federated.wire import RoundSpec
+
+_STYLE = {
+    "queued": "dim",
+    "training": "cyan",
+    "uploaded": "blue",
+    "folded": "green",
+    "rejected": "red",
+    "failed": "red",
+    "late": "yellow",
+}
+
+
+class ProgressObserver:
+    def __init__(self, *, quiet: bool, rounds: int) -> None:
+        self.quiet = quiet
+        self.rounds = rounds
+        self.console = Console(stderr=True)
+        self.started = time.monotonic()
+        self.round_seconds: list[float] = []
+        self._live: Live | None = None
+
+    def _table(self, progress: RoundProgress) -> Table:
+        spec = progress.spec
+        elapsed = time.monotonic() - self.started
+        title = "statistics" if spec.kind == "stats" else f"round {spec.round}/{self.rounds}"
+        eta = ""
+        if self.round_seconds and spec.kind == "update":
+            mean = sum(self.round_seconds) / len(self.round_seconds)
+            eta = f", about {mean * (self.rounds - spec.round + 1):.0f}s to go"
+        table = Table(title=f"{title} (attempt {spec.attempt}) {elapsed:.0f}s elapsed{eta}", title_justify="left")
+        table.add_column("hospital")
+        table.add_column("state")
+        table.add_column("detail", overflow="fold")
+        for status in progress.statuses.values():
+            style = _STYLE.get(status.state, "")
+            table.add_row(status.hospital, f"[{style}]{status.state}[/{style}]", status.detail[:120])
+        return table
+
+    def round_started(self, spec: RoundSpec) -> None:
+        if self.quiet:
+            return
+        self._stop_live()
+        self._live = Live(console=self.console, refresh_per_second=4, transient=True)
+        self._live.start()
+
+    def round_progress(self, progress: RoundProgress) -> None:
+        if self._live is not None:
+            self._live.update(self._table(progress))
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        self._stop_live()
+        self.round_seconds.append(float(record["seconds"]))
+        if not self.quiet:
+            auc = record["weighted"].get("roc_auc", float("nan"))
+            late = [h for h, s in record.get("statuses", {}).items() if s != "folded"]
+            suffix = f"; not folded: {', '.join(late)}" if late else ""
+            self.console.print(
+                f"round {record['round']} committed with {len(record['participants'])} hospitals in "
+                f"{record['seconds']:.1f}s; validation ROC-AUC of its starting model {auc:.3f}{suffix}"
+            )
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text)
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    @staticmethod
+    def print_summary(console: Console, history: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
+        table = Table(title="rounds (validation metrics are of the model each round started from)")
+        for column in ("round", "hospitals", "ROC-AUC", "PR-AUC", "loss", "seconds", "KB up"):
+            table.add_column(column, justify="right")
+        for record in history:
+            weighted = record["weighted"]
+            table.add_row(
+                str(record["round"]),
+                str(len(record["participants"])),
+                f"{weighted['roc_auc']:.3f}",
+                f"{weighted['pr_auc']:.3f}",
+                f"{weighted['loss']:.4f}",
+                f"{record['seconds']:.1f}",
+                f"{record['bytes_up'] / 1024:.0f}",
+            )
+        console.print(table)
+        if test:
+            metrics = test["metrics"]
+            console.print(
+                f"held-out test of round {test['round']}: ROC-AUC {metrics['roc_auc']:.3f}, "
+                f"PR-AUC {metrics['pr_auc']:.3f}, Brier {metrics['brier']:.4f}, base rate {metrics['base_rate']:.3f}"
+            )

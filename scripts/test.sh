@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set-up command 2: install the dev extra into ./.venv, make sure Redis answers on 127.0.0.1:6379, then run
+# ruff (lint and format check), mypy (strict) and the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+
+redis_up() { .venv/bin/python -c "import redis,sys; redis.Redis(host='127.0.0.1', port=6379, socket_timeout=2).ping()" 2>/dev/null; }
+if ! redis_up; then
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "Redis is not answering on 127.0.0.1:6379: starting a local redis-server (no persistence)"
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+    for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
+  fi
+  if ! redis_up; then
+    echo "The tests need Redis on 127.0.0.1:6379. Install it (Debian/Ubuntu: apt-get install redis-server;" >&2
+    echo "macOS: brew install redis) or start it, then run this script again." >&2
+    exit 1
+  fi
+fi
+
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"
