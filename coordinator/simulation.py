@@ -131,11 +131,22 @@ class SimulationResult:
     audit: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
 
-def default_model(simulation: Simulation, *, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> ModelSpec:
+def default_model(
+    simulation: Simulation,
+    *,
+    hidden: tuple[int, ...] = (64, 32),
+    dropout: float = 0.3,
+    l2: float = 1e-3,
+    seed: int = 0,
+) -> ModelSpec:
+    """The readmission MLP of the centralised baseline (medheaven.baseline), so results compare like for like."""
     from medheaven.data import FeatureLayout
 
     n_features = FeatureLayout.from_dict(simulation.layout).n_features
-    return ModelSpec(n_features=n_features, kind="mlp", hidden=hidden, dropout=0.1, l2=1e-4, seed=seed)
+    kind = "mlp" if hidden else "logreg"
+    return ModelSpec(
+        n_features=n_features, kind=kind, hidden=hidden, dropout=dropout if hidden else 0.0, l2=l2, seed=seed
+    )
 
 
 def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, HospitalNode]:

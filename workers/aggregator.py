@@ -10,8 +10,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from celery import Task
-from celery.signals import worker_init
+from celery import Task, bootsteps
 
 from medheaven.errors import QuorumNotReachedError
 from workers.app import app, settings
@@ -42,11 +41,18 @@ def use_node(aggregator: AggregatorNode | None) -> None:
     _node = aggregator
 
 
-@worker_init.connect
-def _check_aggregator_configuration(**_: Any) -> None:
-    from medheaven.federated.nodes import check_aggregator_settings
+class AggregatorStartupCheck(bootsteps.Step):  # type: ignore[misc]
+    """Refuse to start if a secret context is configured (a bootstep: exceptions here abort start-up)."""
 
-    check_aggregator_settings(settings())
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        if _node is None:
+            from medheaven.federated.nodes import check_aggregator_settings
+
+            check_aggregator_settings(settings())
+
+
+app.steps["worker"].add(AggregatorStartupCheck)
 
 
 @app.task(name="medheaven.aggregate.fold", bind=True)

@@ -12,8 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from celery import Task
-from celery.signals import worker_init
+from celery import Task, bootsteps
 
 from workers.app import app, settings
 from workers.guard import count_delivery
@@ -49,14 +48,22 @@ def node_for(hospital_id: str) -> HospitalNode:
         return node
 
 
-@worker_init.connect
-def _check_hospital_configuration(**_: Any) -> None:
-    """Refuse to start a hospital worker whose configuration is incomplete or whose secret key is exposed."""
-    if _node_factory is not None:
-        return
-    from medheaven.federated.nodes import check_hospital_settings
+class HospitalStartupCheck(bootsteps.Step):  # type: ignore[misc]
+    """Refuse to start a hospital worker whose configuration is incomplete or whose secret key is exposed.
 
-    check_hospital_settings(settings())
+    A bootstep, not a ``worker_init`` receiver: Celery logs and swallows exceptions raised by signal receivers,
+    whereas an exception in a bootstep aborts the worker's start-up with a non-zero exit.
+    """
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        if _node_factory is None:
+            from medheaven.federated.nodes import check_hospital_settings
+
+            check_hospital_settings(settings())
+
+
+app.steps["worker"].add(HospitalStartupCheck)
 
 
 def _guard(task: Task) -> None:
