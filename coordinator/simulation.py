@@ -23,7 +23,7 @@ from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.nodes import schema_reader
 from medheaven.federated.setup import HospitalFiles, KeyFiles, set_up_federation
 from medheaven.federated.wire import LocalTraining
-from medheaven.model import ModelSpec
+from medheaven.model import ModelKind, ModelSpec
 from medheaven.settings import Settings
 from medheaven.store.local import LocalStore
 
@@ -143,7 +143,7 @@ def default_model(
     from medheaven.data import FeatureLayout
 
     n_features = FeatureLayout.from_dict(simulation.layout).n_features
-    kind = "mlp" if hidden else "logreg"
+    kind: ModelKind = "mlp" if hidden else "logreg"
     return ModelSpec(
         n_features=n_features, kind=kind, hidden=hidden, dropout=dropout if hidden else 0.0, l2=l2, seed=seed
     )

@@ -249,3 +249,80 @@ def verify(
 
 def main() -> None:
     app()
+
+
+# -- store ------------------------------------------------------------------------------------------------
+store_app = typer.Typer(help="Inspect the global server (store): runs, rounds, files, integrity.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("ls")
+@command
+def store_ls(
+    run: Annotated[str | None, typer.Argument(help="A run id; without it, list the runs.")] = None,
+    store: StoreOption = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the runs in the store, or one run's committed rounds and files.
+
+    Example: medheaven store ls demo --store file://./medheaven-demo/store
+    """
+    from medheaven.store.audit import committed_rounds, list_runs
+
+    target = _store(store)
+    if run is None:
+        runs = list_runs(target)
+        if json_output:
+            print_json({"runs": runs})
+        else:
+            for name in runs:
+                stdout.print(name)
+        return
+    files = [(key, len(target.get(key))) for key in target.list(run)]
+    rounds = committed_rounds(target, run)
+    if json_output:
+        print_json({"run": run, "committed_rounds": rounds, "files": [{"key": k, "bytes": n} for k, n in files]})
+        return
+    stdout.print(f"run {run}: committed rounds {rounds}")
+    for key, size in files:
+        stdout.print(f"{size:>12}  {key}")
+
+
+@store_app.command("get")
+@command
+def store_get(
+    key: Annotated[str, typer.Argument(help="Store key, e.g. demo/rounds/3/manifest.json")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the bytes.")],
+    store: StoreOption = None,
+) -> None:
+    """Download one file from the store.
+
+    Example: medheaven store get demo/rounds/3/global.ckks --out global.ckks
+    """
+    data = _store(store).get(key)
+    out.write_bytes(data)
+    stdout.print(f"wrote {len(data)} bytes to {out}")
+
+
+@store_app.command("check")
+@command
+def store_check(
+    run: Annotated[str, typer.Argument(help="Run id to check.")],
+    store: StoreOption = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check that every committed round's files exist and match the manifest digests (exit 1 on any failure).
+
+    Example: medheaven store check demo
+    """
+    from medheaven.store.audit import check_run
+
+    checks = check_run(_store(store), run)
+    if json_output:
+        print_json({"run": run, "ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks]})
+    else:
+        for check in checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            stdout.print(f"{mark} {check.name}: {check.detail}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)

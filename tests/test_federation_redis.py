@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow
 
 
 def _app(simulation: Simulation, redis_url: str):  # type: ignore[no-untyped-def]
-    return create_app(Settings(broker_url=redis_url, store=simulation.store_url()), hospitals=list(simulation.hospitals))
+    return create_app(
+        Settings(broker_url=redis_url, store=simulation.store_url()), hospitals=list(simulation.hospitals)
+    )
 
 
 def _environ(pid: int) -> dict[str, str]:

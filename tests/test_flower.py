@@ -69,7 +69,9 @@ def test_flower_lists_workers_and_round_tasks_with_basic_auth(tmp_path: Path, re
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(0.2)
-        app = create_app(Settings(broker_url=redis_url, store=simulation.store_url()), hospitals=list(simulation.hospitals))
+        app = create_app(
+            Settings(broker_url=redis_url, store=simulation.store_url()), hospitals=list(simulation.hospitals)
+        )
         config = simulation_config(simulation, run="flower", rounds=1, round_timeout=240, score_test=False)
         store = simulation.store()
         create_run(store, config, model=default_model(simulation), layout=simulation.layout)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgpack
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 from kombu.serialization import register
 
 from medheaven.settings import Settings

@@ -22,8 +22,6 @@ def open_store(url: str, *, settings: Settings | None = None) -> Store:
         from medheaven.store.drive import open_drive_store
 
         if settings is None:
-            raise ConfigurationError(
-                "the Drive store needs settings (service account or OAuth settings file)"
-            )
+            raise ConfigurationError("the Drive store needs settings (service account or OAuth settings file)")
         return open_drive_store(url.removeprefix("drive://"), settings=settings)
     raise ConfigurationError(f"store URL {url!r}: use file:///path, file://./path or drive://<folder-id>")
