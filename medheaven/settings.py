@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         default="", description="Comma-separated hospital ids whose queues this process declares (coordinator, Flower)."
     )
     keep_updates: bool = Field(
-        default=True, description="Keep updates/<r>/ envelopes after commit (audit, `medheaven verify`)."
+        default=True, description="Keep a round's update envelopes after it commits (needed by `medheaven verify`)."
     )
 
     # --- store ---------------------------------------------------------------------------------------------
@@ -68,10 +68,11 @@ class Settings(BaseSettings):
     data_path: Path | None = Field(default=None, description="This hospital's data file.")
     schema_name: SchemaName = Field(default="diabetes130", description="Schema of the hospital's data file.")
     schema_file: Path | None = Field(default=None, description="Schema file for the generic CSV schema.")
-    layout_path: Path | None = Field(default=None, description="Shared feature layout (layout.json).")
     secret_context: Path | None = Field(default=None, description="Secret CKKS context file (hospitals only).")
     signing_key: Path | None = Field(default=None, description="This hospital's Ed25519 signing key (PEM).")
-    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Share of a hospital's patients held out for its validation metrics."
+    )
 
     # --- aggregator node -----------------------------------------------------------------------------------
     context_fingerprint: str | None = Field(

@@ -60,8 +60,9 @@ class _RoundState:
 class AggregatorNode:
     """Holds the public context and the registry only; it is typed so that it cannot be given a secret key."""
 
-    def __init__(self, store: Store, *, expected_fingerprint: str | None = None) -> None:
+    def __init__(self, store: Store, *, expected_fingerprint: str | None = None, keep_updates: bool = True) -> None:
         self.store = store
+        self.keep_updates = keep_updates
         self.expected_fingerprint = expected_fingerprint
         self._context: PublicContext | None = None
         self._runs: dict[str, RunDescription] = {}
@@ -334,6 +335,10 @@ class AggregatorNode:
         )
         self.store.create_json(manifest_key, manifest.to_dict())
         self._rounds.pop((run, kind, round_number), None)
+        if not self.keep_updates:
+            # only after the commit: until the manifest exists, a restarted aggregator rebuilds from these files
+            for entry in state.folded:
+                self.store.delete(str(entry["key"]))
         log.info("committed %s round %s of %s with %s", kind, round_number, run, manifest.participants)
         return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
 

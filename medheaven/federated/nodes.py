@@ -85,7 +85,9 @@ def check_aggregator_settings(settings: Settings) -> None:
 def aggregator_node_from_settings(settings: Settings) -> AggregatorNode:
     check_aggregator_settings(settings)
     return AggregatorNode(
-        open_store(settings.store, settings=settings), expected_fingerprint=settings.context_fingerprint
+        open_store(settings.store, settings=settings),
+        expected_fingerprint=settings.context_fingerprint,
+        keep_updates=settings.keep_updates,
     )
 
 
