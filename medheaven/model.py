@@ -11,6 +11,7 @@ TensorFlow is imported inside functions on purpose: a prefork Celery parent must
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,6 +82,9 @@ class ModelSpec:
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # one traced predict function per hospital model is expected when several hospitals share a process (the
+    # embedded demo); TensorFlow's retracing warning would otherwise flood the operator's terminal
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def build_model(spec: ModelSpec) -> keras.Model:
