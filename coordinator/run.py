@@ -28,7 +28,7 @@ class RunConfig:
     plaintext: bool = False  # INSECURE comparison mode: measures what encryption costs, nothing else
 
     def __post_init__(self) -> None:
-        if not RUN_ID.match(self.run):
+        if not RUN_ID.fullmatch(self.run):
             raise ConfigurationError(f"run id {self.run!r}: use letters, digits, '.', '_' or '-' (max 64)")
         if not self.hospitals:
             raise ConfigurationError("a run needs at least one hospital (--hospitals a,b,c)")

@@ -114,7 +114,6 @@ def test_context_public_file_never_contains_the_secret_key(params: CkksParameter
     for form in (compressed, raw):
         leaked = [window for window in _windows(form, skip=16) if window in public_bytes]
         assert not leaked
-    assert b"secret" not in public_bytes.lower().replace(b"public-context", b"")
 
 
 def test_context_public_file_is_small_and_has_no_galois_or_relin_keys(key_files: tuple[Path, Path]) -> None:

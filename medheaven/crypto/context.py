@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class SecretContext:
             raise KeyCustodyError(f"{source} is a {kind} file, not a secret context")
         context = ts.context_from(raw)
         context.global_scale = 2.0**params.scale_bits
+        public = context.copy()
+        public.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
+        if hashlib.sha256(_serialise(public, secret=False)).hexdigest() != fingerprint:
+            raise CryptoError(f"{source}: fingerprint does not match the key inside; the file is corrupt or edited")
         return cls(params=params, fingerprint=fingerprint, tenseal=context)
 
     def encrypt(self, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
@@ -155,12 +160,17 @@ def write_secret_file(path: Path, data: bytes, *, force: bool = False) -> None:
     if path.exists() and not force:
         raise ConfigurationError(f"{path} exists; pass --force to replace it (the old key will be lost)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    # mkstemp creates a fresh file with O_EXCL and mode 0600: a planted file or symlink cannot receive the key
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def write_public_file(path: Path, data: bytes, *, force: bool = False) -> None:

@@ -146,7 +146,7 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> dict[str, object]:
             max_bin_len=limits.max_chunk_bytes,
             max_str_len=256,
             max_array_len=limits.max_chunks,
-            max_map_len=len(_FIELDS),
+            max_map_len=2 * len(_FIELDS),  # room to name unexpected fields; still bounded
             max_ext_len=0,
         )
     except ValueError as exc:
@@ -170,7 +170,7 @@ def _field(payload: dict[str, object], name: str, kind: type) -> object:
 
 def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelope:
     version = payload.get("v")
-    if version != ENVELOPE_FORMAT or isinstance(version, bool):
+    if type(version) is not int or version != ENVELOPE_FORMAT:
         raise EnvelopeVersionError(f"envelope format {version!r} is not supported (expected {ENVELOPE_FORMAT})")
     missing = _FIELDS - payload.keys()
     extra = payload.keys() - _FIELDS
@@ -180,7 +180,7 @@ def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelop
     if kind not in KINDS:
         raise EnvelopeVersionError(f"envelope kind {kind!r} is unknown (expected one of {KINDS})")
     run = str(_field(payload, "run", str))
-    if not _RUN_ID.match(run):
+    if not _RUN_ID.fullmatch(run):
         raise EnvelopeFormatError(f"envelope run id {run!r} is malformed")
     round_number = int(_field(payload, "round", int))  # type: ignore[call-overload]
     if round_number < 0:
@@ -188,7 +188,7 @@ def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelop
     hospital = str(_field(payload, "hosp", str))
     fingerprint = str(_field(payload, "fp", str))
     base = str(_field(payload, "base", str))
-    if not _HEX64.match(fingerprint) or (base and not _HEX64.match(base)):
+    if not _HEX64.fullmatch(fingerprint) or (base and not _HEX64.fullmatch(base)):
         raise EnvelopeFormatError("envelope fingerprint or base digest is not a lower-case sha256 hex string")
     length = int(_field(payload, "len", int))  # type: ignore[call-overload]
     if not 0 < length <= limits.max_length:

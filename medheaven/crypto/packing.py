@@ -62,9 +62,9 @@ def decrypt_chunks(secret: SecretContext, chunks: tuple[bytes, ...], *, length: 
 
 def unpack_average(summed: np.ndarray) -> tuple[np.ndarray, int]:
     """Divide the decrypted sum by the decrypted total sample count (an integer, so rounding is exact)."""
-    total = round(float(summed[-1]))
-    if total < 1 or not math.isfinite(summed[-1]):
+    if not math.isfinite(summed[-1]) or round(float(summed[-1])) < 1:
         raise PackingError(f"decrypted sample total is {summed[-1]!r}: the aggregate is empty or corrupt")
+    total = round(float(summed[-1]))
     return summed[:-1] / total, total
 
 

@@ -23,7 +23,7 @@ SIGNATURE_BYTES = 64
 
 
 def validate_hospital_id(hospital_id: str) -> str:
-    if not isinstance(hospital_id, str) or not HOSPITAL_ID.match(hospital_id):
+    if not isinstance(hospital_id, str) or not HOSPITAL_ID.fullmatch(hospital_id):
         raise ConfigurationError(
             f"hospital id {hospital_id!r} is not valid: use 1-63 lower-case letters, digits, '-' or '_' "
             "(it becomes a queue name and a file name)"

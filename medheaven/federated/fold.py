@@ -29,6 +29,11 @@ class Accumulator(ABC):
         self.length = length
         self.count = 0
 
+    def check_chunk_count(self, chunks: tuple[bytes, ...], source: str) -> None:
+        expected = -(-self.length // self.slots)
+        if len(chunks) != expected:
+            raise CiphertextError(f"{source} has {len(chunks)} chunks; the model needs {expected}")
+
     def chunk_size(self, index: int) -> int:
         return min(self.slots, self.length - index * self.slots)
 
@@ -61,6 +66,10 @@ class EncryptedAccumulator(Accumulator):
         return vector
 
     def add_chunks(self, chunks: tuple[bytes, ...], *, source: str) -> None:
+        self.check_chunk_count(chunks, source)
+        # Two passes over the serialised chunks: validating everything first keeps a rejected update from leaving
+        # a half-added sum, and re-reading instead of keeping the validated vectors keeps peak memory at about
+        # one model plus one chunk (the fold still runs at ~19 M params/s/core, see BENCHMARKS.md)
         for index, chunk in enumerate(chunks):
             self._load(chunk, index, source)
         for index, chunk in enumerate(chunks):
@@ -83,6 +92,7 @@ class PlainAccumulator(Accumulator):
         self.total = np.zeros(length, dtype=np.float64)
 
     def add_chunks(self, chunks: tuple[bytes, ...], *, source: str) -> None:
+        self.check_chunk_count(chunks, source)
         arrays = [self._load(chunk, index, source) for index, chunk in enumerate(chunks)]
         self.total += np.concatenate(arrays)
         self.count += 1

@@ -164,7 +164,7 @@ class Receipt:
             )
         except KeyError as exc:
             raise EnvelopeFormatError(f"receipt is missing field {exc}") from exc
-        if not RUN_ID.match(receipt.run) or len(receipt.key) > 512 or len(receipt.hospital) > 64:
+        if not RUN_ID.fullmatch(receipt.run) or len(receipt.key) > 512 or len(receipt.hospital) > 64:
             raise EnvelopeFormatError("receipt run id, key or hospital id is malformed")
         if not re.fullmatch(r"[0-9a-f]{64}", receipt.sha256):
             raise EnvelopeFormatError("receipt sha256 is not a lower-case hex digest")

@@ -29,7 +29,7 @@ def list_runs(store: Store) -> list[str]:
 
 def committed_rounds(store: Store, run: str) -> list[int]:
     paths = RunPaths(run)
-    rounds = []
+    rounds: list[int] = []
     while store.exists(paths.manifest("update", len(rounds))):
         rounds.append(len(rounds))
     return rounds

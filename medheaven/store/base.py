@@ -22,7 +22,7 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def validate_key(key: str) -> str:
     """Reject keys that could escape the store's root or collide on case-insensitive backends in odd ways."""
     parts = key.split("/")
-    if not key or any(not _KEY_PART.match(part) or part in {".", ".."} for part in parts):
+    if not key or any(not _KEY_PART.fullmatch(part) or part in {".", ".."} for part in parts):
         raise StoreError(
             f"invalid store key {key!r}: use '/'-separated parts of letters, digits, '.', '_' or '-' "
             "(no leading '/', no '..')"

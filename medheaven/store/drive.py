@@ -80,7 +80,7 @@ def open_drive_store(
     http_timeout: float = 120.0,
 ) -> DriveStore:
     """Sign in as configured and check that ``folder_id`` is a folder the credential can reach."""
-    if not _FOLDER_ID.match(folder_id):
+    if not _FOLDER_ID.fullmatch(folder_id):
         raise ConfigurationError(
             f"drive://{folder_id}: a Drive folder id is the last part of the folder's URL (letters, digits, - and _)"
         )

@@ -1,0 +1,493 @@
+"""The one-page run report: a small document model rendered to Markdown or HTML, with the plots beside it.
+
+Sections are built once as blocks (headings, paragraphs, tables, images, bullet lists) so that the Markdown and
+HTML versions can never say different things.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medheaven.crypto.context import SecretContext
+from medheaven.errors import StoreKeyNotFoundError
+from medheaven.federated.verify import verify_round
+from medheaven.report.plots import plot_discrimination, plot_loss, plot_participation, plot_round_time
+from medheaven.report.records import Baseline, RunRecords, load_run_records
+from medheaven.store.base import Store
+
+ReportFormat = Literal["md", "html"]
+PLOT_FILES = {
+    "discrimination": "discrimination.png",
+    "loss": "loss.png",
+    "round_time": "round-time.png",
+    "participation": "participation.png",
+}
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    file: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+Block = Heading | Paragraph | Table | Image | Bullets
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    report: Path
+    plots: dict[str, Path]
+    verification: dict[str, Any] | None
+
+
+def write_report(
+    store: Store,
+    run: str,
+    out_dir: Path,
+    *,
+    baseline: Baseline | None = None,
+    secret: SecretContext | None = None,
+    fmt: ReportFormat = "md",
+) -> ReportFiles:
+    """Read the run's records, draw the plots into ``out_dir`` and write ``report.md`` (or ``report.html``)."""
+    records = load_run_records(store, run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "discrimination": plot_discrimination(records, out_dir / PLOT_FILES["discrimination"], baseline=baseline),
+        "loss": plot_loss(records, out_dir / PLOT_FILES["loss"]),
+        "round_time": plot_round_time(records, out_dir / PLOT_FILES["round_time"]),
+        "participation": plot_participation(records, out_dir / PLOT_FILES["participation"]),
+    }
+    verification = _verification(store, records, secret)
+    blocks = report_blocks(records, baseline=baseline, verification=verification)
+    path = out_dir / f"report.{fmt}"
+    text = to_html(blocks, title=f"MedHeaven run {run}") if fmt == "html" else to_markdown(blocks)
+    path.write_text(text, encoding="utf-8")
+    return ReportFiles(report=path, plots=plots, verification=verification)
+
+
+def _verification(store: Store, records: RunRecords, secret: SecretContext | None) -> dict[str, Any] | None:
+    if records.last_round < 1 or (secret is None and not records.description.plaintext):
+        return None
+    try:
+        return verify_round(store, secret, records.run, records.last_round)
+    except StoreKeyNotFoundError as exc:
+        return {"error": f"the folded updates of round {records.last_round} are no longer in the store ({exc})"}
+
+
+# -- content ----------------------------------------------------------------------------------------------
+def report_blocks(
+    records: RunRecords, *, baseline: Baseline | None, verification: dict[str, Any] | None
+) -> list[Block]:
+    blocks: list[Block] = [
+        Heading(1, f"MedHeaven run report: {records.run}"),
+        Paragraph(
+            f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from store `{records.location}`. "
+            f"{len(records.rounds)} training round(s) committed; the last global model is round "
+            f"{records.last_round} (sha256 `{records.global_sha256.get(records.last_round, '')[:16]}…`)."
+        ),
+    ]
+    blocks += _configuration(records)
+    blocks += _test_section(records, baseline)
+    blocks += _curves(records, baseline)
+    blocks += _time_section(records)
+    blocks += _participation_section(records)
+    blocks += _verification_section(records, verification)
+    blocks += _bytes_section(records)
+    blocks += _privacy_section(records)
+    return blocks
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def _configuration(records: RunRecords) -> list[Block]:
+    config, description = records.config, records.description
+    training = config.get("training", {})
+    model, params = description.model, description.params
+    hidden = ", ".join(str(h) for h in model.hidden) or "none"
+    encryption = (
+        "**none: INSECURE plaintext comparison mode**"
+        if description.plaintext
+        else f"CKKS, N={params.poly_modulus_degree}, modulus chain {list(params.coeff_mod_bit_sizes)}, "
+        f"scale 2^{params.scale_bits}, error bound {params.error_bound:.1e}"
+    )
+    rows = [
+        ("hospitals", ", ".join(records.hospitals) or "n/a"),
+        ("rounds", f"{len(records.rounds)} committed of {config.get('rounds', 'n/a')} configured"),
+        ("quorum", f"{config.get('min_hospitals', 'n/a')} hospital(s) per round"),
+        ("round timeout", f"{_fmt(config.get('round_timeout'), 0)} s"),
+        (
+            "local training",
+            f"{training.get('epochs', '?')} epoch(s), batch {training.get('batch_size', '?')}, "
+            f"{training.get('optimizer', '?')} at learning rate {training.get('learning_rate', '?')}",
+        ),
+        (
+            "model",
+            f"{model.kind}, {model.n_features} features, hidden layers [{hidden}], dropout {model.dropout}, "
+            f"L2 {model.l2}, {model.parameter_count()} parameters, seed {model.seed}",
+        ),
+        ("encryption", encryption),
+        ("key set fingerprint", f"`{description.fingerprint[:16]}…`"),
+        ("held-out test file", f"`{config['test_path']}`" if config.get("test_path") else "none configured"),
+    ]
+    return [Heading(2, "Run configuration"), Table(("setting", "value"), tuple(rows))]
+
+
+def _test_section(records: RunRecords, baseline: Baseline | None) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Final held-out test metrics")]
+    test = records.test
+    if test is None:
+        blocks.append(
+            Paragraph(
+                "Not available: the run has no `final-test.json` (no test file was configured, or the run has not "
+                "finished). A key holder writes it when the coordinator runs with a test file."
+            )
+        )
+        return blocks
+    metrics = test.get("metrics", {})
+    names = ("roc_auc", "pr_auc", "brier", "accuracy", "loss", "base_rate", "examples")
+    header = ("model", "ROC-AUC", "PR-AUC", "Brier", "accuracy", "log loss", "base rate", "test rows")
+    rows = [
+        (
+            f"federated (round {test.get('round')})",
+            *(_fmt(metrics.get(n)) for n in names[:-1]),
+            _fmt(metrics.get("examples"), 0),
+        )
+    ]
+    if baseline is not None:
+        rows.append(("centralised baseline", *(_fmt(baseline.centralised.get(n)) for n in names[:-2]), "n/a", "n/a"))
+        for hospital, scores in baseline.local.items():
+            rows.append((f"local-only {hospital}", *(_fmt(scores.get(n)) for n in names[:-2]), "n/a", "n/a"))
+    blocks.append(
+        Paragraph(
+            f"The final global model (round {test.get('round')}) scored by key holder `{test.get('scored_by', '?')}` "
+            "on the held-out test patients (no test patient is in any hospital's training data)."
+        )
+    )
+    blocks.append(Table(header, tuple(tuple(r) for r in rows)))
+    if baseline is not None:
+        about = ", ".join(f"{k} {baseline.details[k]}" for k in ("data", "split") if k in baseline.details)
+        blocks.append(
+            Paragraph(
+                f"Baselines from `{baseline.source}`" + (f" ({about})" if about else "") + ". "
+                "They compare like for like only if they used the same data, split and test patients as this run."
+            )
+        )
+    return blocks
+
+
+def _curves(records: RunRecords, baseline: Baseline | None) -> list[Block]:
+    reference = (
+        " Horizontal lines are the centralised and local-only baselines on the held-out test set."
+        if baseline is not None
+        else " Pass `--baseline baseline.json` (from `medheaven baseline --json`) to add the baselines."
+    )
+    rows = tuple(
+        (
+            str(row.round),
+            str(row.evaluated_round),
+            _fmt(row.weighted.get("roc_auc")),
+            _fmt(row.weighted.get("pr_auc")),
+            _fmt(row.weighted.get("loss")),
+            f"{sum(1 for s in row.states.values() if s == 'folded')}/{len(row.selected)}",
+            f"{row.seconds:.1f}",
+        )
+        for row in records.rounds
+    )
+    return [
+        Heading(2, "Learning curves"),
+        Paragraph(
+            "Each round starts by evaluating the incoming global model on every hospital's own validation split, so "
+            "round r reports the model after round r-1 (x axis: that model). Thick black: mean weighted by "
+            "validation rows; red star: the final model on the held-out test set." + reference
+        ),
+        Image(PLOT_FILES["discrimination"], "ROC-AUC and PR-AUC per round"),
+        Image(PLOT_FILES["loss"], "Validation loss per round"),
+        Table(
+            ("round", "model evaluated", "ROC-AUC", "PR-AUC", "log loss", "folded", "seconds"),
+            rows,
+        ),
+    ]
+
+
+def _time_section(records: RunRecords) -> list[Block]:
+    total = sum(row.seconds for row in records.rounds)
+    return [
+        Heading(2, "Time per round"),
+        Paragraph(
+            f"{total:.1f} s over {len(records.rounds)} round(s). Bars split each round's wall time along its "
+            "critical path: the phases of the last hospital to be folded (fetch and decrypt, evaluate, train, "
+            "encrypt and upload, the aggregator's fold); the grey rest is queueing, broker and store round trips, "
+            "waiting for stragglers or the deadline, and finalising the round."
+            + (
+                " Rounds recorded without fold times use the per-phase maximum over hospitals instead."
+                if any(not row.phase_source.startswith("critical") for row in records.rounds)
+                else ""
+            )
+        ),
+        Image(PLOT_FILES["round_time"], "Time per round by phase"),
+    ]
+
+
+def _participation_section(records: RunRecords) -> list[Block]:
+    blocks: list[Block] = [
+        Heading(2, "Participation"),
+        Paragraph(
+            "Folded: the update entered the encrypted sum. Rejected: the aggregator refused the envelope (reason "
+            "below). Late: no folded update before the round closed. Failed: the hospital's task failed."
+        ),
+        Image(PLOT_FILES["participation"], "Participation per hospital and round"),
+    ]
+    incidents = [
+        f"round {row.round}: {hospital} {state}" + (f" ({row.rejected[hospital]})" if hospital in row.rejected else "")
+        for row in records.rounds
+        for hospital, state in row.states.items()
+        if state not in ("folded", "not selected")
+    ]
+    blocks.append(
+        Bullets(tuple(incidents)) if incidents else Paragraph("Every selected hospital was folded in every round.")
+    )
+    return blocks
+
+
+def _verification_section(records: RunRecords, verification: dict[str, Any] | None) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Encrypted vs plaintext aggregation")]
+    command = (
+        f"`medheaven verify --run {records.run} --round {records.last_round} --secret-context keys/context.secret`"
+    )
+    if verification is None:
+        blocks.append(
+            Paragraph(
+                "Not computed: it decrypts the individual updates, so it needs the federation's secret context. A key "
+                f"holder computes it with `medheaven report {records.run} --secret-context keys/context.secret` "
+                f"or {command}."
+            )
+        )
+        return blocks
+    if "error" in verification:
+        blocks.append(
+            Paragraph(f"Not computed: {verification['error']} (the aggregator was run without keeping updates).")
+        )
+        return blocks
+    blocks.append(
+        Paragraph(
+            f"Round {verification['round']}: the homomorphically summed global model against plaintext FedAvg of the "
+            f"same {len(verification['hospitals'])} decrypted updates, over {verification['parameters']} parameters."
+        )
+    )
+    rows = (
+        ("max absolute error", f"{verification['max_abs_error']:.3e}"),
+        ("mean absolute error", f"{verification['mean_abs_error']:.3e}"),
+        ("max relative error (|w| > 1e-6)", f"{verification['max_rel_error']:.3e}"),
+        ("CKKS error bound of the key set", f"{verification['error_bound']:.3e}"),
+        ("within bound", "yes" if verification["within_bound"] else "**NO**"),
+        ("total sample count agrees", "yes" if verification["total_samples_match"] else "**NO**"),
+    )
+    blocks.append(Table(("check", "value"), rows))
+    return blocks
+
+
+def _bytes_section(records: RunRecords) -> list[Block]:
+    rows: list[tuple[str, ...]] = []
+    downloads = 0
+    previous_global = None
+    for row in records.rounds:
+        fetched = (previous_global or row.global_bytes) * len(row.selected)
+        downloads += fetched
+        rows.append((f"round {row.round}", _bytes(row.bytes_up), _bytes(row.global_bytes), _bytes(fetched)))
+        previous_global = row.global_bytes
+    total_up = sum(row.bytes_up for row in records.rounds)
+    total_global = sum(row.global_bytes for row in records.rounds)
+    if records.stats is not None:
+        rows.insert(
+            0, ("standardisation statistics", _bytes(records.stats.bytes_up), _bytes(records.stats.result_bytes), "n/a")
+        )
+        total_up += records.stats.bytes_up
+        total_global += records.stats.result_bytes
+    rows.append(("**total**", _bytes(total_up), _bytes(total_global), _bytes(downloads)))
+    plain = 4 * records.description.model.parameter_count()
+    folded_last = sum(1 for s in records.rounds[-1].states.values() if s == "folded") if records.rounds else 0
+    per_update = records.rounds[-1].bytes_up / folded_last if folded_last else 0.0
+    return [
+        Heading(2, "Bytes moved"),
+        Paragraph(
+            "Uploads are the hospitals' encrypted envelopes; the aggregator writes one encrypted result per round; "
+            "downloads estimate each selected hospital fetching the previous global model once. The broker carries "
+            "only task messages with references and digests (a few hundred bytes each), never ciphertexts. "
+            f"The public context is {_bytes(records.context_bytes)}."
+        ),
+        Table(("phase", "uploaded (encrypted updates)", "global model written", "global model fetched"), tuple(rows)),
+        Paragraph(
+            f"One encrypted update is {_bytes(per_update)} against {_bytes(plain)} for the same "
+            f"{records.description.model.parameter_count()} weights as float32 plaintext"
+            + (f" ({per_update / plain:.1f}x)." if plain and per_update else ".")
+        ),
+    ]
+
+
+def _privacy_section(records: RunRecords) -> list[Block]:
+    rows = (
+        (
+            "hospital",
+            "its own patient rows; the shared secret CKKS context; its signing key; every decrypted global model and "
+            "the decrypted standardisation statistics (sums over all hospitals)",
+            "other hospitals' rows. Caveat: the secret key is shared, so a hospital that reads another hospital's "
+            "update from the store could decrypt it, n_k included; MEDHEAVEN_KEEP_UPDATES=false deletes updates "
+            "once their round commits (at the price of this report's HE-vs-plaintext check)",
+        ),
+        (
+            "aggregator",
+            "the public context; ciphertexts (updates, global models); signed receipts with each hospital's "
+            "validation metrics and timings",
+            "any secret key, any weight, any training-sample count n_k",
+        ),
+        (
+            "coordinator",
+            "the run configuration; round timings; participation; the validation metrics in manifests and history",
+            "any secret key, any weight, any n_k",
+        ),
+        (
+            "store (global server)",
+            "the public context; ciphertexts; round specs and manifests (digests, sizes, timings, metrics); "
+            "history and the final test metrics",
+            "any secret key, any weight, any n_k",
+        ),
+        (
+            "broker (Redis)",
+            "task messages with run ids, round numbers, store references, digests and receipts",
+            "ciphertext payloads, keys, weights, any n_k",
+        ),
+    )
+    blocks: list[Block] = [
+        Heading(2, "What each party saw"),
+        Table(("party", "saw", "never saw"), rows),
+        Paragraph(
+            "Nobody but the hospitals sees any model weight or any n_k: updates are encrypted pre-scaled by n_k, "
+            "with n_k itself encrypted in a spare slot, and only key holders decrypt the sum. Metadata that is not "
+            "hidden: who took part in which round, timing, payload sizes, and the validation metrics hospitals "
+            "report. Those metrics include each hospital's validation row count (`examples`), from which the size "
+            "of its data set can be estimated. Hospitals share one secret key, so the design assumes hospitals do "
+            "not collude with the aggregator."
+        ),
+    ]
+    if records.description.plaintext:
+        blocks.append(
+            Paragraph(
+                "**This run used the INSECURE plaintext comparison mode: the statements above do not hold; every "
+                "party with store access saw every update and every global model in the clear.**"
+            )
+        )
+    return blocks
+
+
+# -- rendering --------------------------------------------------------------------------------------------
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += [f"{'#' * block.level} {block.text}", ""]
+        elif isinstance(block, Paragraph):
+            lines += [block.text, ""]
+        elif isinstance(block, Table):
+            lines.append("| " + " | ".join(_md_cell(h) for h in block.headers) + " |")
+            lines.append("|" + "|".join("---" for _ in block.headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines.append("")
+        elif isinstance(block, Image):
+            lines += [f"![{block.alt}]({block.file})", ""]
+        else:
+            lines += [f"- {item}" for item in block.items]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    out, position = [], 0
+    for match in _INLINE.finditer(text):
+        out.append(html.escape(text[position : match.start()]))
+        code, strong = match.groups()
+        out.append(
+            f"<code>{html.escape(code)}</code>" if code is not None else f"<strong>{html.escape(strong)}</strong>"
+        )
+        position = match.end()
+    out.append(html.escape(text[position:]))
+    return "".join(out)
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}code{background:#f3f3f3;padding:0 3px}"
+)
+
+
+def to_html(blocks: list[Block], *, title: str) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_STYLE}</style></head><body>",
+    ]
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{_inline_html(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            parts.append(f"<p>{_inline_html(block.text)}</p>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block.headers)
+            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(block, Image):
+            parts.append(f'<img src="{html.escape(block.file)}" alt="{html.escape(block.alt)}">')
+        else:
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block.items) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
