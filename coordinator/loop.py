@@ -9,6 +9,7 @@ deadline, and a failed attempt is followed by a fresh one.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class Coordinator:
             base = self.manifest("update", round_number - 1)
             assert base is not None
             self._phase("update", round_number, base=base.result_sha256)
+        self._validate_final()
         if self.config.test_path:
             self._score_test()
         return self.history()
@@ -261,13 +263,64 @@ class Coordinator:
             time.sleep(self.poll_interval)
         raise RoundError(f"{what} did not finish within {timeout:.0f}s: is that hospital's worker running?")
 
+    def _validate_final(self) -> None:
+        """Every hospital scores the last global model on its validation patients (the rounds' own records only
+        cover the models they started from); the result completes the curve that model selection reads."""
+        last = self.last_committed_round()
+        if self.store.exists(self.paths.final_validation) or last < 1:
+            return
+        sent = {
+            hospital: self.transport.send_hospital_task(
+                "validate", (self.config.run, last, hospital), hospital, fold=False
+            )
+            for hospital in self.config.hospitals
+        }
+        per_hospital: dict[str, dict[str, float]] = {}
+        deadline = self.clock() + self.config.round_timeout
+        pending = dict(sent)
+        while pending and self.clock() < deadline:
+            for hospital, ids in list(pending.items()):
+                state = self.transport.state(ids["task"])
+                if state.done:
+                    if state.state == "SUCCESS":
+                        per_hospital[hospital] = dict(state.result["metrics"])
+                    del pending[hospital]
+            if pending:
+                time.sleep(self.poll_interval)
+        record = {
+            "round": last,
+            "metrics": per_hospital,
+            "weighted": weighted_metrics(per_hospital),
+            "missing": sorted(pending),
+        }
+        self.store.put_json(self.paths.final_validation, record)
+        self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
+
+    def selected_round(self) -> tuple[int, float]:
+        """The committed round whose global model had the best weighted validation ROC-AUC (federated early
+        stopping: hospitals' validation metrics only, never the held-out test set)."""
+        candidates = [(int(r["evaluated_round"]), float(r["weighted"]["roc_auc"])) for r in self.history()]
+        if self.store.exists(self.paths.final_validation):
+            final = self.store.get_json(self.paths.final_validation)
+            candidates.append((int(final["round"]), float(final["weighted"]["roc_auc"])))
+        scored = [(r, auc) for r, auc in candidates if r >= 1 and math.isfinite(auc)]  # not NaN, not untrained round 0
+        if not scored:
+            return self.last_committed_round(), float("nan")
+        return max(scored, key=lambda item: (item[1], item[0]))
+
     def _score_test(self) -> None:
         holder = self.config.key_holder
-        last = self.last_committed_round()
+        last, validation_auc = self.selected_round()
         args = (self.config.run, last, holder, self.config.test_path)
         ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
         record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
-        self.observer.message(f"held-out test of round {last}: {record['metrics']}")
+        record = {**record, "selected_by": "best weighted validation ROC-AUC", "validation_roc_auc": validation_auc}
+        self.store.put_json(self.paths.test_scores(), record)
+        metrics = record["metrics"]
+        self.observer.message(
+            f"held-out test of round {last} (best validation ROC-AUC {validation_auc:.3f}): "
+            f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}"
+        )
 
     # -- records -----------------------------------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
@@ -287,13 +340,18 @@ class Coordinator:
         return list(self.store.get_json(self.paths.history))
 
 
-def round_record(manifest: Manifest) -> dict[str, Any]:
-    """Per-round metrics: the incoming model's validation metrics per hospital and their weighted mean."""
-    per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
-    mean = {
+def weighted_metrics(per_hospital: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Validation metrics averaged over hospitals, weighted by their numbers of validation examples."""
+    return {
         name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 0.0)) for m in per_hospital.values()])
         for name in ("loss", "roc_auc", "pr_auc")
     }
+
+
+def round_record(manifest: Manifest) -> dict[str, Any]:
+    """Per-round metrics: the incoming model's validation metrics per hospital and their weighted mean."""
+    per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
+    mean = weighted_metrics(per_hospital)
     phases: dict[str, float] = {}
     for entry in manifest.folded:
         for phase, seconds in dict(entry.get("timings", {})).items():

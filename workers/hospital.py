@@ -97,6 +97,13 @@ def train(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
     return node_for(hospital).train(RoundSpec.from_dict(spec)).to_dict()
 
 
+@app.task(name="medheaven.hospital.validate", bind=True)
+def validate(self: Task, run: str, round_number: int, hospital: str) -> dict[str, Any]:
+    """Metrics of a committed global model on this hospital's validation patients (used to select a round)."""
+    _guard(self)
+    return {"hospital": hospital, "round": round_number, "metrics": node_for(hospital).validate(run, round_number)}
+
+
 @app.task(name="medheaven.hospital.evaluate_test", bind=True)
 def evaluate_test(self: Task, run: str, round_number: int, hospital: str, test_path: str) -> dict[str, Any]:
     """Simulation only: a key holder scores a committed global model on the held-out test file."""

@@ -298,6 +298,17 @@ class HospitalNode:
             cache.model = build_model(cache.description.model)
         return cache.model
 
+    def validate(self, run: str, round_number: int) -> dict[str, float]:
+        """Metrics of a committed global model on this hospital's validation patients (finite values only)."""
+        from medheaven.model import predict_risk, set_flat_weights
+
+        cache = self._run(run)
+        prepared = self._prepared(cache)
+        model = self._model(cache)
+        set_flat_weights(model, self.global_weights(run, round_number))
+        metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
+        return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
     def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
         """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
         from medheaven.model import predict_risk, set_flat_weights

@@ -58,6 +58,10 @@ class RunPaths:
     def history(self) -> str:
         return f"{self.run}/history.json"
 
+    @property
+    def final_validation(self) -> str:
+        return f"{self.run}/final-validation.json"
+
     def global_model(self, round_number: int) -> str:
         return self.result("update", round_number)
 
