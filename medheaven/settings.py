@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     secret_context: Path | None = Field(default=None, description="Secret CKKS context file (hospitals only).")
     signing_key: Path | None = Field(default=None, description="This hospital's Ed25519 signing key (PEM).")
     validation_fraction: float = Field(
-        default=0.2, gt=0.0, lt=1.0, description="Share of a hospital's patients held out for its validation metrics."
+        default=0.1, gt=0.0, lt=1.0, description="Share of a hospital's patients held out for its validation metrics."
     )
 
     # --- aggregator node -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class _RunCache:
     data: HospitalData | None = None
     standardiser: Standardiser | None = None
     model: keras.Model | None = None
+    compiled_with: tuple[float, str] | None = None
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -59,7 +60,7 @@ class HospitalNode:
         reader: Callable[[Path], pd.DataFrame],
         secret: SecretContext | None,
         signing_key: SigningKey,
-        validation_fraction: float = 0.2,
+        validation_fraction: float = 0.1,
         seed: int = 0,
         audit: bool = False,
     ) -> None:
@@ -269,7 +270,11 @@ class HospitalNode:
 
         clock = time.perf_counter()
         training = spec.training
-        compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
+        # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
+        # process, and restarting Adam from zero every round slowed convergence on the real data
+        if cache.compiled_with != (training.learning_rate, training.optimizer):
+            compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
+            cache.compiled_with = (training.learning_rate, training.optimizer)
         _seed_round(description.model.seed, spec.round, self.hospital_id)
         model.fit(
             prepared["train_x"],
