@@ -27,6 +27,12 @@ from medheaven.store.base import Store
 log = logging.getLogger(__name__)
 
 FINALISE_TIMEOUT = 300.0
+#: Seconds an aggregator task (a fold or the finalise) may stay unanswered before the coordinator sends it again.
+#: An aggregator killed while holding a message leaves it unacknowledged in Redis until the visibility timeout
+#: (hours), and a message that Redis handed to a process which died before reading it is gone. Folding and
+#: finalising are idempotent (the ledger folds a hospital at most once per attempt; a committed round stays
+#: committed), so sending again is safe and bounds what a crashed aggregator costs to this many seconds.
+RESEND_AFTER = 30.0
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Coordinator:
         poll_interval: float = 0.2,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        resend_after: float = RESEND_AFTER,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -84,6 +91,7 @@ class Coordinator:
         self.poll_interval = poll_interval
         self.observer: Observer = observer or LogObserver()
         self.clock = clock
+        self.resend_after = resend_after
 
     # -- store queries -----------------------------------------------------------------------------------
     def manifest(self, kind: str, round_number: int) -> Manifest | None:
@@ -123,7 +131,14 @@ class Coordinator:
     def _phase(self, kind: str, round_number: int, *, base: str) -> Manifest:
         """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one."""
         spec = self._open_spec(kind, round_number)
-        if spec is None or self._failed(spec) or spec.base_sha256 != base:
+        # no dispatch record: the coordinator died between writing the spec and recording its tasks' ids, so the
+        # attempt cannot be watched; a fresh attempt is safe (the old one's updates live under another attempt)
+        if (
+            spec is None
+            or self._failed(spec)
+            or spec.base_sha256 != base
+            or not self.store.exists(self.paths.dispatch(kind, round_number, spec.attempt))
+        ):
             spec = self._open(kind, round_number, base, attempt=1 if spec is None else spec.attempt + 1)
         else:
             self.observer.message(f"re-attaching to {kind} round {round_number} attempt {spec.attempt}")
@@ -185,8 +200,10 @@ class Coordinator:
         return progress
 
     def _wait(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
+        uploaded_since: dict[str, float] = {}
         while True:
             progress = self._statuses(spec, dispatch)
+            self._resend_unanswered_folds(spec, dispatch, progress, uploaded_since)
             self.observer.round_progress(progress)
             folded = progress.count("folded")
             pending = sum(1 for s in progress.statuses.values() if s.state in {"queued", "training", "uploaded"})
@@ -201,8 +218,31 @@ class Coordinator:
                 return progress
             time.sleep(self.poll_interval)
 
+    def _resend_unanswered_folds(
+        self, spec: RoundSpec, dispatch: dict[str, Any], progress: RoundProgress, since: dict[str, float]
+    ) -> None:
+        """Send a receipt to the aggregator again when its fold has not answered for ``resend_after`` seconds (see
+        RESEND_AFTER); the receipt is the hospital task's result, still in the result backend."""
+        now = self.clock()
+        for hospital, status in progress.statuses.items():
+            if status.state != "uploaded":
+                since.pop(hospital, None)
+                continue
+            if now - since.setdefault(hospital, now) < self.resend_after:
+                continue
+            receipt = self.transport.state(dispatch[hospital]["task"]).result
+            dispatch[hospital] = {**dispatch[hospital], "fold": self.transport.send_aggregate_task("fold", (receipt,))}
+            self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
+            since[hospital] = now
+            self.observer.message(
+                f"{hospital}'s update for {spec.kind} round {spec.round} was not folded within "
+                f"{self.resend_after:.0f}s of its upload: sent its receipt to the aggregator again"
+            )
+
     def _finalise(self, spec: RoundSpec) -> Manifest:
-        task_id = self.transport.send_aggregate_task("finalise", (spec.run, spec.kind, spec.round, spec.attempt))
+        args = (spec.run, spec.kind, spec.round, spec.attempt)
+        task_id = self.transport.send_aggregate_task("finalise", args)
+        sent_at = self.clock()
         limit = self.clock() + FINALISE_TIMEOUT
         while self.clock() < limit:
             manifest = self.manifest(spec.kind, spec.round)
@@ -219,6 +259,9 @@ class Coordinator:
             state = self.transport.state(task_id)
             if state.state == "FAILURE":
                 raise RoundError(f"finalising {spec.kind} round {spec.round} failed on the aggregator: {state.error}")
+            if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
+                task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
+                self.observer.message(f"finalise of {spec.kind} round {spec.round} unanswered: sent it again")
             time.sleep(self.poll_interval)
         raise RoundError(
             f"the aggregator did not finalise {spec.kind} round {spec.round} within {FINALISE_TIMEOUT:.0f}s: "
@@ -341,9 +384,10 @@ class Coordinator:
 
 
 def weighted_metrics(per_hospital: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Validation metrics averaged over hospitals, weighted by their numbers of validation examples."""
+    """Validation metrics averaged over hospitals. Unweighted: hospitals do not report their validation sizes,
+    which would reveal their sample counts (an ``examples`` value, when present, is used as the weight)."""
     return {
-        name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 0.0)) for m in per_hospital.values()])
+        name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 1.0)) for m in per_hospital.values()])
         for name in ("loss", "roc_auc", "pr_auc")
     }
 

@@ -21,7 +21,7 @@ from medheaven.crypto.context import SecretContext
 from medheaven.crypto.envelope import Envelope, check_envelope
 from medheaven.crypto.packing import decrypt_chunks, encrypt_chunks, pack_update, unpack_average
 from medheaven.crypto.signing import SigningKey
-from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError
+from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError, StoreConflictError
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
@@ -144,7 +144,9 @@ class HospitalNode:
         )
         return self._open(run, envelope)
 
-    def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int]:
+    def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
+        """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
+        are what the store holds."""
         envelope = Envelope(
             kind=spec.kind,
             run=run.run,
@@ -158,8 +160,17 @@ class HospitalNode:
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
-        self.store.put(key, data)  # deterministic key: a retry overwrites instead of duplicating
-        return key, sha256_hex(data), len(data)
+        # Deterministic key, written once: a redelivered task (late ack after a lost worker or broker) must not
+        # replace an update the aggregator may already have folded. CKKS encryption is randomised, so a second
+        # upload would differ from the digest in the ledger and manifest, breaking verification and a rebuild of the
+        # running sum. The first complete upload stands and the retry reports it (store writes are atomic).
+        try:
+            self.store.create(key, data)
+        except StoreConflictError:
+            data = self.store.get(key)
+            log.info("%s: %s already holds this hospital's update; reporting it instead of replacing it", spec.run, key)
+            return key, sha256_hex(data), len(data), False
+        return key, sha256_hex(data), len(data), True
 
     # -- standardisation ---------------------------------------------------------------------------------
     def standardiser(self, run: str) -> Standardiser:
@@ -204,7 +215,7 @@ class HospitalNode:
                 f"max_abs_feature={cache.description.max_abs_feature}; check the data file for unit errors"
             )
         vector = SufficientStats.of(data.train_x).to_vector()
-        key, digest, size = self._upload(cache.description, spec, vector)
+        key, digest, size, _ = self._upload(cache.description, spec, vector)
         timings = {"total": time.perf_counter() - started}
         return self._receipt(spec, key, digest, size, {}, timings)
 
@@ -289,12 +300,11 @@ class HospitalNode:
         clock = time.perf_counter()
         n_train = int(prepared["train_y"].size)
         packed = pack_update(get_flat_weights(model), n_train, params=description.params)
-        if self.audit:
+        key, digest, size, stored = self._upload(description, spec, packed)
+        if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
-        key, digest, size = self._upload(description, spec, packed)
         timings["encrypt_upload"] = time.perf_counter() - clock
-        reported = {k: v for k, v in metrics.items() if np.isfinite(v)}
-        return self._receipt(spec, key, digest, size, reported, timings)
+        return self._receipt(spec, key, digest, size, reportable(metrics), timings)
 
     def _model(self, cache: _RunCache) -> keras.Model:
         if cache.model is None:
@@ -311,8 +321,7 @@ class HospitalNode:
         prepared = self._prepared(cache)
         model = self._model(cache)
         set_flat_weights(model, self.global_weights(run, round_number))
-        metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
-        return {k: v for k, v in metrics.items() if np.isfinite(v)}
+        return reportable(binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"])))
 
     def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
         """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
@@ -345,6 +354,12 @@ class HospitalNode:
             metrics=metrics,
             timings=timings,
         )
+
+
+def reportable(metrics: dict[str, float]) -> dict[str, float]:
+    """The validation metrics a hospital reports in the clear. The number of validation examples stays home: it is
+    a fixed share of the hospital's patients, so it would reveal the sample count that FedAvg keeps encrypted."""
+    return {k: v for k, v in metrics.items() if k != "examples" and np.isfinite(v)}
 
 
 def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:

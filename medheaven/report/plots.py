@@ -40,6 +40,8 @@ STATE_COLOURS = {
     "not selected": "#e6e6e6",
 }
 STATE_MARKS = {"folded": "in", "rejected": "rej", "late": "late", "failed": "fail", "not selected": "-"}
+# legend entries whose values differ between the ROC and PR panels: each panel labels its own
+PANEL_SPECIFIC = ("selected model", "centralised", "local-only mean", "chance")
 X_LABEL = "global model after round k (0 = initial model)"
 
 
@@ -64,12 +66,21 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
+def _no_rounds(axis: Any, records: RunRecords) -> bool:
+    if records.rounds:
+        return False
+    axis.text(0.5, 0.5, "no committed training round yet", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return True
+
+
 def _series(records: RunRecords, hospital: str, metric: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
-    for row in records.rounds:
-        value = row.metrics.get(hospital, {}).get(metric, math.nan)
+    for point in records.validation:
+        value = point.metrics.get(hospital, {}).get(metric, math.nan)
         if math.isfinite(value):
-            xs.append(row.evaluated_round)
+            xs.append(point.model_round)
             ys.append(value)
     return xs, ys
 
@@ -89,20 +100,21 @@ def _metric_panel(
         xs, ys = _series(records, hospital, metric)
         if xs:
             axis.plot(xs, ys, marker="o", markersize=3, linewidth=1, alpha=0.8, color=colours[hospital], label=hospital)
-    rounds = [row.evaluated_round for row in records.rounds]
-    weighted = [row.weighted.get(metric, math.nan) for row in records.rounds]
-    if rounds:
-        axis.plot(rounds, weighted, marker="s", linewidth=2.4, color="black", label="weighted mean (validation)")
+    models = [point.model_round for point in records.validation]
+    weighted = [point.weighted.get(metric, math.nan) for point in records.validation]
+    if models:
+        axis.plot(models, weighted, marker="s", linewidth=2.4, color="black", label="weighted mean (validation)")
     test_value = (records.test or {}).get("metrics", {}).get(metric)
-    if isinstance(test_value, int | float) and math.isfinite(test_value):
+    test_round = records.test_round
+    if isinstance(test_value, int | float) and math.isfinite(test_value) and test_round is not None:
         axis.plot(
-            [records.test["round"] if records.test else records.last_round],
+            [test_round],
             [test_value],
             marker="*",
             markersize=15,
             linestyle="none",
             color="#d62728",
-            label=f"final model, held-out test ({test_value:.3f})",
+            label=f"selected model (round {test_round}) on held-out test: {test_value:.3f}",
         )
     if baseline is not None:
         _baseline_lines(axis, baseline, metric, colours)
@@ -119,7 +131,11 @@ def _baseline_lines(axis: Any, baseline: Baseline, metric: str, colours: dict[st
     central = baseline.centralised.get(metric)
     if central is not None and math.isfinite(central):
         axis.axhline(
-            central, color="#1f77b4", linewidth=1.8, linestyle="--", label=f"centralised baseline, test ({central:.3f})"
+            central,
+            color="#1f77b4",
+            linewidth=1.8,
+            linestyle="--",
+            label=f"centralised baseline on test: {central:.3f}",
         )
     local = {h: v[metric] for h, v in baseline.local.items() if metric in v and math.isfinite(v[metric])}
     for index, (hospital, value) in enumerate(local.items()):
@@ -134,7 +150,7 @@ def _baseline_lines(axis: Any, baseline: Baseline, metric: str, colours: dict[st
     local_values = list(local.values())
     if local_values:
         mean = float(np.mean(local_values))
-        axis.axhline(mean, color="#7f7f7f", linewidth=1.6, linestyle="-.", label=f"local-only mean, test ({mean:.3f})")
+        axis.axhline(mean, color="#7f7f7f", linewidth=1.6, linestyle="-.", label=f"local-only mean on test: {mean:.3f}")
 
 
 def _hospital_colours(hospitals: Sequence[str]) -> dict[str, Any]:
@@ -146,7 +162,9 @@ def _hospital_colours(hospitals: Sequence[str]) -> dict[str, Any]:
 
 def _base_rate(records: RunRecords) -> float:
     pairs = [
-        (m.get("base_rate", math.nan), m.get("examples", 0.0)) for row in records.rounds for m in row.metrics.values()
+        (m.get("base_rate", math.nan), m.get("examples", 0.0))
+        for point in records.validation
+        for m in point.metrics.values()
     ]
     usable = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
     return sum(v * w for v, w in usable) / sum(w for _, w in usable) if usable else math.nan
@@ -169,8 +187,11 @@ def plot_discrimination(records: RunRecords, path: Path, *, baseline: Baseline |
         chance=base_rate,
         chance_label=f"chance (validation base rate {base_rate:.3f})",
     )
+    for axis in (left, right):
+        _no_rounds(axis, records)
     handles, labels = _unique_legend([left, right])
-    figure.legend(handles, labels, loc="outside right center", fontsize="small", title="hospital / reference")
+    if handles:
+        figure.legend(handles, labels, loc="outside right center", fontsize="small", title="hospital / reference")
     figure.suptitle(f"Run {records.run}: discrimination of the global model on each hospital's validation split")
     return _save(figure, path)
 
@@ -179,7 +200,8 @@ def plot_loss(records: RunRecords, path: Path) -> Path:
     figure = _figure(10.5, 4.8)
     axis = figure.subplots()
     _metric_panel(axis, records, "loss", "Validation log loss per round", baseline=None, chance=None, chance_label="")
-    axis.legend(fontsize="small", loc="best")
+    if not _no_rounds(axis, records):
+        axis.legend(fontsize="small", loc="best")
     figure.suptitle(f"Run {records.run}: loss of the global model on each hospital's validation split")
     return _save(figure, path)
 
@@ -188,18 +210,15 @@ def _unique_legend(axes: Sequence[Any]) -> tuple[list[Any], list[str]]:
     seen: dict[str, Any] = {}
     for axis in axes:
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-            if not label.startswith(("final model", "centralised", "local-only mean", "chance")):
+            if not label.startswith(PANEL_SPECIFIC):
                 seen.setdefault(label, handle)
-    # values that differ between panels (test score, baseline value, chance) are labelled on each panel instead
     for axis in axes:
         specific = [
-            (h, lab)
-            for h, lab in zip(*axis.get_legend_handles_labels(), strict=True)
-            if lab.startswith(("final model", "centralised", "local-only mean", "chance"))
+            (h, lab) for h, lab in zip(*axis.get_legend_handles_labels(), strict=True) if lab.startswith(PANEL_SPECIFIC)
         ]
         if specific:
             handles, labels = zip(*specific, strict=True)
-            axis.legend(handles, labels, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+            axis.legend(handles, labels, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     return list(seen.values()), list(seen)
 
 
@@ -215,6 +234,7 @@ def plot_round_time(records: RunRecords, path: Path) -> Path:
         bottom += values
     for x, row in zip(rounds, records.rounds, strict=True):
         axis.annotate(f"{row.seconds:.1f}s", (x, row.seconds), ha="center", va="bottom", fontsize="small")
+    _no_rounds(axis, records)
     axis.set_xlabel("round")
     axis.set_ylabel("seconds")
     sources = sorted({row.phase_source.split(" (")[0] for row in records.rounds})
@@ -241,6 +261,9 @@ def plot_participation(records: RunRecords, path: Path) -> Path:
     ).reshape(len(hospitals), len(rounds))
     figure = _figure(max(6.0, min(16.0, 3.0 + 0.45 * len(rounds))), max(2.6, 1.4 + 0.45 * len(hospitals)))
     axis = figure.subplots()
+    figure.suptitle(f"Run {records.run}: participation per round")
+    if _no_rounds(axis, records):
+        return _save(figure, path)
     cmap = ListedColormap([STATE_COLOURS[s] for s in STATES])
     axis.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(STATES) - 0.5, aspect="auto", interpolation="nearest")
     axis.set_xticks(range(len(rounds)), [str(r) for r in rounds])
@@ -266,5 +289,4 @@ def plot_participation(records: RunRecords, path: Path) -> Path:
         fontsize="small",
         title="update",
     )
-    figure.suptitle(f"Run {records.run}: participation per round")
     return _save(figure, path)

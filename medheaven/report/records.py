@@ -50,6 +50,17 @@ class RoundRow:
 
 
 @dataclass(frozen=True)
+class ValidationPoint:
+    """One global model's metrics on the hospitals' validation splits: the start of round ``model_round + 1``,
+    or, for the last model, the coordinator's final validation (``final-validation.json``)."""
+
+    model_round: int
+    metrics: dict[str, dict[str, float]]
+    weighted: dict[str, float]
+    final: bool = False
+
+
+@dataclass(frozen=True)
 class StatsRow:
     """The standardisation phase (encrypted sufficient statistics)."""
 
@@ -70,6 +81,22 @@ class RunRecords:
     test: dict[str, Any] | None
     global_sha256: dict[int, str]
     context_bytes: int
+    final_validation: ValidationPoint | None = None
+
+    @property
+    def validation(self) -> tuple[ValidationPoint, ...]:
+        """Validation metrics per global model, in model order (the learning curve)."""
+        points = [ValidationPoint(row.evaluated_round, row.metrics, row.weighted) for row in self.rounds]
+        if self.final_validation is not None and all(
+            p.model_round != self.final_validation.model_round for p in points
+        ):
+            points.append(self.final_validation)
+        return tuple(points)
+
+    @property
+    def test_round(self) -> int | None:
+        """The round whose model was scored on the held-out test set (the run's selected model)."""
+        return int(self.test["round"]) if self.test is not None and "round" in self.test else None
 
     @property
     def hospitals(self) -> tuple[str, ...]:
@@ -110,6 +137,9 @@ def load_run_records(store: Store, run: str) -> RunRecords:
     stats_key = paths.manifest("stats", 0)
     stats = _stats_row(Manifest.from_dict(store.get_json(stats_key))) if store.exists(stats_key) else None
     test = dict(store.get_json(paths.test_scores())) if store.exists(paths.test_scores()) else None
+    final_validation = (
+        _final_validation(store.get_json(paths.final_validation)) if store.exists(paths.final_validation) else None
+    )
     context_bytes = len(store.get(CONTEXT_KEY)) if not description.plaintext and store.exists(CONTEXT_KEY) else 0
     return RunRecords(
         run=run,
@@ -121,7 +151,15 @@ def load_run_records(store: Store, run: str) -> RunRecords:
         test=test,
         global_sha256={r: m.result_sha256 for r, m in manifests.items()},
         context_bytes=context_bytes,
+        final_validation=final_validation,
     )
+
+
+def _final_validation(record: dict[str, Any]) -> ValidationPoint:
+    metrics = {str(h): {k: float(v) for k, v in dict(m).items()} for h, m in dict(record.get("metrics", {})).items()}
+    weighted = {name: _weighted(metrics, name) for name in SUMMARY_METRICS}
+    weighted.update({k: float(v) for k, v in dict(record.get("weighted", {})).items()})
+    return ValidationPoint(int(record["round"]), metrics, weighted, final=True)
 
 
 def _update_manifests(store: Store, paths: RunPaths) -> dict[int, Manifest]:

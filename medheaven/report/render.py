@@ -1,22 +1,17 @@
-"""The one-page run report: a small document model rendered to Markdown or HTML, with the plots beside it.
-
-Sections are built once as blocks (headings, paragraphs, tables, images, bullet lists) so that the Markdown and
-HTML versions can never say different things.
-"""
+"""The one-page run report: what the run did, how well, at what cost, and who saw what, with the plots beside it."""
 
 from __future__ import annotations
 
-import html
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from medheaven.crypto.context import SecretContext
-from medheaven.errors import StoreKeyNotFoundError
+from medheaven.errors import ConfigurationError, StoreKeyNotFoundError
 from medheaven.federated.verify import verify_round
+from medheaven.report.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from medheaven.report.plots import plot_discrimination, plot_loss, plot_participation, plot_round_time
 from medheaven.report.records import Baseline, RunRecords, load_run_records
 from medheaven.store.base import Store
@@ -28,37 +23,6 @@ PLOT_FILES = {
     "round_time": "round-time.png",
     "participation": "participation.png",
 }
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True)
-class Image:
-    file: str
-    alt: str
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[str, ...]
-
-
-Block = Heading | Paragraph | Table | Image | Bullets
 
 
 @dataclass(frozen=True)
@@ -97,6 +61,15 @@ def write_report(
 def _verification(store: Store, records: RunRecords, secret: SecretContext | None) -> dict[str, Any] | None:
     if records.last_round < 1 or (secret is None and not records.description.plaintext):
         return None
+    if (
+        secret is not None
+        and not records.description.plaintext
+        and secret.fingerprint != records.description.fingerprint
+    ):
+        raise ConfigurationError(
+            f"run {records.run!r} was encrypted under key set {records.description.fingerprint[:12]}…, the secret "
+            f"context given is {secret.fingerprint[:12]}…: pass the federation's own context.secret"
+        )
     try:
         return verify_round(store, secret, records.run, records.last_round)
     except StoreKeyNotFoundError as exc:
@@ -113,6 +86,7 @@ def report_blocks(
             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from store `{records.location}`. "
             f"{len(records.rounds)} training round(s) committed; the last global model is round "
             f"{records.last_round} (sha256 `{records.global_sha256.get(records.last_round, '')[:16]}…`)."
+            + _selection_note(records)
         ),
     ]
     blocks += _configuration(records)
@@ -124,6 +98,17 @@ def report_blocks(
     blocks += _bytes_section(records)
     blocks += _privacy_section(records)
     return blocks
+
+
+def _selection_note(records: RunRecords) -> str:
+    selected = records.test_round
+    if selected is None:
+        return ""
+    digest = records.global_sha256.get(selected, "")[:16]
+    how = (records.test or {}).get("selected_by", "")
+    return f" The model scored on the held-out test set is round {selected} (sha256 `{digest}…`)" + (
+        f", selected by {how}." if how else "."
+    )
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -176,7 +161,7 @@ def _configuration(records: RunRecords) -> list[Block]:
 
 
 def _test_section(records: RunRecords, baseline: Baseline | None) -> list[Block]:
-    blocks: list[Block] = [Heading(2, "Final held-out test metrics")]
+    blocks: list[Block] = [Heading(2, "Held-out test metrics")]
     test = records.test
     if test is None:
         blocks.append(
@@ -191,7 +176,7 @@ def _test_section(records: RunRecords, baseline: Baseline | None) -> list[Block]
     header = ("model", "ROC-AUC", "PR-AUC", "Brier", "accuracy", "log loss", "base rate", "test rows")
     rows = [
         (
-            f"federated (round {test.get('round')})",
+            f"federated, round {test.get('round')}",
             *(_fmt(metrics.get(n)) for n in names[:-1]),
             _fmt(metrics.get("examples"), 0),
         )
@@ -202,8 +187,15 @@ def _test_section(records: RunRecords, baseline: Baseline | None) -> list[Block]
             rows.append((f"local-only {hospital}", *(_fmt(scores.get(n)) for n in names[:-2]), "n/a", "n/a"))
     blocks.append(
         Paragraph(
-            f"The final global model (round {test.get('round')}) scored by key holder `{test.get('scored_by', '?')}` "
-            "on the held-out test patients (no test patient is in any hospital's training data)."
+            f"The global model of round {test.get('round')}, scored by key holder `{test.get('scored_by', '?')}` on "
+            "the run's held-out test file (the federation's split keeps its patients out of every hospital's "
+            "training data)."
+            + (
+                f" The round was selected by {test['selected_by']} (validation ROC-AUC "
+                f"{_fmt(test.get('validation_roc_auc'))}); the test set played no part in choosing it."
+                if test.get("selected_by")
+                else ""
+            )
         )
     )
     blocks.append(Table(header, tuple(tuple(r) for r in rows)))
@@ -226,27 +218,28 @@ def _curves(records: RunRecords, baseline: Baseline | None) -> list[Block]:
     )
     rows = tuple(
         (
-            str(row.round),
-            str(row.evaluated_round),
-            _fmt(row.weighted.get("roc_auc")),
-            _fmt(row.weighted.get("pr_auc")),
-            _fmt(row.weighted.get("loss")),
-            f"{sum(1 for s in row.states.values() if s == 'folded')}/{len(row.selected)}",
-            f"{row.seconds:.1f}",
+            str(point.model_round),
+            "final validation" if point.final else f"start of round {point.model_round + 1}",
+            str(len(point.metrics)),
+            _fmt(point.weighted.get("roc_auc")),
+            _fmt(point.weighted.get("pr_auc")),
+            _fmt(point.weighted.get("loss")),
+            "yes" if point.model_round == records.test_round else "",
         )
-        for row in records.rounds
+        for point in records.validation
     )
     return [
         Heading(2, "Learning curves"),
         Paragraph(
             "Each round starts by evaluating the incoming global model on every hospital's own validation split, so "
             "round r reports the model after round r-1 (x axis: that model). Thick black: mean weighted by "
-            "validation rows; red star: the final model on the held-out test set." + reference
+            "validation rows; red star: the selected model on the held-out test set. The last model's point, "
+            "when present, is the coordinator's final validation (final-validation.json)." + reference
         ),
         Image(PLOT_FILES["discrimination"], "ROC-AUC and PR-AUC per round"),
         Image(PLOT_FILES["loss"], "Validation loss per round"),
         Table(
-            ("round", "model evaluated", "ROC-AUC", "PR-AUC", "log loss", "folded", "seconds"),
+            ("model (round)", "evaluated at", "hospitals", "ROC-AUC", "PR-AUC", "log loss", "scored on test"),
             rows,
         ),
     ]
@@ -420,74 +413,3 @@ def _privacy_section(records: RunRecords) -> list[Block]:
             )
         )
     return blocks
-
-
-# -- rendering --------------------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    lines: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            lines += [f"{'#' * block.level} {block.text}", ""]
-        elif isinstance(block, Paragraph):
-            lines += [block.text, ""]
-        elif isinstance(block, Table):
-            lines.append("| " + " | ".join(_md_cell(h) for h in block.headers) + " |")
-            lines.append("|" + "|".join("---" for _ in block.headers) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-            lines.append("")
-        elif isinstance(block, Image):
-            lines += [f"![{block.alt}]({block.file})", ""]
-        else:
-            lines += [f"- {item}" for item in block.items]
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
-
-
-def _inline_html(text: str) -> str:
-    out, position = [], 0
-    for match in _INLINE.finditer(text):
-        out.append(html.escape(text[position : match.start()]))
-        code, strong = match.groups()
-        out.append(
-            f"<code>{html.escape(code)}</code>" if code is not None else f"<strong>{html.escape(strong)}</strong>"
-        )
-        position = match.end()
-    out.append(html.escape(text[position:]))
-    return "".join(out)
-
-
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-    "th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}code{background:#f3f3f3;padding:0 3px}"
-)
-
-
-def to_html(blocks: list[Block], *, title: str) -> str:
-    parts = [
-        "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
-        f"<style>{_STYLE}</style></head><body>",
-    ]
-    for block in blocks:
-        if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{_inline_html(block.text)}</h{block.level}>")
-        elif isinstance(block, Paragraph):
-            parts.append(f"<p>{_inline_html(block.text)}</p>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block.headers)
-            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif isinstance(block, Image):
-            parts.append(f'<img src="{html.escape(block.file)}" alt="{html.escape(block.alt)}">')
-        else:
-            parts.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block.items) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
