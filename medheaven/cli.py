@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from medheaven.cli_doctor import doctor_command
 from medheaven.cli_results import export_command, predict_command, report_command
 from medheaven.cli_support import command, print_json, set_debug, stdout
 from medheaven.data.cli import baseline_command, data_app
@@ -29,6 +30,7 @@ app.add_typer(federation_app, name="federation")
 app.add_typer(data_app, name="data")
 app.command("baseline", help="Centralised and local-only baselines on a held-out test set.")(baseline_command)
 app.command("report")(report_command)
+app.command("doctor", help="Check this node's configuration before it joins the federation.")(doctor_command)
 app.command("export")(export_command)
 app.command("predict")(predict_command)
 

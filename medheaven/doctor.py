@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from medheaven.crypto.context import PublicContext, SecretContext, check_secret_file_mode
-from medheaven.crypto.signing import load_signing_key, validate_hospital_id
+from medheaven.crypto.signing import SigningKey, load_signing_key, validate_hospital_id
 from medheaven.errors import KeyCustodyError, MedHeavenError
 from medheaven.federated.nodes import check_aggregator_settings
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY
@@ -125,37 +125,49 @@ def _tls_arguments(settings: Settings) -> tuple[dict[str, Any], str | None]:
     return arguments, None
 
 
+def _redis_arguments(url: str, settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """redis-py keyword arguments for ``url``, or why ``url`` cannot be a deployment broker."""
+    if url.startswith("memory://") or url.startswith("cache+memory://"):
+        return {}, (
+            f"{url} is not a deployment broker (it only reaches this process): set MEDHEAVEN_BROKER_URL="
+            "redis://:PASSWORD@HOST:6379/0, or rediss://... for TLS"
+        )
+    if url.startswith("rediss://"):
+        return _tls_arguments(settings)
+    if not url.startswith("redis://"):
+        return {}, f"{redact_url(url)}: MedHeaven deployments use redis:// or rediss:// (TLS)"
+    return {}, None
+
+
+def _explain_redis_error(url: str, exc: Exception, timeout: float) -> str:
+    import redis
+
+    shown = redact_url(url)
+    denied = isinstance(exc, redis.exceptions.AuthenticationError) or "NOAUTH" in str(exc)
+    if denied and urlsplit(url).password is None:
+        return f"{shown} requires a password: use redis://:PASSWORD@host:port/db ({exc})"
+    if denied:
+        return f"{shown} refused the credentials ({exc}): check the password (or ACL user) in the URL"
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return f"{shown} answered PING with an error: {exc}"
+    return f"cannot reach {shown} within {timeout:g}s: {exc}"
+
+
 def ping_redis(url: str, settings: Settings, *, name: str, timeout: float) -> CheckResult:
     import redis
 
     shown = redact_url(url)
-    if url.startswith("memory://") or url.startswith("cache+memory://"):
-        return _fail(
-            name,
-            f"{url} is not a deployment broker (it only reaches this process): set MEDHEAVEN_BROKER_URL="
-            "redis://:PASSWORD@HOST:6379/0, or rediss://... for TLS",
-        )
-    if not (url.startswith("redis://") or url.startswith("rediss://")):
-        return _fail(name, f"{shown}: MedHeaven deployments use redis:// or rediss:// (TLS)")
-    tls: dict[str, Any] = {}
-    if url.startswith("rediss://"):
-        tls, missing = _tls_arguments(settings)
-        if missing:
-            return _fail(name, missing)
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, **tls)
+    arguments, problem = _redis_arguments(url, settings)
+    if problem:
+        return _fail(name, problem)
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, **arguments)
     try:
         started = time.perf_counter()
         client.ping()
         elapsed = (time.perf_counter() - started) * 1000
         policy = _eviction_policy(client)
-    except redis.exceptions.AuthenticationError as exc:
-        return _fail(name, f"{shown} refused the credentials ({exc}): check the password (or ACL user) in the URL")
-    except redis.exceptions.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "auth" in str(exc).lower():
-            return _fail(name, f"{shown} requires a password: use redis://:PASSWORD@host:port/db ({exc})")
-        return _fail(name, f"{shown} answered PING with an error: {exc}")
     except (redis.exceptions.RedisError, OSError) as exc:
-        return _fail(name, f"cannot reach {shown} within {timeout:g}s: {exc}")
+        return _fail(name, _explain_redis_error(url, exc, timeout))
     finally:
         client.close()
     detail = f"{shown} answered PING in {elapsed:.1f} ms"
@@ -166,7 +178,7 @@ def ping_redis(url: str, settings: Settings, *, name: str, timeout: float) -> Ch
             f"{detail}, but maxmemory-policy is {policy}: Redis may evict queued tasks under memory pressure; "
             "set maxmemory-policy noeviction",
         )
-    return _ok(name, detail + (f", maxmemory-policy {policy}" if policy else ""))
+    return _ok(name, detail + (f", maxmemory-policy {policy}" if policy else " (maxmemory-policy not readable)"))
 
 
 def _eviction_policy(client: Any) -> str | None:
@@ -313,6 +325,26 @@ def check_secret_context(settings: Settings, public: PublicContext | None) -> Ch
     return _ok(name, f"{path} (mode {_mode(path)}, key set {secret.fingerprint[:16]}…) matches {against}")
 
 
+def _registration_problem(store: Store, hospital: str, key: SigningKey, path: Path) -> str | None:
+    try:
+        registry = load_registry(store)
+    except MedHeavenError as exc:
+        return str(exc)
+    registered = registry.keys.get(hospital)
+    if registered is None:
+        return (
+            f"hospital {hospital} is not registered in {REGISTRY_KEY}: send {hospital}.verify.hex to the operator "
+            f"for `medheaven hospital register --id {hospital} --verify-key {hospital}.verify.hex`"
+        )
+    if registered.strip() != key.verify_key_hex():
+        return (
+            f"{path} does not match the verification key registered for {hospital} (registered "
+            f"{registered.strip()[:16]}…, this key {key.verify_key_hex()[:16]}…): re-register this hospital's "
+            "verify.hex, or install the signing key that was registered"
+        )
+    return None
+
+
 def check_signing_key(settings: Settings, store: Store | None) -> CheckResult:
     name = "signing key"
     path, hospital = settings.signing_key, settings.hospital_id
@@ -320,32 +352,15 @@ def check_signing_key(settings: Settings, store: Store | None) -> CheckResult:
         return _fail(name, "MEDHEAVEN_SIGNING_KEY is not set: create one with `medheaven hospital init`")
     if not hospital:
         return _skip(name, "MEDHEAVEN_HOSPITAL_ID is not set")
-    if not path.is_file():
-        return _fail(name, f"MEDHEAVEN_SIGNING_KEY={path} does not exist")
     try:
         key = load_signing_key(path, hospital_id=hospital)
     except (MedHeavenError, OSError) as exc:
         return _fail(name, str(exc))
     if store is None:
         return _skip(name, f"{path} loads, but the store is unreachable, so its registration is unknown")
-    try:
-        registry = load_registry(store)
-    except MedHeavenError as exc:
-        return _fail(name, str(exc))
-    registered = registry.keys.get(hospital)
-    if registered is None:
-        return _fail(
-            name,
-            f"hospital {hospital} is not registered in {REGISTRY_KEY}: send {hospital}.verify.hex to the operator "
-            f"for `medheaven hospital register --id {hospital} --verify-key {hospital}.verify.hex`",
-        )
-    if registered.strip() != key.verify_key_hex():
-        return _fail(
-            name,
-            f"{path} does not match the verification key registered for {hospital} (registered "
-            f"{registered.strip()[:16]}…, this key {key.verify_key_hex()[:16]}…): re-register this hospital's "
-            "verify.hex, or install the signing key that was registered",
-        )
+    problem = _registration_problem(store, hospital, key, path)
+    if problem:
+        return _fail(name, problem)
     return _ok(name, f"{path} (mode {_mode(path)}) is registered for {hospital}")
 
 
@@ -495,26 +510,3 @@ def diagnose(
         return DoctorReport(role, (parsed,))
     checks = run_checks(role, settings, timeout=timeout, secret_dirs=secret_dirs)
     return DoctorReport(role, (parsed, *checks))
-
-
-__all__ = [
-    "DEFAULT_SECRET_DIRS",
-    "ROLES",
-    "CheckResult",
-    "DoctorReport",
-    "Role",
-    "check_broker",
-    "check_data",
-    "check_hospital_id",
-    "check_no_secret_material",
-    "check_public_context",
-    "check_registry",
-    "check_secret_context",
-    "check_signing_key",
-    "check_store",
-    "diagnose",
-    "load_settings",
-    "redact_url",
-    "run_checks",
-    "secret_material_kind",
-]
