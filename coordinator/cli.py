@@ -85,6 +85,7 @@ def run(
     local_epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")] = 1.0,
     hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
     dropout: Annotated[float, typer.Option("--dropout")] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -108,7 +109,9 @@ def run(
         rounds=rounds,
         min_hospitals=min_hospitals or len(hospital_ids),
         round_timeout=round_timeout or settings.round_timeout,
-        training=LocalTraining(epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate),
+        training=LocalTraining(
+            epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, lr_decay=lr_decay
+        ),
         evaluator=evaluator,
         test_path=test_data,
         plaintext=plaintext,

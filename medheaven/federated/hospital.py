@@ -44,7 +44,7 @@ class _RunCache:
     data: HospitalData | None = None
     standardiser: Standardiser | None = None
     model: keras.Model | None = None
-    compiled_with: tuple[float, str] | None = None
+    compiled_with: str | None = None
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -283,9 +283,10 @@ class HospitalNode:
         training = spec.training
         # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
         # process, and restarting Adam from zero every round slowed convergence on the real data
-        if cache.compiled_with != (training.learning_rate, training.optimizer):
+        if cache.compiled_with != training.optimizer:
             compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
-            cache.compiled_with = (training.learning_rate, training.optimizer)
+            cache.compiled_with = training.optimizer
+        model.optimizer.learning_rate.assign(training.rate_for(spec.round))
         _seed_round(description.model.seed, spec.round, self.hospital_id)
         model.fit(
             prepared["train_x"],

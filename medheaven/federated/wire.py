@@ -26,6 +26,10 @@ class LocalTraining:
     batch_size: int = 64
     learning_rate: float = 1e-3
     optimizer: str = "adam"
+    lr_decay: float = 1.0  # the learning rate of round r is learning_rate * lr_decay ** (r - 1)
+
+    def rate_for(self, round_number: int) -> float:
+        return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,6 +41,7 @@ class LocalTraining:
             batch_size=int(data["batch_size"]),
             learning_rate=float(data["learning_rate"]),
             optimizer=str(data["optimizer"]),
+            lr_decay=float(data.get("lr_decay", 1.0)),
         )
 
 
