@@ -21,6 +21,7 @@ from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.fedavg import weighted_mean
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.results import last_committed_round
 from medheaven.federated.wire import Manifest, RoundSpec
 from medheaven.store.base import Store
 
@@ -99,10 +100,7 @@ class Coordinator:
         return Manifest.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
 
     def last_committed_round(self) -> int:
-        committed = -1
-        while self.store.exists(self.paths.manifest("update", committed + 1)):
-            committed += 1
-        return committed
+        return last_committed_round(self.store, self.config.run)
 
     def _open_spec(self, kind: str, round_number: int) -> RoundSpec | None:
         key = self.paths.spec(kind, round_number)
@@ -191,8 +189,14 @@ class Coordinator:
                     status.state, status.detail = "failed", task.error or ""
                 elif task.state == "SUCCESS":
                     fold = self.transport.state(ids["fold"])
-                    status.state = "rejected" if fold.done else "uploaded"
-                    if fold.done:
+                    outcome = (fold.result or {}).get("status") if fold.state == "SUCCESS" else None
+                    if outcome in {"folded", "duplicate"}:
+                        # the fold finished after the ledger was read above; it wrote the ledger before returning,
+                        # so it is folded, not rejected (calling it rejected could end the round early)
+                        status.state = "folded"
+                    else:
+                        status.state = "rejected" if fold.done else "uploaded"
+                    if fold.done and status.state == "rejected":
                         status.detail = str((fold.result or {}).get("message", fold.error or ""))
                 elif task.state == "STARTED":
                     status.state = "training"

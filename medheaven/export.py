@@ -27,22 +27,19 @@ from typing import Any
 import numpy as np
 
 from medheaven.crypto.context import SecretContext, check_secret_file_mode
-from medheaven.crypto.envelope import Envelope, check_envelope
-from medheaven.crypto.packing import decrypt_chunks, unpack_average
 from medheaven.data import FeatureLayout, Standardiser, SufficientStats
 from medheaven.data.schemas import GROUP, LABEL, PREPARED, Schema
 from medheaven.errors import (
     ConfigurationError,
     DataFileError,
-    DigestMismatchError,
     KeyCustodyError,
     MedHeavenError,
     RunStateError,
     SchemaError,
 )
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
-from medheaven.federated.wire import Manifest, RunDescription
+from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
+from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
 
@@ -184,41 +181,6 @@ class DecryptedModel:
     total_samples: int
 
 
-def _open_committed(
-    store: Store,
-    description: RunDescription,
-    secret: SecretContext | None,
-    manifest: Manifest,
-    *,
-    kind: str,
-    length: int,
-) -> np.ndarray:
-    """Fetch a committed result, check it against its manifest digest and envelope header, and decrypt it."""
-    data = store.get(manifest.result_key)
-    if sha256_hex(data) != manifest.result_sha256:
-        raise DigestMismatchError(
-            f"{manifest.result_key} does not match the digest its manifest announced: the store's copy was altered "
-            "or is incomplete"
-        )
-    envelope = Envelope.from_bytes(data, limits=envelope_limits(description, length=length))
-    check_envelope(
-        envelope,
-        expect=expectation(
-            description,
-            kind="stats" if kind == "stats" else "global",
-            round_number=manifest.round,
-            base=manifest.base_sha256,
-            length=length,
-        ),
-        registry=None,
-    )
-    if description.plaintext:
-        return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
-    if secret is None:
-        raise KeyCustodyError(f"run {description.run!r} is encrypted: decrypting it needs the secret context")
-    return decrypt_chunks(secret, envelope.chunks, length=envelope.length)
-
-
 def _description(store: Store, run: str, secret: SecretContext | None) -> RunDescription:
     paths = RunPaths(run)
     if not store.exists(paths.model):
@@ -232,13 +194,6 @@ def _description(store: Store, run: str, secret: SecretContext | None) -> RunDes
             f"{secret.fingerprint[:12]}…: pass the federation's own context.secret"
         )
     return description
-
-
-def last_committed_round(store: Store, run: str) -> int:
-    paths, committed = RunPaths(run), -1
-    while store.exists(paths.manifest("update", committed + 1)):
-        committed += 1
-    return committed
 
 
 def default_export_round(store: Store, run: str) -> tuple[int | None, str]:
@@ -265,21 +220,15 @@ def decrypt_global_model(
             f"run {run!r} has no committed round {chosen}"
             + (f" (rounds 0..{last} are committed)" if last >= 0 else " (no round is committed yet)")
         )
-    manifest = Manifest.from_dict(store.get_json(RunPaths(run).manifest("update", chosen)))
-    summed = _open_committed(store, description, secret, manifest, kind="update", length=description.vector_length)
-    weights, total = unpack_average(summed)
+    weights, total, manifest = committed_average(store, description, secret, chosen)
     return DecryptedModel(description, chosen, manifest.result_sha256, weights, total)
 
 
 def decrypt_standardiser(store: Store, secret: SecretContext | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
-    key = RunPaths(description.run).manifest("stats", 0)
-    if not store.exists(key):
-        raise RunStateError(f"run {description.run!r} has no committed standardisation statistics ({key})")
-    manifest = Manifest.from_dict(store.get_json(key))
-    length = stats_length(description)
-    summed = _open_committed(store, description, secret, manifest, kind="stats", length=length)
-    return Standardiser.from_stats(SufficientStats.from_vector(summed, length // 3))
+    manifest = committed_manifest(store, description.run, kind="stats", round_number=0)
+    summed = open_committed(store, description, secret, manifest)
+    return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
 
 
 # -- the export -------------------------------------------------------------------------------------------

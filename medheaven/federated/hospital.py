@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medheaven.crypto.context import SecretContext
-from medheaven.crypto.envelope import Envelope, check_envelope
-from medheaven.crypto.packing import decrypt_chunks, encrypt_chunks, pack_update, unpack_average
+from medheaven.crypto.envelope import Envelope
+from medheaven.crypto.packing import encrypt_chunks, pack_update
 from medheaven.crypto.signing import SigningKey
 from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError, StoreConflictError
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length, stats_scale
+from medheaven.federated.protocol import sha256_hex, stats_scale
+from medheaven.federated.results import committed_average, committed_manifest, open_committed
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -120,30 +121,6 @@ class HospitalNode:
         scale = stats_scale(run) if kind == "stats" else None
         return encrypt_chunks(self.secret, values, scale_bits=scale)
 
-    def _open(self, run: RunDescription, envelope: Envelope) -> np.ndarray:
-        if run.plaintext:
-            return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
-        assert self.secret is not None
-        return decrypt_chunks(self.secret, envelope.chunks, length=envelope.length)
-
-    def _read_result(self, run: RunDescription, *, kind: str, round_number: int, sha256: str, base: str) -> np.ndarray:
-        paths = RunPaths(run.run)
-        length = stats_length(run) if kind == "stats" else run.vector_length
-        data = self.store.get(paths.result(kind, round_number))
-        if sha256_hex(data) != sha256:
-            raise DigestMismatchError(
-                f"{paths.result(kind, round_number)} does not match the digest its manifest announced: "
-                "the store's copy was altered or is incomplete"
-            )
-        envelope = Envelope.from_bytes(data, limits=envelope_limits(run, length=length))
-        result_kind = "stats" if kind == "stats" else "global"
-        check_envelope(
-            envelope,
-            expect=expectation(run, kind=result_kind, round_number=round_number, base=base, length=length),
-            registry=None,
-        )
-        return self._open(run, envelope)
-
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
         """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
         are what the store holds."""
@@ -178,13 +155,10 @@ class HospitalNode:
         if cache.standardiser is None:
             from medheaven.data import Standardiser, SufficientStats
 
-            manifest = self.store.get_json(RunPaths(run).manifest("stats", 0))
-            summed = self._read_result(
-                cache.description, kind="stats", round_number=0, sha256=manifest["result_sha256"], base=""
-            )
-            n_features = summed.size // 3
+            manifest = committed_manifest(self.store, run, kind="stats", round_number=0)
+            summed = open_committed(self.store, cache.description, self.secret, manifest)
             # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
-            cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, n_features))
+            cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
         return cache.standardiser
 
     def _prepared(self, cache: _RunCache) -> dict[str, np.ndarray]:
@@ -242,23 +216,12 @@ class HospitalNode:
 
     def global_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
         """Decrypt the committed global model of ``round_number`` and divide by the decrypted total weight."""
-        from medheaven.federated.wire import Manifest
-
-        description = self._run(run).description
-        manifest = Manifest.from_dict(self.store.get_json(RunPaths(run).manifest("update", round_number)))
+        weights, _, manifest = committed_average(self.store, self._run(run).description, self.secret, round_number)
         if expected_sha256 is not None and manifest.result_sha256 != expected_sha256:
             raise DigestMismatchError(
                 f"run {run!r} round {round_number}: the round spec names global model {expected_sha256[:12]}…, "
                 f"the committed manifest says {manifest.result_sha256[:12]}…"
             )
-        summed = self._read_result(
-            description,
-            kind="update",
-            round_number=round_number,
-            sha256=manifest.result_sha256,
-            base=manifest.base_sha256,
-        )
-        weights, _ = unpack_average(summed)
         return weights
 
     def train(self, spec: RoundSpec) -> Receipt:

@@ -9,6 +9,7 @@ from medheaven.crypto.context import PublicContext
 from medheaven.errors import StoreKeyNotFoundError
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.results import last_committed_round
 from medheaven.federated.wire import Manifest
 from medheaven.store.base import Store
 
@@ -28,11 +29,7 @@ def list_runs(store: Store) -> list[str]:
 
 
 def committed_rounds(store: Store, run: str) -> list[int]:
-    paths = RunPaths(run)
-    rounds: list[int] = []
-    while store.exists(paths.manifest("update", len(rounds))):
-        rounds.append(len(rounds))
-    return rounds
+    return list(range(last_committed_round(store, run) + 1))
 
 
 def _check_file(store: Store, key: str, sha256: str, what: str) -> Check:

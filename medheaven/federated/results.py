@@ -1,0 +1,72 @@
+"""Reading committed results back: one path for every key holder (hospital workers, export, verification).
+
+A committed result is trusted only after three checks: its bytes match the digest in its manifest, its envelope
+header names this run, round, base model and key set, and it decrypts under the secret context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medheaven.crypto.context import SecretContext
+from medheaven.crypto.envelope import Envelope, check_envelope
+from medheaven.crypto.packing import decrypt_chunks, unpack_average
+from medheaven.errors import DigestMismatchError, KeyCustodyError, RunStateError
+from medheaven.federated.paths import RunPaths
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.wire import Manifest, RunDescription
+from medheaven.store.base import Store
+
+
+def last_committed_round(store: Store, run: str) -> int:
+    """Rounds commit in order, so the first missing manifest ends the run's committed history (-1: none)."""
+    paths, committed = RunPaths(run), -1
+    while store.exists(paths.manifest("update", committed + 1)):
+        committed += 1
+    return committed
+
+
+def committed_manifest(store: Store, run: str, *, kind: str, round_number: int) -> Manifest:
+    key = RunPaths(run).manifest(kind, round_number)
+    if not store.exists(key):
+        raise RunStateError(f"run {run!r} has no committed {kind} round {round_number} ({key} is missing)")
+    return Manifest.from_dict(store.get_json(key))
+
+
+def open_committed(
+    store: Store, description: RunDescription, secret: SecretContext | None, manifest: Manifest
+) -> np.ndarray:
+    """Fetch a committed result, check it against its manifest and envelope header, and decrypt it."""
+    length = stats_length(description) if manifest.kind == "stats" else description.vector_length
+    data = store.get(manifest.result_key)
+    if sha256_hex(data) != manifest.result_sha256:
+        raise DigestMismatchError(
+            f"{manifest.result_key} does not match the digest its manifest announced: the store's copy was altered "
+            "or is incomplete"
+        )
+    envelope = Envelope.from_bytes(data, limits=envelope_limits(description, length=length))
+    check_envelope(
+        envelope,
+        expect=expectation(
+            description,
+            kind="stats" if manifest.kind == "stats" else "global",
+            round_number=manifest.round,
+            base=manifest.base_sha256,
+            length=length,
+        ),
+        registry=None,
+    )
+    if description.plaintext:
+        return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
+    if secret is None:
+        raise KeyCustodyError(f"run {description.run!r} is encrypted: decrypting it needs the secret context")
+    return decrypt_chunks(secret, envelope.chunks, length=envelope.length)
+
+
+def committed_average(
+    store: Store, description: RunDescription, secret: SecretContext | None, round_number: int
+) -> tuple[np.ndarray, int, Manifest]:
+    """The averaged weights of a committed round, the total sample count, and the round's manifest."""
+    manifest = committed_manifest(store, description.run, kind="update", round_number=round_number)
+    weights, total = unpack_average(open_committed(store, description, secret, manifest))
+    return weights, total, manifest
