@@ -1,0 +1,60 @@
+"""Each benchmark's code path runs on tiny sizes and emits the JSON keys BENCHMARKS.md reads. No timing asserts:
+the numbers are only meaningful on a quiet machine at full size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import aggregator, federation, scaling
+
+
+def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+    return json.loads(capsys.readouterr().out)
+
+
+def test_aggregator_benchmark_emits_memory_and_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aggregator.main(
+        ["--hidden", "8", "--hospitals", "1,3", "--repeat", "2", "--synthetic-rows", "1500", "--out", str(tmp_path)]
+    )
+    result = _stdout_json(capsys)
+    assert {"parameters", "envelope_bytes", "receipt_msgpack_bytes", "memory", "throughput", "targets"} <= result.keys()
+    assert [row["hospitals"] for row in result["memory"]] == [1, 3]
+    for row in result["memory"]:
+        assert {"idle_rss", "peak_rss", "peak_minus_idle", "peak_minus_idle_over_model"} <= row.keys()
+        assert row["peak_rss"] >= row["idle_rss"] > 0
+    assert result["throughput"]["fold_mparams_per_s_per_core"] > 0
+    assert set(result["throughput"]["seconds_median"]) == {"read", "digest", "decode", "check", "add", "total"}
+    assert result["receipt_msgpack_bytes"] < 1024  # a receipt is a reference, never a payload
+    assert not tmp_path.exists()  # the envelopes are removed unless --keep
+
+
+def test_federation_benchmark_emits_ratio_and_breakdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    federation.main(
+        [
+            "--mode", "threads", "--hospitals", "2", "--scheme", "iid", "--rounds", "2", "--hidden", "8",
+            "--synthetic-rows", "1200", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    result = _stdout_json(capsys)
+    assert {"ratio_median_round", "ratio_mean_round_after_first", "encrypted", "plaintext", "targets"} <= result.keys()
+    phases = result["encrypted"]["critical_path_median_after_first"]
+    assert set(federation.PHASES) <= phases.keys()
+    assert abs(sum(phases[p] for p in federation.PHASES) - phases["seconds"]) < 1e-6
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_emits_rows(tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    scaling.main(
+        [
+            "--hospitals", "2", "--rows-per-hospital", "300", "--rounds", "1", "--tasks", "2",
+            "--broker-url", redis_url, "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    result = _stdout_json(capsys)
+    assert [row["hospitals"] for row in result["hospitals"]] == [2]
+    assert {"median_round_seconds_after_first", "critical_path_median_after_first"} <= result["hospitals"][0].keys()
+    assert [row["processes_on_queue"] for row in result["shared_queue"]] == [1, 2]
+    assert {"shared_queue_speedup_drain", "shared_queue_round_ratio"} <= result.keys()
