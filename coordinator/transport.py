@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from workers.config import AGGREGATE_QUEUE, hospital_queue
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors that go away when the broker comes back (a Redis restart, a failover, a dropped connection). Every call
+#: the coordinator makes is a publish or a status read, both safe to repeat: task ids are fixed before the first
+#: try and tasks are idempotent, so a publish that did reach Redis before the error only delivers the same task twice.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+#: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed).
+OUTAGE_TOLERANCE = 300.0
 
 
 @dataclass(frozen=True)
@@ -24,8 +46,24 @@ class TaskState:
 
 
 class CeleryTransport:
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, outage_tolerance: float = OUTAGE_TOLERANCE) -> None:
         self.app = app
+        self.outage_tolerance = outage_tolerance
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Run ``call``, retrying transient broker/backend errors with exponential backoff (0.5 s doubling to 5 s)."""
+        delay, deadline = 0.5, time.monotonic() + self.outage_tolerance
+        while True:
+            try:
+                return call()
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "%s failed (%s: %s): is Redis reachable? retrying in %.1fs", what, type(exc).__name__, exc, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def send_hospital_task(
         self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
@@ -36,15 +74,26 @@ class CeleryTransport:
         if fold:
             ids["fold"] = str(uuid.uuid4())
             options["link"] = self.app.signature("medheaven.aggregate.fold", queue=AGGREGATE_QUEUE, task_id=ids["fold"])
-        self.app.send_task(f"medheaven.hospital.{name}", args=args, **options)
+        self._retrying(
+            f"sending {name} to {hospital}",
+            lambda: self.app.send_task(f"medheaven.hospital.{name}", args=args, **options),
+        )
         return ids
 
     def send_aggregate_task(self, name: str, args: tuple[Any, ...]) -> str:
         task_id = str(uuid.uuid4())
-        self.app.send_task(f"medheaven.aggregate.{name}", args=args, queue=AGGREGATE_QUEUE, task_id=task_id)
+        self._retrying(
+            f"sending {name} to the aggregator",
+            lambda: self.app.send_task(
+                f"medheaven.aggregate.{name}", args=args, queue=AGGREGATE_QUEUE, task_id=task_id
+            ),
+        )
         return task_id
 
     def state(self, task_id: str) -> TaskState:
+        return self._retrying(f"reading the state of task {task_id}", lambda: self._state(task_id))
+
+    def _state(self, task_id: str) -> TaskState:
         result = AsyncResult(task_id, app=self.app)
         state = str(result.state)
         if state == "FAILURE":

@@ -9,6 +9,7 @@
   and a worker killed mid-training gives its task back. ``MEDHEAVEN_MAX_DELIVERIES`` stops a task that keeps
   killing its worker (see ``workers.guard``).
 * Redis' visibility timeout is longer than any task's hard time limit, so a slow but live task is not redelivered.
+* Publishing and result storage retry through a broker restart (about two minutes), so no trained update is lost.
 * Task events on, so Flower shows workers, queues and tasks.
 """
 
@@ -110,6 +111,18 @@ def celery_config(settings: Settings, *, hospitals: Iterable[str] = ()) -> dict[
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # A broker restart must not cost a hospital the update it just trained: publishing its receipt (the fold
+        # callback) and storing its result keep retrying for about two minutes instead of Celery's ~1 s default.
+        # Both are safe to repeat (the fold is idempotent, a result is keyed by task id).
+        "task_publish_retry_policy": {
+            "max_retries": 40,
+            "interval_start": 0.5,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 40,
+        "result_backend_max_sleep_between_retries_ms": 3000,
         "worker_hijack_root_logger": False,
     }
     tls = _tls_options(settings)

@@ -1,0 +1,196 @@
+"""Worker faults on real Redis with real worker processes: killed hospitals, a killed aggregator, duplicate
+deliveries, stragglers and hospital tasks that raise. After every fault the committed global models equal plaintext
+FedAvg of exactly the updates their manifests list, and nothing committed was ever rewritten."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from fault_support import (
+    BackgroundRun,
+    CommitWatcher,
+    assert_run_sound,
+    federation,
+    freeze,
+    kill_family,
+    pool_children,
+    redis_server,
+    signal_processes,
+    task_names,
+    thaw,
+    unacked,
+    wait_for,
+)
+from federation_support import small_simulation
+
+from coordinator.transport import CeleryTransport
+from medheaven.federated.protocol import sha256_hex
+
+pytestmark = pytest.mark.slow
+
+
+def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp_path: Path) -> None:
+    """SIGKILL the pool process training a hospital's update: the task goes back to the queue (late ack + reject on
+    worker lost), a process of the same hospital trains it again, and the round commits with every hospital."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=2, rows=2000)
+    h1, h2 = simulation.hospitals
+    with (
+        redis_server(tmp_path / "redis") as redis,
+        federation(simulation, redis.url(), tmp_path / "logs", hospitals=(h1,)) as fed,
+    ):
+        # two processes serve h2's queue; either may pick the redelivered task up
+        fed.start_hospital(h2)
+        fed.start_hospital(h2)
+        fed.wait_ready()
+        config = fed.config("kill-hospital", rounds=1, round_timeout=180)
+        watcher = CommitWatcher(simulation.store_dir, config.run)
+        run = BackgroundRun(fed.coordinator(config))
+
+        # freeze the process that runs h2's training the moment it starts, check it is mid-task, then SIGKILL it
+        def started() -> dict[str, object] | None:
+            state, info = fed.train_state(config.run, 1, h2)
+            return info if state == "STARTED" and isinstance(info, dict) else None
+
+        info = wait_for(started, timeout=120, what="h2's round-1 training to start", interval=0.02)
+        victim = psutil.Process(int(info["pid"]))
+        victim.send_signal(signal.SIGSTOP)
+        assert fed.train_state(config.run, 1, h2)[0] == "STARTED", "training finished before the kill"
+        task_id = fed.dispatch(config.run, 1)[h2]["task"]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        history = run.result(timeout=240)
+        served_by = fed.app.AsyncResult(task_id).result["hospital"]
+        deliveries = int(redis.client().get(f"medheaven:deliveries:{task_id}") or 0)
+        # the same training task delivered once more after the commit (as a broker redelivery would): the hospital
+        # must not replace the update the manifest folded, and the aggregator refuses the round as closed
+        update = simulation.store_dir / f"{config.run}/updates/1/a1/{h2}.ckks"
+        folded_bytes = update.read_bytes()
+        spec = fed.store.get_json(f"{config.run}/rounds/1/spec.json")
+        again = CeleryTransport(fed.app).send_hospital_task("train", (spec, h2), h2, fold=True)
+        assert fed.app.AsyncResult(again["task"]).get(timeout=120)["hospital"] == h2
+        refused = fed.app.AsyncResult(again["fold"]).get(timeout=60)
+    assert update.read_bytes() == folded_bytes, "a redelivered training task overwrote a folded update"
+    assert (refused["status"], refused["reason"]) == ("rejected", "RoundClosedError")
+    assert served_by == h2
+    assert deliveries == 2, "the killed task was not delivered a second time"
+    assert sorted(history[0]["participants"]) == [h1, h2]
+    assert_run_sound(simulation, config.run, rounds=1, watcher=watcher, expected={1: {h1, h2}})
+
+
+def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_once(tmp_path: Path) -> None:
+    """SIGKILL the aggregator after it folded one hospital and while it holds a second hospital's receipt: the
+    restarted aggregator rebuilds the running sum from the ledger, the receipt it died holding is sent again by the
+    coordinator, and the round commits with every hospital folded exactly once."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=2400)
+    h1, h2, h3 = simulation.hospitals
+    with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
+        config = fed.config("kill-aggregator", rounds=1, round_timeout=180)
+        watcher = CommitWatcher(simulation.store_dir, config.run)
+        run = BackgroundRun(fed.coordinator(config, resend_after=10.0))
+        wait_for(lambda: fed.manifest(config.run, 0, kind="stats"), timeout=120, what="the stats phase to commit")
+        late = {h: freeze(fed.worker(f"{h}-0")) for h in (h2, h3)}  # idle now; their round-1 tasks wait
+        wait_for(lambda: fed.folded(config.run, 1) == [h1], timeout=120, what="h1 folded into round 1")
+        wait_for(lambda: fed.task_state(fed.dispatch(config.run, 1)[h1]["fold"])[0] == "SUCCESS", timeout=30,
+                 what="h1's fold to finish")  # fmt: skip
+        aggregator = fed.worker("aggregator")
+        frozen_pool = pool_children(aggregator)
+        signal_processes(frozen_pool, signal.SIGSTOP)
+        thaw(late[h2])
+        # the aggregator's main process takes h2's receipt off the queue and hands it to its frozen pool process
+        wait_for(lambda: "medheaven.aggregate.fold" in task_names(unacked(redis.client(), "aggregate")),
+                 timeout=120, what="h2's receipt to be held by the aggregator")  # fmt: skip
+        lost_fold = fed.dispatch(config.run, 1)[h2]["fold"]
+        kill_family(aggregator)
+        thaw(late[h3])
+        wait_for(lambda: fed.train_state(config.run, 1, h3)[0] == "SUCCESS", timeout=120, what="h3's update")
+        assert fed.folded(config.run, 1) == [h1]
+        fed.start_aggregator(name="aggregator-2")
+        history = run.result(timeout=240)
+        lost_state = fed.task_state(lost_fold)[0]
+        resent_fold = fed.dispatch(config.run, 1)[h2]["fold"]
+    # the receipt the killed aggregator held never ran; the coordinator sent it again under a new task id
+    assert lost_state == "PENDING" and resent_fold != lost_fold
+    assert sorted(history[0]["participants"]) == [h1, h2, h3]
+    assert_run_sound(simulation, config.run, rounds=1, watcher=watcher, expected={1: {h1, h2, h3}})
+    log = (tmp_path / "logs" / "aggregator-2.log").read_text()
+    assert "rebuilt update round 1 of kill-aggregator from its ledger (1 folded)" in log
+
+
+def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: Path) -> None:
+    """A hospital frozen mid-training misses the deadline: the round commits without it, its late update is rejected
+    and never reaches the next round. While the round is open, the same receipt delivered twice more is a no-op;
+    after the commit it is rejected as closed. Every hospital appears at most once in every manifest."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=2400)
+    h1, h2, h3 = simulation.hospitals
+    with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
+        config = fed.config("straggler", rounds=2, min_hospitals=2, round_timeout=35)
+        watcher = CommitWatcher(simulation.store_dir, config.run)
+        run = BackgroundRun(fed.coordinator(config))
+        wait_for(lambda: fed.train_state(config.run, 1, h3)[0] == "STARTED", timeout=120,
+                 what="h3's round-1 training to start", interval=0.02)  # fmt: skip
+        straggler = freeze(fed.worker(f"{h3}-0"))
+        wait_for(lambda: sorted(fed.folded(config.run, 1)) == [h1, h2], timeout=60, what="h1 and h2 folded")
+        assert fed.manifest(config.run, 1) is None, "the round closed before the duplicates could be sent"
+        receipt = fed.app.AsyncResult(fed.dispatch(config.run, 1)[h1]["task"]).result
+        duplicates = [fed.app.send_task("medheaven.aggregate.fold", args=(receipt,), queue="aggregate") for _ in "ab"]
+        assert [d.get(timeout=60)["status"] for d in duplicates] == ["duplicate", "duplicate"]
+        assert fed.manifest(config.run, 1) is None
+        first = wait_for(lambda: fed.manifest(config.run, 1), timeout=90, what="round 1 to commit at its deadline")
+        after_commit = fed.app.send_task("medheaven.aggregate.fold", args=(receipt,), queue="aggregate")
+        closed = after_commit.get(timeout=60)
+        thaw(straggler)
+        late_fold = fed.dispatch(config.run, 1)[h3]["fold"]
+        late = wait_for(lambda: fed.app.AsyncResult(late_fold).result if fed.app.AsyncResult(late_fold).ready() else None,
+                        timeout=120, what="h3's late update to reach the aggregator")  # fmt: skip
+        history = run.result(timeout=240)
+    assert sorted(first.participants) == [h1, h2]
+    assert (closed["status"], closed["reason"]) == ("rejected", "RoundClosedError")
+    assert (late["status"], late["reason"], late["hospital"]) == ("rejected", "RoundClosedError", h3)
+    assert "already committed" in late["message"]
+    assert [r["statuses"][h3] for r in history] == ["late", "folded"]
+    reports = assert_run_sound(
+        simulation, config.run, rounds=2, watcher=watcher, expected={1: {h1, h2}, 2: {h1, h2, h3}}
+    )
+    assert reports[1]["hospitals"].count(h1) == 1
+    # the round-2 update of h3 is its round-2 envelope, not the late round-1 one
+    store = simulation.store()
+    late_key = f"{config.run}/updates/1/a1/{h3}.ckks"
+    second = fed.manifest(config.run, 2)
+    assert second is not None
+    entry = next(e for e in second.folded if e["hospital"] == h3)
+    assert entry["key"] == f"{config.run}/updates/2/a1/{h3}.ckks"
+    assert store.exists(late_key) and entry["sha256"] != sha256_hex(store.get(late_key))
+
+
+def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -> None:
+    """One hospital's data file lacks a column (its task raises), another signs with a key that is not the one
+    registered for it (its update is rejected): the stats phase and the round commit with the two healthy ones."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=4, rows=3200)
+    h1, h2, broken, impostor = simulation.hospitals
+    frame = pd.read_csv(simulation.data_files[broken])
+    frame.drop(columns=["num_medications"]).to_csv(simulation.data_files[broken], index=False)
+    with (
+        redis_server(tmp_path / "redis") as redis,
+        federation(simulation, redis.url(), tmp_path / "logs", hospitals=(h1, h2)) as fed,
+    ):
+        fed.start_hospital(broken)
+        fed.start_hospital(impostor, {"MEDHEAVEN_SIGNING_KEY": str(simulation.identities[h1].signing_key)})
+        fed.wait_ready()
+        config = fed.config("raises", rounds=1, min_hospitals=2, round_timeout=120)
+        watcher = CommitWatcher(simulation.store_dir, config.run)
+        history = fed.coordinator(config).run()
+        failed_state, failed_info = fed.train_state(config.run, 1, broken)
+    assert failed_state == "FAILURE"
+    assert "lacks column(s) num_medications" in str(failed_info)
+    stats = fed.manifest(config.run, 0, kind="stats")
+    assert stats is not None and sorted(stats.participants) == [h1, h2]
+    record = history[0]
+    assert sorted(record["participants"]) == [h1, h2]
+    assert record["statuses"][broken] == "failed"
+    assert record["statuses"][impostor] == "rejected"
+    assert [(r["hospital"], r["reason"]) for r in record["rejected"]] == [(impostor, "signature")]
+    assert_run_sound(simulation, config.run, rounds=1, watcher=watcher, expected={1: {h1, h2}})
