@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgpack
@@ -34,6 +35,14 @@ def secret_key_windows(secret_path: Path, *, count: int = 4, width: int = 48) ->
 
 
 def assert_store_is_public_only(store_dir: Path, secret_path: Path, plain_weights: np.ndarray) -> int:
+    """Every file under a local store folder is public material (see ``assert_files_are_public_only``)."""
+    files = [(path.name, path.read_bytes()) for path in sorted(p for p in store_dir.rglob("*") if p.is_file())]
+    return assert_files_are_public_only(files, secret_path, plain_weights)
+
+
+def assert_files_are_public_only(
+    files: Iterable[tuple[str, bytes]], secret_path: Path, plain_weights: np.ndarray
+) -> int:
     """Every stored file is JSON, the public context, or an encrypted envelope; no secret key, no plaintext weights.
 
     Returns the number of files checked.
@@ -41,21 +50,20 @@ def assert_store_is_public_only(store_dir: Path, secret_path: Path, plain_weight
     windows = secret_key_windows(secret_path)
     plain_probes = [plain_weights[:8].astype("<f8").tobytes(), plain_weights[:8].astype("<f4").tobytes()]
     checked = 0
-    for path in sorted(p for p in store_dir.rglob("*") if p.is_file()):
-        data = path.read_bytes()
+    for name, data in files:
         for window in windows:
-            assert window not in data, f"{path} contains secret-key material"
+            assert window not in data, f"{name} contains secret-key material"
         for probe in plain_probes:
-            assert probe not in data, f"{path} contains plaintext weights"
-        if path.suffix == ".json":
+            assert probe not in data, f"{name} contains plaintext weights"
+        if name.endswith(".json"):
             json.loads(data)
-        elif path.name == "context.public":
+        elif name == "context.public":
             payload = msgpack.unpackb(data, raw=False)
             assert payload["kind"] == "public-context"
             assert not ts.context_from(payload["tenseal"]).has_secret_key()
         else:
-            assert path.suffix == ".ckks", f"unexpected file {path}"
+            assert name.endswith(".ckks"), f"unexpected file {name}"
             envelope = msgpack.unpackb(data, raw=False)
-            assert envelope["fp"] != PLAINTEXT_FINGERPRINT, f"{path} is a plaintext envelope"
+            assert envelope["fp"] != PLAINTEXT_FINGERPRINT, f"{name} is a plaintext envelope"
         checked += 1
     return checked
