@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from coordinator.run import RunConfig
 from coordinator.transport import CeleryTransport, TaskState
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
-from medheaven.federated.fedavg import weighted_mean
+from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.results import last_committed_round
@@ -337,14 +337,14 @@ class Coordinator:
         record = {
             "round": last,
             "metrics": per_hospital,
-            "weighted": weighted_metrics(per_hospital),
+            "weighted": mean_metrics(per_hospital),
             "missing": sorted(pending),
         }
         self.store.put_json(self.paths.final_validation, record)
         self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
 
     def selected_round(self) -> tuple[int, float]:
-        """The committed round whose global model had the best weighted validation ROC-AUC (federated early
+        """The committed round whose global model had the best mean validation ROC-AUC (federated early
         stopping: hospitals' validation metrics only, never the held-out test set)."""
         candidates = [(int(r["evaluated_round"]), float(r["weighted"]["roc_auc"])) for r in self.history()]
         if self.store.exists(self.paths.final_validation):
@@ -361,7 +361,11 @@ class Coordinator:
         args = (self.config.run, last, holder, self.config.test_path)
         ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
         record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
-        record = {**record, "selected_by": "best weighted validation ROC-AUC", "validation_roc_auc": validation_auc}
+        record = {
+            **record,
+            "selected_by": "best mean validation ROC-AUC over hospitals",
+            "validation_roc_auc": validation_auc,
+        }
         self.store.put_json(self.paths.test_scores(), record)
         metrics = record["metrics"]
         self.observer.message(
@@ -387,19 +391,10 @@ class Coordinator:
         return list(self.store.get_json(self.paths.history))
 
 
-def weighted_metrics(per_hospital: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Validation metrics averaged over hospitals. Unweighted: hospitals do not report their validation sizes,
-    which would reveal their sample counts (an ``examples`` value, when present, is used as the weight)."""
-    return {
-        name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 1.0)) for m in per_hospital.values()])
-        for name in ("loss", "roc_auc", "pr_auc")
-    }
-
-
 def round_record(manifest: Manifest) -> dict[str, Any]:
-    """Per-round metrics: the incoming model's validation metrics per hospital and their weighted mean."""
+    """Per-round metrics: the incoming model's validation metrics per hospital and their mean over hospitals."""
     per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
-    mean = weighted_metrics(per_hospital)
+    mean = mean_metrics(per_hospital)
     phases: dict[str, float] = {}
     for entry in manifest.folded:
         for phase, seconds in dict(entry.get("timings", {})).items():

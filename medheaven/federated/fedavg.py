@@ -25,3 +25,14 @@ def weighted_mean(values: Sequence[tuple[float, float]]) -> float:
     pairs = [(v, w) for v, w in values if np.isfinite(v) and w > 0]
     total = sum(w for _, w in pairs)
     return float(sum(v * w for v, w in pairs) / total) if total else float("nan")
+
+
+def mean_metrics(
+    per_hospital: dict[str, dict[str, float]], names: tuple[str, ...] = ("loss", "roc_auc", "pr_auc")
+) -> dict[str, float]:
+    """Validation metrics averaged over hospitals. Unweighted: hospitals do not report their validation sizes,
+    which would reveal their sample counts (an ``examples`` value, when present, is used as the weight)."""
+    return {
+        name: weighted_mean([(m.get(name, float("nan")), m.get("examples", 1.0)) for m in per_hospital.values()])
+        for name in names
+    }

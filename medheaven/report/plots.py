@@ -103,7 +103,7 @@ def _metric_panel(
     models = [point.model_round for point in records.validation]
     weighted = [point.weighted.get(metric, math.nan) for point in records.validation]
     if models:
-        axis.plot(models, weighted, marker="s", linewidth=2.4, color="black", label="weighted mean (validation)")
+        axis.plot(models, weighted, marker="s", linewidth=2.4, color="black", label="mean over hospitals (validation)")
     test_value = (records.test or {}).get("metrics", {}).get(metric)
     test_round = records.test_round
     if isinstance(test_value, int | float) and math.isfinite(test_value) and test_round is not None:
@@ -171,7 +171,7 @@ def _base_rate(records: RunRecords) -> float:
 
 
 def plot_discrimination(records: RunRecords, path: Path, *, baseline: Baseline | None = None) -> Path:
-    """ROC-AUC and PR-AUC of each round's incoming global model, per hospital and weighted."""
+    """ROC-AUC and PR-AUC of each round's incoming global model, per hospital and their mean."""
     figure = _figure(13.0, 5.4)
     left, right = figure.subplots(1, 2)
     _metric_panel(

@@ -13,13 +13,12 @@ hospital's own validation split; :attr:`RoundRow.evaluated_round` says which mod
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medheaven.errors import DataFileError, RunStateError
-from medheaven.federated.fedavg import weighted_mean
+from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.store.base import Store
@@ -42,7 +41,7 @@ class RoundRow:
     states: dict[str, str]  # hospital -> one of STATES
     rejected: dict[str, str]  # hospital -> reason
     metrics: dict[str, dict[str, float]]  # hospital -> metrics of the incoming model on its validation split
-    weighted: dict[str, float]  # example-weighted means over hospitals
+    weighted: dict[str, float]  # means over hospitals (unweighted: validation sizes are not reported)
     phases: dict[str, float]  # PHASES plus OTHER_PHASE; sums to ``seconds`` (see phase_breakdown)
     phase_source: str  # "critical path" or "per-phase maximum"
     bytes_up: int
@@ -196,7 +195,7 @@ def round_row(manifest: Manifest, history: dict[str, Any], *, hospitals: Any = (
 
 
 def _weighted(metrics: dict[str, dict[str, float]], name: str) -> float:
-    return weighted_mean([(m.get(name, math.nan), m.get("examples", 0.0)) for m in metrics.values()])
+    return mean_metrics(metrics, (name,))[name]
 
 
 def participation(manifest: Manifest, statuses: dict[str, Any], *, hospitals: tuple[str, ...]) -> dict[str, str]:

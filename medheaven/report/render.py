@@ -232,8 +232,8 @@ def _curves(records: RunRecords, baseline: Baseline | None) -> list[Block]:
         Heading(2, "Learning curves"),
         Paragraph(
             "Each round starts by evaluating the incoming global model on every hospital's own validation split, so "
-            "round r reports the model after round r-1 (x axis: that model). Thick black: mean weighted by "
-            "validation rows; red star: the selected model on the held-out test set. The last model's point, "
+            "round r reports the model after round r-1 (x axis: that model). Thick black: mean over "
+            "hospitals (unweighted: hospitals do not disclose their validation sizes); red star: the selected model on the held-out test set. The last model's point, "
             "when present, is the coordinator's final validation (final-validation.json)." + reference
         ),
         Image(PLOT_FILES["discrimination"], "ROC-AUC and PR-AUC per round"),
