@@ -178,7 +178,8 @@ def run_demo(
             metrics = result.test["metrics"]
             console.print(
                 f"held-out test ({int(metrics['examples'])} encounters, base rate {metrics['base_rate']:.3f}) of the "
-                f"final global model: ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}, "
+                f"global model of round {result.test['round']} (best mean validation ROC-AUC): "
+                f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}, "
                 f"Brier {metrics['brier']:.4f}"
             )
         if audit:
