@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from coordinator.loop import LogObserver, RoundProgress
+from coordinator.progress import rounds_table
 from coordinator.simulation import (
     SimulationResult,
     default_model,
@@ -78,27 +78,6 @@ def audit_last_round(nodes: dict[str, HospitalNode], result: SimulationResult, r
         "max_abs_error": float(error.max()),
         "mean_abs_error": float(error.mean()),
     }
-
-
-def results_table(result: SimulationResult) -> Table:
-    table = Table(
-        title=f"MedHeaven run {result.run}: per round (metrics of the incoming global model on local validation)"
-    )
-    for column in ("round", "hospitals", "val ROC-AUC", "val PR-AUC", "val loss", "train s", "round s", "KB up"):
-        table.add_column(column, justify="right")
-    for record in result.history:
-        weighted = record["weighted"]
-        table.add_row(
-            str(record["round"]),
-            str(len(record["participants"])),
-            f"{weighted['roc_auc']:.3f}",
-            f"{weighted['pr_auc']:.3f}",
-            f"{weighted['loss']:.4f}",
-            f"{record['phases_max'].get('train', 0.0):.1f}",
-            f"{record['seconds']:.1f}",
-            f"{record['bytes_up'] / 1024:.0f}",
-        )
-    return table
 
 
 def run_demo(
@@ -173,7 +152,8 @@ def run_demo(
     }
     if not quiet:
         console = Console()
-        console.print(results_table(result))
+        title = f"MedHeaven run {result.run}: per round (metrics of the incoming global model on local validation)"
+        console.print(rounds_table(result.history, title=title))
         if result.test:
             metrics = result.test["metrics"]
             console.print(

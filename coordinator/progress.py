@@ -83,20 +83,7 @@ class ProgressObserver:
 
     @staticmethod
     def print_summary(console: Console, history: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
-        table = Table(title="rounds (validation metrics are of the model each round started from)")
-        for column in ("round", "hospitals", "ROC-AUC", "PR-AUC", "loss", "seconds", "KB up"):
-            table.add_column(column, justify="right")
-        for record in history:
-            weighted = record["weighted"]
-            table.add_row(
-                str(record["round"]),
-                str(len(record["participants"])),
-                f"{weighted['roc_auc']:.3f}",
-                f"{weighted['pr_auc']:.3f}",
-                f"{weighted['loss']:.4f}",
-                f"{record['seconds']:.1f}",
-                f"{record['bytes_up'] / 1024:.0f}",
-            )
+        table = rounds_table(history, title="rounds (validation metrics are of the model each round started from)")
         console.print(table)
         if test:
             metrics = test["metrics"]
@@ -104,3 +91,23 @@ class ProgressObserver:
                 f"held-out test of round {test['round']}: ROC-AUC {metrics['roc_auc']:.3f}, "
                 f"PR-AUC {metrics['pr_auc']:.3f}, Brier {metrics['brier']:.4f}, base rate {metrics['base_rate']:.3f}"
             )
+
+
+def rounds_table(history: list[dict[str, Any]], *, title: str) -> Table:
+    """One row per committed round: mean validation metrics of the model it started from, time and bytes."""
+    table = Table(title=title)
+    for column in ("round", "hospitals", "val ROC-AUC", "val PR-AUC", "val loss", "train s", "round s", "KB up"):
+        table.add_column(column, justify="right")
+    for record in history:
+        mean = record["weighted"]
+        table.add_row(
+            str(record["round"]),
+            str(len(record["participants"])),
+            f"{mean['roc_auc']:.3f}",
+            f"{mean['pr_auc']:.3f}",
+            f"{mean['loss']:.4f}",
+            f"{record['phases_max'].get('train', 0.0):.1f}",
+            f"{record['seconds']:.1f}",
+            f"{record['bytes_up'] / 1024:.0f}",
+        )
+    return table
