@@ -25,6 +25,7 @@ from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.settings import Settings
+from medheaven.store.base import Store
 
 app = typer.Typer(
     help="Coordinate MedHeaven federated rounds over Celery/Redis.",
@@ -42,15 +43,19 @@ def main_options(
         logging.getLogger("coordinator").setLevel(logging.INFO)
 
 
-def _connect(settings: Settings, hospitals: tuple[str, ...]) -> tuple[Any, CeleryTransport]:
+def _open_store(settings: Settings) -> Store:
     from medheaven.store import open_store
+
+    return open_store(settings.store, settings=settings)
+
+
+def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, json_output: bool) -> None:
+    """Drive a run to its end with live progress; the broker is reached only here."""
     from workers.app import create_app
 
-    store = open_store(settings.store, settings=settings)
-    return store, CeleryTransport(create_app(settings, hospitals=list(hospitals)))
-
-
-def _drive(coordinator: Coordinator, *, json_output: bool) -> None:
+    transport = CeleryTransport(create_app(settings, hospitals=list(config.hospitals)))
+    observer = ProgressObserver(quiet=quiet or json_output, rounds=config.rounds)
+    coordinator = Coordinator(store, transport, config, poll_interval=settings.poll_interval, observer=observer)
     # SIGTERM behaves like Ctrl-C: stop waiting, leave the last committed round intact
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -125,13 +130,9 @@ def run(
         dropout=dropout if widths else 0.0,
         seed=seed,
     )
-    store, transport = _connect(settings, hospital_ids)
+    store = _open_store(settings)
     create_run(store, config, model=model, layout=feature_layout.to_dict())
-    observer = ProgressObserver(quiet=quiet or json_output, rounds=rounds)
-    _drive(
-        Coordinator(store, transport, config, poll_interval=settings.poll_interval, observer=observer),
-        json_output=json_output,
-    )
+    _drive(store, config, settings, quiet=quiet, json_output=json_output)
 
 
 @app.command("resume")
@@ -145,17 +146,9 @@ def resume(
 
     Example: medheaven-coordinator resume --run-id r1
     """
-    from medheaven.store import open_store
-
     settings = Settings()
-    store = open_store(settings.store, settings=settings)
-    config = require_run_config(store, run_id)
-    _, transport = _connect(settings, config.hospitals)
-    observer = ProgressObserver(quiet=quiet or json_output, rounds=config.rounds)
-    _drive(
-        Coordinator(store, transport, config, poll_interval=settings.poll_interval, observer=observer),
-        json_output=json_output,
-    )
+    store = _open_store(settings)
+    _drive(store, require_run_config(store, run_id), settings, quiet=quiet, json_output=json_output)
 
 
 @app.command("status")
@@ -169,10 +162,9 @@ def status(
     Example: medheaven-coordinator status --run-id r1 --json
     """
     from medheaven.federated.paths import RunPaths
-    from medheaven.store import open_store
 
     settings = Settings()
-    store = open_store(settings.store, settings=settings)
+    store = _open_store(settings)
     config = require_run_config(store, run_id)
     history_key = RunPaths(run_id).history
     history = list(store.get_json(history_key)) if store.exists(history_key) else []
