@@ -46,6 +46,7 @@ from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.setup import set_up_federation
 from medheaven.federated.wire import Receipt, RoundSpec, RunDescription
+from medheaven.memory import map_large_buffers_separately
 from medheaven.model import ModelSpec
 from medheaven.store.local import LocalStore
 
@@ -197,9 +198,11 @@ class RssSampler:
         self.peak = max(self.peak, _rss())
 
 
-def aggregator_process(store_dir: Path, count: int) -> dict[str, Any]:
+def aggregator_process(store_dir: Path, count: int, *, tune_allocator: bool = True) -> dict[str, Any]:
     """What runs inside the fresh subprocess: load, measure idle, fold ``count`` receipts, finalise."""
     receipts = json.loads((store_dir.parent / "receipts.json").read_text())["receipts"][:count]
+    if tune_allocator:
+        map_large_buffers_separately()  # as aggregator_node_from_settings does in the worker
     node = AggregatorNode(LocalStore(store_dir, create=False))
     node.public_context()
     node.run(RUN)
@@ -240,13 +243,15 @@ def aggregator_process(store_dir: Path, count: int) -> dict[str, Any]:
     }
 
 
-def measure_memory(bench: Bench, counts: list[int]) -> list[dict[str, Any]]:
+def measure_memory(bench: Bench, counts: list[int], *, tune_allocator: bool = True) -> list[dict[str, Any]]:
     store = LocalStore(bench.store_dir)
     base = json.loads((bench.root / "receipts.json").read_text())["base"]
     rows = []
     for count in counts:
         open_round(store, hospital_ids(count), base)
         command = [sys.executable, "-m", "benchmarks.aggregator", "--child", str(bench.store_dir), str(count)]
+        if not tune_allocator:
+            command.append("--untuned-allocator")
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         row = json.loads(output)
         row["peak_minus_idle"] = row["peak_rss"] - row["idle_rss"]
@@ -319,19 +324,25 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/aggregator"))
     parser.add_argument("--keep", action="store_true", help="keep the store of envelopes afterwards")
     parser.add_argument("--child", nargs=2, metavar=("STORE", "K"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--untuned-allocator",
+        action="store_true",
+        help="leave glibc's dynamic mmap threshold on in the aggregator process (the comparison for medheaven/memory.py)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     if args.child:
-        print(json.dumps(aggregator_process(Path(args.child[0]), int(args.child[1]))))
+        child = aggregator_process(Path(args.child[0]), int(args.child[1]), tune_allocator=not args.untuned_allocator)
+        print(json.dumps(child))
         return
     counts = [int(k) for k in args.hospitals.split(",") if k]
     hidden = tuple(int(w) for w in args.hidden.split(",") if w)
     load_start = os.getloadavg()
     bench = build_bench(args.out, hidden=hidden, hospitals=max(counts), synthetic_rows=args.synthetic_rows)
-    memory = measure_memory(bench, counts)
+    memory = measure_memory(bench, counts, tune_allocator=not args.untuned_allocator)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     throughput = measure_throughput(bench, repeat=args.repeat)
@@ -342,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         "bytes_per_parameter": bench.envelope_bytes / bench.parameters,
         "receipt_msgpack_bytes": receipt_bytes,
         "memory": memory,
+        "allocator": "glibc default" if args.untuned_allocator else "mmap threshold fixed (medheaven/memory.py)",
         "throughput": throughput,
         "targets": TARGETS,
         "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model()},

@@ -63,6 +63,13 @@ def keys_init(
     max_abs_weight: Annotated[float, typer.Option(help="Bound on |weight| every hospital enforces.")] = 8.0,
     max_total_samples: Annotated[int, typer.Option(help="Bound on the summed sample count of a round.")] = 1_000_000,
     precision: Annotated[float, typer.Option(help="Max absolute error of an averaged weight.")] = 1e-6,
+    encryption: Annotated[
+        str,
+        typer.Option(
+            help="symmetric: hospitals encrypt with the shared secret key (about 2x faster, and the aggregator's "
+            "context holds no key at all); public-key: with a public key that the public context carries."
+        ),
+    ] = "symmetric",
     force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -76,10 +83,11 @@ def keys_init(
     params = plan_ckks_parameters(
         max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision
     )
-    files = init_keys(out, params, force=force)
+    files = init_keys(out, params, force=force, encryption=encryption)
     result = {
         "secret_context": str(files.secret),
         "public_context": str(files.public),
+        "encryption": encryption,
         "fingerprint": files.fingerprint,
         "ckks": params.to_dict(),
     }
@@ -89,6 +97,7 @@ def keys_init(
     stdout.print(f"secret context  {files.secret}  (mode 0600: hand it to hospitals out of band, never to the store)")
     stdout.print(f"public context  {files.public}  (publish with `medheaven federation publish`)")
     stdout.print(f"fingerprint     {files.fingerprint}")
+    stdout.print(f"encryption      {encryption}")
     stdout.print(
         f"CKKS            N={params.poly_modulus_degree} chain={list(params.coeff_mod_bit_sizes)} "
         f"scale=2^{params.scale_bits} error bound {params.error_bound:.2e}"

@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from medheaven.crypto.context import PublicContext, SecretContext, create_key_material
+from medheaven.crypto.context import SYMMETRIC, PublicContext, SecretContext, create_key_material
 from medheaven.crypto.envelope import Envelope, EnvelopeExpectation, EnvelopeLimits
 from medheaven.crypto.packing import encrypt_chunks, pack_update
 from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
@@ -31,19 +31,19 @@ BASE = hashlib.sha256(b"encrypted global model of round 2").hexdigest()
 EARLIER_BASE = hashlib.sha256(b"encrypted global model of round 1").hexdigest()
 
 
-def secret_context(params: CkksParameters, label: str = "federation") -> SecretContext:
-    """One key set per (params, label); another label gives an independent key set with the same parameters."""
-    return _key_set(params, label)[0]
+def secret_context(params: CkksParameters, label: str = "federation", *, encryption: str = SYMMETRIC) -> SecretContext:
+    """One key set per (params, label, mode); another label gives an independent key set with the same parameters."""
+    return _key_set(params, label, encryption)[0]
 
 
-def public_context(params: CkksParameters, label: str = "federation") -> PublicContext:
-    return _key_set(params, label)[1]
+def public_context(params: CkksParameters, label: str = "federation", *, encryption: str = SYMMETRIC) -> PublicContext:
+    return _key_set(params, label, encryption)[1]
 
 
 @cache
-def _key_set(params: CkksParameters, label: str) -> tuple[SecretContext, PublicContext]:
+def _key_set(params: CkksParameters, label: str, encryption: str) -> tuple[SecretContext, PublicContext]:
     del label  # only part of the cache key
-    secret = create_key_material(params)
+    secret = create_key_material(params, encryption=encryption)
     return secret, secret.public()
 
 

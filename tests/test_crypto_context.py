@@ -15,10 +15,14 @@ import tenseal as ts
 from crypto_fixtures import DEFAULT_PARAMS, WIDE_PARAMS, public_context, secret_context
 
 from medheaven.crypto.context import (
+    ENCRYPTION_MODES,
+    PUBLIC_KEY,
+    SYMMETRIC,
     PublicContext,
     SecretContext,
     _serialise,
     check_secret_file_mode,
+    create_key_material,
     describe_context_file,
     load_public_context,
     load_secret_context,
@@ -118,16 +122,78 @@ def test_context_public_file_never_contains_the_secret_key(params: CkksParameter
 
 def test_context_public_file_is_small_and_has_no_galois_or_relin_keys(key_files: tuple[Path, Path]) -> None:
     public_path = key_files[1]
-    assert public_path.stat().st_size < 1_000_000
+    # symmetric key set (the default): the aggregator's context is the parameters alone, no key of any kind
+    assert public_path.stat().st_size < 1_000
     description = describe_context_file(public_path)
     assert description["kind"] == "public-context"
+    assert description["encryption"] == SYMMETRIC
     assert description["has_secret_key"] is False
     assert description["has_galois_keys"] is False
     assert description["has_relin_keys"] is False
     loaded = load_public_context(public_path)
     assert not loaded.tenseal.has_galois_keys()
     assert not loaded.tenseal.has_relin_keys()
-    assert loaded.tenseal.has_public_key()
+
+
+@pytest.mark.parametrize("encryption", ENCRYPTION_MODES)
+def test_context_modes_round_trip_add_and_decrypt(encryption: str) -> None:
+    secret = secret_context(DEFAULT_PARAMS, encryption=encryption)
+    assert secret.encryption == encryption
+    public = PublicContext.from_bytes(secret.public().to_bytes())
+    loaded = SecretContext.from_bytes(secret.to_bytes())
+    assert public.encryption == loaded.encryption == encryption
+    assert public.fingerprint == loaded.fingerprint == secret.fingerprint
+    values = np.linspace(-2.0, 2.0, 100)
+    total = ts.ckks_vector_from(public.tenseal, secret.encrypt(values))
+    total.add_(ts.ckks_vector_from(public.tenseal, loaded.encrypt(values)))
+    assert np.max(np.abs(loaded.decrypt(total.serialize())[:100] - 2 * values)) < 1e-6
+
+
+def test_context_symmetric_public_context_cannot_encrypt() -> None:
+    """With symmetric encryption the aggregator cannot make up a ciphertext: its context holds no key at all."""
+    public = public_context(DEFAULT_PARAMS, encryption=SYMMETRIC)
+    with pytest.raises(ValueError, match="support encryption"):
+        ts.ckks_vector(public.tenseal, [1.0, 2.0])
+    assert len(public.to_bytes()) < 1_000
+
+
+def test_context_public_key_mode_public_context_carries_the_public_key() -> None:
+    public = public_context(DEFAULT_PARAMS, encryption=PUBLIC_KEY)
+    assert public.tenseal.has_public_key()
+    assert 50_000 < len(public.to_bytes()) < 1_000_000
+    # anyone holding a public-key context can encrypt: that is what the symmetric mode takes away
+    assert ts.ckks_vector(public.tenseal, [1.0, 2.0]).serialize()
+
+
+def test_context_files_from_before_the_mode_existed_load_as_public_key() -> None:
+    secret = secret_context(DEFAULT_PARAMS, encryption=PUBLIC_KEY)
+    for data, loader in (
+        (secret.to_bytes(), SecretContext.from_bytes),
+        (secret.public().to_bytes(), PublicContext.from_bytes),
+    ):
+        payload = msgpack.unpackb(data, raw=False)
+        del payload["encryption"]
+        loaded = loader(msgpack.packb(payload, use_bin_type=True))
+        assert loaded.encryption == PUBLIC_KEY
+        assert loaded.fingerprint == secret.fingerprint
+
+
+@pytest.mark.parametrize("encryption", ENCRYPTION_MODES)
+def test_context_secret_file_whose_mode_was_edited_is_refused(encryption: str) -> None:
+    secret = secret_context(DEFAULT_PARAMS, encryption=encryption)
+    payload = msgpack.unpackb(secret.to_bytes(), raw=False)
+    payload["encryption"] = PUBLIC_KEY if encryption == SYMMETRIC else SYMMETRIC
+    with pytest.raises(CryptoError, match="other kind of context"):
+        SecretContext.from_bytes(msgpack.packb(payload, use_bin_type=True), source="keys/context.secret")
+
+
+def test_context_unknown_mode_is_refused() -> None:
+    payload = msgpack.unpackb(secret_context(DEFAULT_PARAMS).to_bytes(), raw=False)
+    payload["encryption"] = "homomorphic-magic"
+    with pytest.raises(CryptoError, match="homomorphic-magic"):
+        SecretContext.from_bytes(msgpack.packb(payload, use_bin_type=True))
+    with pytest.raises(ConfigurationError, match="homomorphic-magic"):
+        create_key_material(DEFAULT_PARAMS, encryption="homomorphic-magic")
 
 
 def test_context_describe_secret_file_reports_the_secret_key(key_files: tuple[Path, Path]) -> None:
@@ -260,23 +326,44 @@ def test_context_load_public_context_missing_file(tmp_path: Path) -> None:
         load_public_context(tmp_path / "context.public")
 
 
-def test_context_fingerprint_is_sha256_of_public_tenseal_bytes(
+def test_context_fingerprint_is_sha256_of_public_tenseal_bytes_and_key_commitment(
     secret: SecretContext, key_files: tuple[Path, Path]
 ) -> None:
     public = secret.public()
     assert public.fingerprint == secret.fingerprint
-    assert secret.fingerprint == hashlib.sha256(_serialise(public.tenseal, secret=False)).hexdigest()
+    keyless = _serialise(public.tenseal, secret=False, encryption=SYMMETRIC)
+    commitment = hashlib.sha256(
+        b"medheaven-key-commitment/1\x00" + _serialise(secret.tenseal, secret=True, encryption=SYMMETRIC)
+    ).digest()
+    assert public.key_id == commitment
+    assert secret.fingerprint == hashlib.sha256(keyless + commitment).hexdigest()
     loaded_public = load_public_context(key_files[1])
     loaded_secret = load_secret_context(key_files[0])
     assert loaded_public.fingerprint == loaded_secret.fingerprint == secret.fingerprint
+    # recomputed from the key, not merely copied from the file
+    assert loaded_secret.public().key_id == commitment
     assert loaded_secret.public().fingerprint == secret.fingerprint
-    # recomputed, not merely copied from the file
-    assert hashlib.sha256(_serialise(loaded_secret.public().tenseal, secret=False)).hexdigest() == secret.fingerprint
-    assert hashlib.sha256(_serialise(loaded_public.tenseal, secret=False)).hexdigest() == secret.fingerprint
 
 
-def test_context_fingerprints_differ_between_key_sets() -> None:
-    assert secret_context(DEFAULT_PARAMS).fingerprint != secret_context(DEFAULT_PARAMS, "other").fingerprint
+def test_context_public_key_mode_fingerprint_is_sha256_of_public_tenseal_bytes() -> None:
+    secret = secret_context(DEFAULT_PARAMS, encryption=PUBLIC_KEY)
+    public = PublicContext.from_bytes(secret.public().to_bytes())
+    assert public.key_id == b""
+    assert secret.fingerprint == hashlib.sha256(_serialise(public.tenseal, secret=False)).hexdigest()
+
+
+def test_context_public_file_with_another_key_commitment_is_refused(secret: SecretContext) -> None:
+    payload = msgpack.unpackb(secret.public().to_bytes(), raw=False)
+    payload["key_id"] = hashlib.sha256(b"someone else's key").digest()
+    with pytest.raises(CryptoError, match="fingerprint does not match"):
+        PublicContext.from_bytes(msgpack.packb(payload, use_bin_type=True))
+
+
+@pytest.mark.parametrize("encryption", ENCRYPTION_MODES)
+def test_context_fingerprints_differ_between_key_sets(encryption: str) -> None:
+    one = secret_context(DEFAULT_PARAMS, encryption=encryption)
+    other = secret_context(DEFAULT_PARAMS, "other", encryption=encryption)
+    assert one.fingerprint != other.fingerprint
 
 
 def test_context_secret_from_bytes_refuses_a_fingerprint_that_does_not_match_its_key(secret: SecretContext) -> None:

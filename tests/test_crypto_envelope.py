@@ -192,7 +192,7 @@ def test_envelope_truncated_refused(keep: int) -> None:
 
 
 def test_envelope_trailing_bytes_refused() -> None:
-    with pytest.raises(EnvelopeFormatError, match="not valid msgpack"):
+    with pytest.raises(EnvelopeFormatError, match="1 bytes after its end"):
         _decode(_valid()[1] + b"\x00")
 
 
@@ -612,3 +612,34 @@ def test_envelope_fuzz_only_envelope_errors(
         print(f"\n[fuzz] {strategy}: {run} examples, {FUZZ_EXAMPLES[f'{strategy}:rejected']} rejected")
     assert run >= 100, f"hypothesis ran only {run} examples of {strategy}"
     assert FUZZ_EXAMPLES[f"{strategy}:rejected"] > 0
+
+
+# -- memory: zero-copy decode, streaming pack ------------------------------------------------------------------
+
+
+def test_envelope_decoded_chunks_are_views_of_the_envelope_bytes_not_copies() -> None:
+    """The aggregator's peak is the running sum plus one envelope only because decoding copies no chunk."""
+    envelope, data = _valid()
+    decoded = _receive(data)
+    assert len(decoded.chunks) == len(envelope.chunks) > 1
+    for view, original in zip(decoded.chunks, envelope.chunks, strict=True):
+        assert isinstance(view, memoryview)
+        assert view.obj is data
+        assert view.tobytes() == original
+
+
+def test_envelope_streaming_pack_gives_the_same_bytes_as_to_bytes() -> None:
+    envelope, data = _valid()
+    header = replace(envelope, chunks=())
+    streamed = header.pack_streaming(iter(envelope.chunks), len(envelope.chunks))
+    assert isinstance(streamed, bytearray)
+    assert bytes(streamed) == data
+    assert _receive(bytes(streamed)).chunks[0].tobytes() == envelope.chunks[0]
+
+
+@pytest.mark.parametrize("promised", [0, 1, 3])
+def test_envelope_streaming_pack_refuses_a_chunk_count_it_was_not_given(promised: int) -> None:
+    envelope, _ = _valid()
+    assert len(envelope.chunks) == 2
+    with pytest.raises(ValueError, match=f"promised {promised} chunks and given 2"):
+        replace(envelope, chunks=()).pack_streaming(iter(envelope.chunks), promised)

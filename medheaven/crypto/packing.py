@@ -11,6 +11,7 @@ non-finite or out-of-range weight would silently corrupt every hospital's result
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def encrypt_chunks(secret: SecretContext, values: np.ndarray, *, scale_bits: int
     )
 
 
-def decrypt_chunks(secret: SecretContext, chunks: tuple[bytes, ...], *, length: int) -> np.ndarray:
+def decrypt_chunks(secret: SecretContext, chunks: Sequence[bytes | memoryview], *, length: int) -> np.ndarray:
     slots = secret.params.slots
     out = np.empty(length, dtype=np.float64)
     for index, chunk in enumerate(chunks):

@@ -342,7 +342,7 @@ class AggregatorNode:
         log.info("committed %s round %s of %s with %s", kind, round_number, run, manifest.participants)
         return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
 
-    def _result_bytes(self, state: _RoundState) -> bytes:
+    def _result_bytes(self, state: _RoundState) -> bytearray:
         spec = state.spec
         description = self.run(spec.run)
         result = Envelope(
@@ -356,6 +356,7 @@ class AggregatorNode:
             scale_bits=expectation(
                 description, kind=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
             ).scale_bits,
-            chunks=state.accumulator.to_chunks(),
+            chunks=(),
         )
-        return result.to_bytes()
+        accumulator = state.accumulator
+        return result.pack_streaming(accumulator.iter_chunks(), accumulator.chunk_count)

@@ -12,12 +12,13 @@ to measure what encryption costs and is labelled insecure wherever it appears.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tenseal as ts
 
 from medheaven.crypto.context import PublicContext
-from medheaven.crypto.envelope import Envelope, EnvelopeExpectation, check_envelope
+from medheaven.crypto.envelope import Chunk, Envelope, EnvelopeExpectation, check_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import CiphertextError
 
@@ -30,19 +31,26 @@ class Accumulator(ABC):
         self.length = length
         self.count = 0
 
-    def check_chunk_count(self, chunks: tuple[bytes, ...], source: str) -> None:
-        expected = -(-self.length // self.slots)
-        if len(chunks) != expected:
-            raise CiphertextError(f"{source} has {len(chunks)} chunks; the model needs {expected}")
+    def check_chunk_count(self, chunks: Sequence[Chunk], source: str) -> None:
+        if len(chunks) != self.chunk_count:
+            raise CiphertextError(f"{source} has {len(chunks)} chunks; the model needs {self.chunk_count}")
 
     def chunk_size(self, index: int) -> int:
         return min(self.slots, self.length - index * self.slots)
 
     @abstractmethod
-    def add_chunks(self, chunks: tuple[bytes, ...], *, source: str) -> None: ...
+    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None: ...
 
     @abstractmethod
-    def to_chunks(self) -> tuple[bytes, ...]: ...
+    def iter_chunks(self) -> Iterator[bytes]:
+        """The running sum, serialised one chunk at a time (see ``Envelope.pack_streaming``)."""
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.length // self.slots)
+
+    def to_chunks(self) -> tuple[bytes, ...]:
+        return tuple(self.iter_chunks())
 
 
 class EncryptedAccumulator(Accumulator):
@@ -53,9 +61,10 @@ class EncryptedAccumulator(Accumulator):
         self.context = context
         self.sums: list[ts.CKKSVector] = []
 
-    def _load(self, chunk: bytes, index: int, source: str) -> ts.CKKSVector:
+    def _load(self, chunk: Chunk, index: int, source: str) -> ts.CKKSVector:
         try:
-            vector = ts.ckks_vector_from(self.context.tenseal, chunk)
+            # TenSEAL takes bytes only; copying one chunk at a time keeps the envelope itself uncopied
+            vector = ts.ckks_vector_from(self.context.tenseal, chunk if isinstance(chunk, bytes) else bytes(chunk))
         except Exception as exc:  # TenSEAL/SEAL raise several unrelated types for corrupt input
             raise CiphertextError(
                 f"chunk {index} of {source} is not a valid ciphertext for this context: {exc}"
@@ -66,7 +75,7 @@ class EncryptedAccumulator(Accumulator):
             )
         return vector
 
-    def add_chunks(self, chunks: tuple[bytes, ...], *, source: str) -> None:
+    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None:
         self.check_chunk_count(chunks, source)
         if self.count == 0:
             # the first update becomes the sum; it is adopted only once every chunk has loaded
@@ -91,8 +100,9 @@ class EncryptedAccumulator(Accumulator):
             raise
         self.count += 1
 
-    def to_chunks(self) -> tuple[bytes, ...]:
-        return tuple(vector.serialize() for vector in self.sums)
+    def iter_chunks(self) -> Iterator[bytes]:
+        for vector in self.sums:
+            yield vector.serialize()
 
 
 class PlainAccumulator(Accumulator):
@@ -102,13 +112,13 @@ class PlainAccumulator(Accumulator):
         super().__init__(slots=slots, length=length)
         self.total = np.zeros(length, dtype=np.float64)
 
-    def add_chunks(self, chunks: tuple[bytes, ...], *, source: str) -> None:
+    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None:
         self.check_chunk_count(chunks, source)
         arrays = [self._load(chunk, index, source) for index, chunk in enumerate(chunks)]
         self.total += np.concatenate(arrays)
         self.count += 1
 
-    def _load(self, chunk: bytes, index: int, source: str) -> np.ndarray:
+    def _load(self, chunk: Chunk, index: int, source: str) -> np.ndarray:
         expected = self.chunk_size(index)
         if len(chunk) != expected * 8:
             raise CiphertextError(f"chunk {index} of {source} has {len(chunk)} bytes, expected {expected * 8}")
@@ -117,9 +127,9 @@ class PlainAccumulator(Accumulator):
             raise CiphertextError(f"chunk {index} of {source} holds non-finite values")
         return values
 
-    def to_chunks(self) -> tuple[bytes, ...]:
-        data = self.total.astype("<f8")
-        return tuple(data[i : i + self.slots].tobytes() for i in range(0, self.length, self.slots))
+    def iter_chunks(self) -> Iterator[bytes]:
+        for start in range(0, self.length, self.slots):
+            yield self.total[start : start + self.slots].astype("<f8").tobytes()
 
 
 def plain_chunks(values: np.ndarray, *, slots: int) -> tuple[bytes, ...]:

@@ -16,6 +16,7 @@ from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
+from medheaven.memory import map_large_buffers_separately
 from medheaven.settings import Settings
 from medheaven.store import open_store
 
@@ -84,6 +85,7 @@ def check_aggregator_settings(settings: Settings) -> None:
 
 def aggregator_node_from_settings(settings: Settings) -> AggregatorNode:
     check_aggregator_settings(settings)
+    map_large_buffers_separately()  # keeps the aggregator's peak at ~2 models (medheaven/memory.py)
     return AggregatorNode(
         open_store(settings.store, settings=settings),
         expected_fingerprint=settings.context_fingerprint,

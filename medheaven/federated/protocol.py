@@ -40,5 +40,5 @@ def stats_length(run: RunDescription) -> int:
     return 3 * FeatureLayout.from_dict(run.layout).n_features
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()

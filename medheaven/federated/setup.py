@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medheaven.crypto.context import (
+    SYMMETRIC,
     PublicContext,
     create_key_material,
     load_public_context,
@@ -35,7 +36,7 @@ class KeyFiles:
     fingerprint: str
 
 
-def init_keys(out_dir: Path, params: CkksParameters, *, force: bool = False) -> KeyFiles:
+def init_keys(out_dir: Path, params: CkksParameters, *, force: bool = False, encryption: str = SYMMETRIC) -> KeyFiles:
     """Create the federation's CKKS key set: secret context (0600, hospitals only) and public context."""
     secret_path = out_dir / SECRET_CONTEXT_FILE
     public_path = out_dir / PUBLIC_CONTEXT_FILE
@@ -43,7 +44,7 @@ def init_keys(out_dir: Path, params: CkksParameters, *, force: bool = False) -> 
         for path in (secret_path, public_path):
             if path.exists():
                 raise ConfigurationError(f"{path} exists; pass --force to replace the federation's keys")
-    secret = create_key_material(params)
+    secret = create_key_material(params, encryption=encryption)
     write_secret_file(secret_path, secret.to_bytes(), force=force)
     write_public_file(public_path, secret.public().to_bytes(), force=force)
     return KeyFiles(secret=secret_path, public=public_path, fingerprint=secret.fingerprint)

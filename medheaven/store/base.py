@@ -37,11 +37,11 @@ class Store(ABC):
     location: str
 
     @abstractmethod
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         """Write ``data`` under ``key``, atomically replacing what was there."""
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes | bytearray) -> None:
         """Write ``data`` under a key that must not exist yet; raise StoreConflictError otherwise."""
 
     @abstractmethod

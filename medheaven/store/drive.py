@@ -187,10 +187,10 @@ class DriveStore(Store):
 
     # --- the Store verbs --------------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         self._with_fresh_folders(lambda: self._put(key, data))
 
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes | bytearray) -> None:
         self._with_fresh_folders(lambda: self._create(key, data))
 
     def get(self, key: str) -> bytes:
@@ -259,7 +259,7 @@ class DriveStore(Store):
 
     # --- writing ----------------------------------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes | bytearray) -> None:
         folder_id, title, found = self._lookup(key, create=True)
         if found:
             keep = _newest(found)
@@ -271,7 +271,7 @@ class DriveStore(Store):
             keep = _newest(found)
         self._trash_duplicates(key, found, keep["id"])
 
-    def _create(self, key: str, data: bytes) -> None:
+    def _create(self, key: str, data: bytes | bytearray) -> None:
         folder_id, title, found = self._lookup(key, create=True)
         if found:
             raise StoreConflictError(
@@ -286,7 +286,9 @@ class DriveStore(Store):
                 f"{self.location}/{key} was created concurrently by another writer; theirs is kept"
             )
 
-    def _upload(self, key: str, data: bytes, folder_id: str, title: str, *, file_id: str | None) -> dict[str, Any]:
+    def _upload(
+        self, key: str, data: bytes | bytearray, folder_id: str, title: str, *, file_id: str | None
+    ) -> dict[str, Any]:
         mime = mimetypes.guess_type(title)[0] or "application/octet-stream"
         media = _ChunkBytesUpload(io.BytesIO(data), mime, chunksize=self._chunk_size, resumable=True)
         files = self._auth.service.files()
@@ -464,7 +466,7 @@ def _newest(found: Sequence[Any]) -> Any:
     return max(found, key=lambda item: (item.get("modifiedDate", ""), item["id"]))
 
 
-def _md5(data: bytes) -> str:
+def _md5(data: bytes | bytearray) -> str:
     # Drive reports MD5 sums; this checks transfers, not authenticity (envelopes carry signatures)
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 

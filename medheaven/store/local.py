@@ -23,7 +23,7 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _write_temp(self, path: Path, data: bytes | bytearray) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -37,12 +37,12 @@ class LocalStore(Store):
             raise
         return Path(tmp)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         tmp = self._write_temp(path, data)
         os.replace(tmp, path)
 
-    def create(self, key: str, data: bytes) -> None:
+    def create(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         tmp = self._write_temp(path, data)
         try:
