@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from medheaven.crypto.context import create_key_material
+from medheaven.crypto.context import PUBLIC_KEY, SYMMETRIC, create_key_material
 from medheaven.crypto.packing import encrypt_chunks, pack_update, unpack_average
 from medheaven.crypto.planning import NOISE_BITS, plan_ckks_parameters
 from medheaven.federated.fedavg import fedavg
@@ -58,6 +58,7 @@ class Scheme:
     scale_bits: int
     secret: Any  # ts.Context with its secret key
     public: Any  # ts.Context without it
+    symmetric: bool = False  # secret-key encryption; the public context then holds no key at all
 
     @property
     def slots(self) -> int:
@@ -85,16 +86,17 @@ class SchemeResult:
     project_fold_us_per_param: float | None = None
 
 
-def planned_scheme() -> Scheme:
+def planned_scheme(encryption: str = SYMMETRIC) -> Scheme:
     params = plan_ckks_parameters()
-    secret = create_key_material(params)
+    secret = create_key_material(params, encryption=encryption)
     return Scheme(
-        name="medheaven (planned)",
+        name="medheaven (planned)" if encryption == SYMMETRIC else "medheaven (planned), public-key",
         poly_modulus_degree=params.poly_modulus_degree,
         coeff_mod_bit_sizes=params.coeff_mod_bit_sizes,
         scale_bits=params.scale_bits,
         secret=secret.tenseal,
         public=secret.public().tenseal,
+        symmetric=encryption == SYMMETRIC,
     )
 
 
@@ -141,6 +143,13 @@ def best_time(action: Callable[[], object], repeat: int) -> float:
 
 def public_context_sizes(scheme: Scheme) -> tuple[int, int, int]:
     """Lean (public key only), TenSEAL's default serialisation, and with Galois keys as tutorials generate them."""
+    if scheme.symmetric:
+        # no public key exists; TenSEAL refuses make_context_public, so keys are left out when serialising
+        keyless = dict(save_public_key=False, save_secret_key=False, save_relin_keys=False)
+        lean = len(scheme.public.serialize(save_galois_keys=False, **keyless))
+        galois = scheme.secret.copy()
+        galois.generate_galois_keys()
+        return lean, lean, len(galois.serialize(save_galois_keys=True, **keyless))
     lean = len(
         scheme.public.serialize(
             save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
@@ -305,6 +314,7 @@ def run(parameters: int, repeat: int, *, pin: bool, seed: int = 0) -> dict[str, 
     updates, packed = make_updates(parameters, seed)
     schemes = [
         planned_scheme(),
+        planned_scheme(PUBLIC_KEY),
         reference_scheme("TenSEAL default", (60, 40, 40, 60)),
         reference_scheme("NVIDIA FLARE default", (60, 40, 40)),
     ]
