@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -391,3 +392,35 @@ def test_context_secret_round_trip_through_file_decrypts(
     # a ciphertext that went through the aggregator's public context still decrypts with the loaded key
     through_public = ts.ckks_vector_from(public.tenseal, chunk).serialize()
     assert np.max(np.abs(loaded.decrypt(through_public) - values)) <= DEFAULT_PARAMS.error_bound
+
+
+# -- the key ceremony's command ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encryption", ENCRYPTION_MODES)
+def test_context_keys_init_command_writes_the_chosen_mode(encryption: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medheaven.cli import app
+
+    result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path), "--encryption", encryption, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["encryption"] == encryption
+    secret = load_secret_context(tmp_path / "context.secret")
+    public = load_public_context(tmp_path / "context.public")
+    assert secret.encryption == public.encryption == encryption
+    assert secret.fingerprint == public.fingerprint
+    assert stat.S_IMODE((tmp_path / "context.secret").stat().st_mode) == 0o600
+    shown = CliRunner().invoke(app, ["keys", "show", str(tmp_path / "context.public"), "--json"])
+    assert json.loads(shown.stdout)["encryption"] == encryption
+
+
+def test_context_keys_init_command_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medheaven.cli import app
+
+    result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path), "--encryption", "rot13"])
+    assert result.exit_code == 2, result.output
+    assert "rot13" in result.output and "symmetric" in result.output
+    assert not (tmp_path / "context.secret").exists()
