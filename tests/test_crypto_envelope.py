@@ -643,3 +643,12 @@ def test_envelope_streaming_pack_refuses_a_chunk_count_it_was_not_given(promised
     assert len(envelope.chunks) == 2
     with pytest.raises(ValueError, match=f"promised {promised} chunks and given 2"):
         replace(envelope, chunks=()).pack_streaming(iter(envelope.chunks), promised)
+
+
+@pytest.mark.parametrize("into_header", [0, 1, 3, 5, 6], ids=lambda n: f"cut-{n}-bytes-into-chunk-1")
+def test_envelope_cut_at_a_chunk_boundary_is_incomplete_input(into_header: int) -> None:
+    envelope, data = _valid()
+    start = data.index(envelope.chunks[1]) - 5  # a 64 KB chunk is a msgpack bin 32: 0xc6 and a 4-byte length
+    assert data[start] == 0xC6
+    with pytest.raises(EnvelopeFormatError, match="incomplete input"):
+        _decode(data[: start + into_header])

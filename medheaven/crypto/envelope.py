@@ -250,7 +250,9 @@ def _chunk_views(data: bytes, unpacker: msgpack.Unpacker, limits: EnvelopeLimits
     chunks = []
     for index in range(count):
         start = unpacker.tell()
-        width = _BIN_LENGTH_BYTES.get(data[start]) if start < len(data) else None
+        if start >= len(data):
+            raise msgpack.OutOfData
+        width = _BIN_LENGTH_BYTES.get(data[start])
         if width is None:
             raise EnvelopeFormatError(f"{not_bytes}: chunk {index} is not a byte string")
         length = int.from_bytes(data[start + 1 : start + 1 + width], "big")
