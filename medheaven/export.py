@@ -28,7 +28,8 @@ import numpy as np
 
 from medheaven.crypto.context import SecretContext, check_secret_file_mode
 from medheaven.data import FeatureLayout, Standardiser, SufficientStats
-from medheaven.data.schemas import GROUP, LABEL, PREPARED, Schema
+from medheaven.data.partition import prepared_schema_for
+from medheaven.data.schemas import Schema
 from medheaven.errors import (
     ConfigurationError,
     DataFileError,
@@ -126,20 +127,6 @@ class Preprocessing:
 def preprocessing_path(model_path: Path) -> Path:
     """``model.keras`` -> ``model.preprocessing.json``."""
     return model_path.with_suffix(PREPROCESSING_SUFFIX)
-
-
-def prepared_schema_for(layout: FeatureLayout) -> Schema:
-    """The schema of the files ``medheaven data split`` writes, for exactly this layout's features."""
-    return Schema(
-        name=PREPARED,
-        target=LABEL,
-        positive_values=("1",),
-        group_column=GROUP,
-        categorical=tuple(column for column, _ in layout.categorical),
-        numeric=layout.numeric,
-        identifier_columns=(),
-        drop_columns=(),
-    )
 
 
 def describe_target(source_schema: dict[str, Any] | None) -> str:

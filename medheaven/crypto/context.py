@@ -171,8 +171,8 @@ class SecretContext:
         return data
 
     def decrypt(self, chunk: bytes | memoryview) -> np.ndarray:
-        # TenSEAL takes bytes only: a decoded envelope's view is copied here, one chunk at a time
-        vector = ts.ckks_vector_from(self.tenseal, chunk if isinstance(chunk, bytes) else bytes(chunk))
+        # TenSEAL takes bytes only: a decoded envelope's view is copied here, one chunk at a time (bytes pass as is)
+        vector = ts.ckks_vector_from(self.tenseal, bytes(chunk))
         return np.asarray(vector.decrypt(), dtype=np.float64)
 
 

@@ -168,7 +168,7 @@ class Envelope:
             raise EnvelopeSizeError(
                 f"envelope is {len(data)} bytes, more than the {limits.max_total_bytes} this model can need"
             )
-        payload = _unpack_bounded(data if isinstance(data, bytes) else bytes(data), limits)
+        payload = _unpack_bounded(bytes(data), limits)  # no copy when data is already bytes
         return _from_payload(payload, limits)
 
 
@@ -217,20 +217,19 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> dict[str, object]:
 
 
 def _refuse_non_map(data: bytes, limits: EnvelopeLimits) -> None:
-    """Name what a non-map envelope is, or why it is not msgpack at all (rare, so the plain bounded decoder)."""
-    try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=limits.max_chunk_bytes,
-            max_str_len=256,
-            max_array_len=limits.max_chunks,
-            max_map_len=_MAX_MAP_LEN,
-            max_ext_len=0,
-        )
-    except (ValueError, msgpack.UnpackException, TypeError):
-        raise  # classified by the caller
+    """Name what a non-map envelope is, or why it is not msgpack at all (rare, so the plain bounded decoder).
+
+    Decoding errors propagate to the caller, which classifies them like its own."""
+    value = msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        max_bin_len=limits.max_chunk_bytes,
+        max_str_len=256,
+        max_array_len=limits.max_chunks,
+        max_map_len=_MAX_MAP_LEN,
+        max_ext_len=0,
+    )
     raise EnvelopeFormatError(f"envelope must be a msgpack map, got {type(value).__name__}")
 
 
@@ -263,8 +262,6 @@ def _chunk_views(data: bytes, unpacker: msgpack.Unpacker, limits: EnvelopeLimits
             )
         unpacker.skip()  # checks the chunk is complete; at most one chunk is buffered
         body = start + 1 + width
-        if unpacker.tell() != body + length:
-            raise EnvelopeFormatError(f"envelope chunk {index} is malformed")
         chunks.append(view[body : body + length])
     return chunks
 

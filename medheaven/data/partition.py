@@ -246,16 +246,7 @@ def write_split(
         digests[path.name] = _sha256(path)
         summary[name] = {**describe_partition(part), "file": path.name, "sha256": digests[path.name]}
     layout.save(out_dir / "layout.json")
-    prepared = Schema(
-        name=PREPARED,
-        target=LABEL,
-        positive_values=("1",),
-        group_column=GROUP,
-        categorical=tuple(column for column, _ in layout.categorical),
-        numeric=layout.numeric,
-        identifier_columns=(),
-        drop_columns=(),
-    )
+    prepared = prepared_schema_for(layout)
     schema_doc = {**prepared.to_dict(), "source_schema": schema.to_dict()}
     (out_dir / "schema.json").write_text(json.dumps(schema_doc, indent=2) + "\n", encoding="utf-8")
     for name in ("layout.json", "schema.json"):
@@ -289,3 +280,17 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prepared_schema_for(layout: FeatureLayout) -> Schema:
+    """The schema of the files ``medheaven data split`` writes, for exactly this layout's features."""
+    return Schema(
+        name=PREPARED,
+        target=LABEL,
+        positive_values=("1",),
+        group_column=GROUP,
+        categorical=tuple(column for column, _ in layout.categorical),
+        numeric=layout.numeric,
+        identifier_columns=(),
+        drop_columns=(),
+    )

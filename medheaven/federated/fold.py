@@ -63,8 +63,8 @@ class EncryptedAccumulator(Accumulator):
 
     def _load(self, chunk: Chunk, index: int, source: str) -> ts.CKKSVector:
         try:
-            # TenSEAL takes bytes only; copying one chunk at a time keeps the envelope itself uncopied
-            vector = ts.ckks_vector_from(self.context.tenseal, chunk if isinstance(chunk, bytes) else bytes(chunk))
+            # TenSEAL takes bytes only; copying one view at a time keeps the envelope itself uncopied (bytes pass as is)
+            vector = ts.ckks_vector_from(self.context.tenseal, bytes(chunk))
         except Exception as exc:  # TenSEAL/SEAL raise several unrelated types for corrupt input
             raise CiphertextError(
                 f"chunk {index} of {source} is not a valid ciphertext for this context: {exc}"
