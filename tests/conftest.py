@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REDIS_HOST = "127.0.0.1"
-REDIS_PORT = 6379
+# Parallel checkouts (several developers on one machine) point their suites at separate redis-servers.
+REDIS_PORT = int(os.environ.get("MEDHEAVEN_TEST_REDIS_PORT", "6379"))
 REDIS_DB = 15
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
