@@ -7,7 +7,6 @@ threads in this process (``memory://``, no services) or on real worker processes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,10 +216,6 @@ def simulation_config(
         test_path=str(simulation.test_file.resolve()) if score_test else None,
         plaintext=plaintext,
     )
-
-
-def save_summary(path: Path, result: SimulationResult) -> None:
-    path.write_text(json.dumps({"run": result.run, "history": result.history, "test": result.test}, indent=2))
 
 
 def run_in_processes(

@@ -26,12 +26,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from medheaven.crypto.context import PublicContext, SecretContext, check_secret_file_mode
+from medheaven.crypto.context import PublicContext, SecretContext
 from medheaven.crypto.signing import SigningKey, load_signing_key, validate_hospital_id
 from medheaven.errors import KeyCustodyError, MedHeavenError
 from medheaven.federated.nodes import check_aggregator_settings
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY
 from medheaven.federated.setup import load_registry
+from medheaven.private_files import check_private_file_mode
 from medheaven.settings import Settings
 from medheaven.store import open_store
 from medheaven.store.base import Store
@@ -304,7 +305,7 @@ def check_secret_context(settings: Settings, public: PublicContext | None) -> Ch
     if not path.is_file():
         return _fail(name, f"MEDHEAVEN_SECRET_CONTEXT={path} does not exist")
     try:
-        check_secret_file_mode(path)
+        check_private_file_mode(path)
         secret = SecretContext.from_bytes(path.read_bytes(), source=str(path))
     except (MedHeavenError, OSError) as exc:
         return _fail(name, str(exc))

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext, check_secret_file_mode
+from medheaven.crypto.context import SecretContext
 from medheaven.data import FeatureLayout, Standardiser, SufficientStats
 from medheaven.data.partition import prepared_schema_for
 from medheaven.data.schemas import Schema
@@ -42,6 +41,7 @@ from medheaven.federated.paths import RunPaths
 from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
+from medheaven.private_files import check_private_file_mode, private_staging_dir, write_private_file
 from medheaven.store.base import Store
 
 PREPROCESSING_FORMAT = 1
@@ -154,7 +154,7 @@ def load_key_holder_context(path: Path) -> SecretContext:
             f"{path} is not a secret context ({exc}). Exporting decrypts the global model, which only key holders "
             "(hospitals) can do: pass the federation's context.secret, never context.public"
         ) from exc
-    check_secret_file_mode(path)
+    check_private_file_mode(path)
     return secret
 
 
@@ -299,7 +299,7 @@ def export_model(
         exported_at=time.time(),
     )
     side = preprocessing_path(out)
-    _write_private(side, (json.dumps(preprocessing.to_dict(), indent=2) + "\n").encode("utf-8"))
+    write_private_file(side, (json.dumps(preprocessing.to_dict(), indent=2) + "\n").encode("utf-8"), force=True)
     return ExportResult(out, side, preprocessing, decrypted.total_samples, reason)
 
 
@@ -310,7 +310,7 @@ def _save_keras(spec: ModelSpec, weights: np.ndarray, out: Path) -> str:
     set_flat_weights(model, weights)
     # Keras writes the file itself; a private temporary folder (0700) keeps it unreadable to others until it is
     # made 0600 and moved into place.
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    staging = private_staging_dir(out.parent, prefix=".export-")
     try:
         staged = staging / out.name
         model.save(staged)
@@ -320,12 +320,3 @@ def _save_keras(spec: ModelSpec, weights: np.ndarray, out: Path) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return digest
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)

@@ -4,7 +4,7 @@ A 1M-parameter update is a ~30 MB buffer. glibc serves buffers above its mmap th
 returned to the OS on free, but it *raises* that threshold to the size of each such buffer freed (up to 32 MB on
 64-bit). After the first envelope, the next ones therefore come from the heap: a growing buffer is moved by
 copying, and freed space is kept in the heap instead of being returned. Measured on the aggregator benchmark: the
-peak during a finalise went from 2.2 to 3.6 models above idle. Fixing the threshold at 1 MiB keeps every
+peak during a finalise went from 2.2 to 3.6 models above idle. Fixing the threshold at 256 KiB keeps every
 envelope-sized buffer in its own mapping (grown with ``mremap``, unmapped on free) at the cost of page faults on
 each fresh buffer (fold throughput 15 -> 12.6 M parameters/s/core on the reference machine; see BENCHMARKS.md).
 """
@@ -37,5 +37,7 @@ def map_large_buffers_separately(threshold: int = LARGE_BUFFER_BYTES) -> bool:
     # latter: without it, freed heap space above the top would stay mapped
     done = bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
     if not done:
-        log.warning("mallopt refused the 1 MiB mmap/trim thresholds; aggregator memory may exceed 3 models")
+        log.warning(
+            "mallopt refused the %d KiB mmap/trim thresholds; aggregator memory may exceed 3 models", threshold // 1024
+        )
     return done

@@ -22,16 +22,14 @@ from medheaven.crypto.context import (
     PublicContext,
     SecretContext,
     _serialise,
-    check_secret_file_mode,
     create_key_material,
     describe_context_file,
     load_public_context,
     load_secret_context,
-    write_public_file,
-    write_secret_file,
 )
 from medheaven.crypto.planning import CkksParameters
 from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError
+from medheaven.private_files import check_private_file_mode, write_private_file, write_public_file
 
 WINDOW = 64
 
@@ -50,7 +48,7 @@ def public() -> PublicContext:
 def key_files(tmp_path_factory: pytest.TempPathFactory, secret: SecretContext) -> Iterator[tuple[Path, Path]]:
     folder = tmp_path_factory.mktemp("keys")
     secret_path, public_path = folder / "context.secret", folder / "context.public"
-    write_secret_file(secret_path, secret.to_bytes())
+    write_private_file(secret_path, secret.to_bytes())
     write_public_file(public_path, secret.public().to_bytes())
     yield secret_path, public_path
 
@@ -207,53 +205,53 @@ def test_context_describe_secret_file_reports_the_secret_key(key_files: tuple[Pa
 
 def test_context_secret_file_is_created_0600(key_files: tuple[Path, Path]) -> None:
     assert stat.S_IMODE(os.stat(key_files[0]).st_mode) == 0o600
-    check_secret_file_mode(key_files[0])
+    check_private_file_mode(key_files[0])
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o040])
-def test_context_check_secret_file_mode_refuses_group_or_other_access(tmp_path: Path, mode: int) -> None:
+def test_context_check_private_file_mode_refuses_group_or_other_access(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "context.secret"
     path.write_bytes(b"secret")
     path.chmod(mode)
     with pytest.raises(KeyCustodyError) as caught:
-        check_secret_file_mode(path)
+        check_private_file_mode(path)
     assert str(path) in str(caught.value)
     assert f"chmod 600 {path}" in str(caught.value)
 
 
-def test_context_check_secret_file_mode_missing_file(tmp_path: Path) -> None:
+def test_context_check_private_file_mode_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
-        check_secret_file_mode(tmp_path / "nowhere")
+        check_private_file_mode(tmp_path / "nowhere")
 
 
 def test_context_load_secret_context_refuses_readable_file(tmp_path: Path, secret: SecretContext) -> None:
     path = tmp_path / "context.secret"
-    write_secret_file(path, secret.to_bytes())
+    write_private_file(path, secret.to_bytes())
     path.chmod(0o644)
     with pytest.raises(KeyCustodyError, match="chmod 600"):
         load_secret_context(path)
 
 
-def test_context_write_secret_file_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+def test_context_write_private_file_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     path = tmp_path / "context.secret"
-    write_secret_file(path, b"first")
+    write_private_file(path, b"first")
     with pytest.raises(ConfigurationError, match="--force"):
-        write_secret_file(path, b"second")
+        write_private_file(path, b"second")
     assert path.read_bytes() == b"first"
-    write_secret_file(path, b"second", force=True)
+    write_private_file(path, b"second", force=True)
     assert path.read_bytes() == b"second"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_context_write_secret_file_force_over_readable_file_ends_0600(tmp_path: Path) -> None:
+def test_context_write_private_file_force_over_readable_file_ends_0600(tmp_path: Path) -> None:
     path = tmp_path / "context.secret"
     path.write_bytes(b"old")
     path.chmod(0o644)
-    write_secret_file(path, b"new", force=True)
+    write_private_file(path, b"new", force=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_context_write_secret_file_does_not_follow_a_planted_temporary_symlink(tmp_path: Path) -> None:
+def test_context_write_private_file_does_not_follow_a_planted_temporary_symlink(tmp_path: Path) -> None:
     """A pre-existing ``.<name>.tmp`` symlink must not receive the secret, nor become the key file.
 
     The temporary file is opened without O_EXCL / O_NOFOLLOW, so anyone able to write into the key folder can
@@ -264,7 +262,7 @@ def test_context_write_secret_file_does_not_follow_a_planted_temporary_symlink(t
     planted.write_bytes(b"")
     planted.chmod(0o644)
     (tmp_path / ".context.secret.tmp").symlink_to(planted)
-    write_secret_file(path, b"SECRET-KEY-BYTES")
+    write_private_file(path, b"SECRET-KEY-BYTES")
     assert not path.is_symlink()
     assert b"SECRET-KEY-BYTES" not in planted.read_bytes()
     assert path.read_bytes() == b"SECRET-KEY-BYTES"
@@ -282,7 +280,7 @@ def test_context_secret_from_bytes_refuses_a_public_file(public: PublicContext) 
 
 def test_context_load_public_context_refuses_a_secret_file(tmp_path: Path, secret: SecretContext) -> None:
     path = tmp_path / "context.public"
-    write_secret_file(path, secret.to_bytes())
+    write_private_file(path, secret.to_bytes())
     with pytest.raises(KeyCustodyError, match=str(path)):
         load_public_context(path)
 
@@ -384,7 +382,7 @@ def test_context_secret_round_trip_through_file_decrypts(
     tmp_path: Path, secret: SecretContext, public: PublicContext, length: int
 ) -> None:
     path = tmp_path / "context.secret"
-    write_secret_file(path, secret.to_bytes())
+    write_private_file(path, secret.to_bytes())
     loaded = load_secret_context(path)
     values = np.linspace(-1.0, 1.0, length)
     chunk = secret.encrypt(values)

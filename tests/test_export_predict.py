@@ -93,6 +93,33 @@ def test_export_writes_owner_only_model_and_preprocessing(exported: tuple[Simula
     assert not list(model.parent.glob(".export-*")), "the staging folder was left behind"
 
 
+def test_export_refuses_to_follow_planted_symlinks_at_output_or_temporary_paths(
+    exported: tuple[Simulation, Path], tmp_path: Path
+) -> None:
+    simulation, _ = exported
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    model = out_dir / "planted.keras"
+    side = model.with_suffix(".preprocessing.json")
+    planted = {
+        model: tmp_path / "victim-model",
+        side: tmp_path / "victim-side",
+        out_dir / f".{model.name}.tmp": tmp_path / "victim-model-tmp",
+        out_dir / f".{side.name}.tmp": tmp_path / "victim-side-tmp",
+    }
+    for link, victim in planted.items():
+        victim.write_text("untouched")
+        link.symlink_to(victim)
+    args = ["export", RUN, "--store", simulation.store_url(), "--secret-context", str(simulation.keys.secret)]
+    result = CliRunner().invoke(_cli(), [*args, "--out", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    for victim in planted.values():
+        assert victim.read_text() == "untouched", f"export wrote through a symlink into {victim}"
+    for path in (model, side):
+        assert not path.is_symlink(), f"{path} is still the planted link"
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+
+
 def test_exported_model_in_fresh_process_scores_like_the_decrypted_global_model(
     exported: tuple[Simulation, Path], fresh_scores: pd.DataFrame
 ) -> None:

@@ -30,9 +30,7 @@ absent means ``public-key``); msgpack rather than pickle because loading a pickl
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ import tenseal as ts
 
 from medheaven.crypto.planning import CkksParameters
 from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError
+from medheaven.private_files import check_private_file_mode
 
 CONTEXT_FORMAT = 1
 _MAX_CONTEXT_FILE = 64 * 1024 * 1024
@@ -235,48 +234,8 @@ def _unwrap(data: bytes, *, source: str) -> tuple[str, CkksParameters, str, byte
     return kind, params, fingerprint, raw, str(encryption), key_id
 
 
-def write_secret_file(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Create a file readable by its owner only (0600), never widening permissions even for an instant."""
-    if path.exists() and not force:
-        raise ConfigurationError(f"{path} exists; pass --force to replace it (the old key will be lost)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates a fresh file with O_EXCL and mode 0600: a planted file or symlink cannot receive the key
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
-def write_public_file(path: Path, data: bytes, *, force: bool = False) -> None:
-    if path.exists() and not force:
-        raise ConfigurationError(f"{path} exists; pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def check_secret_file_mode(path: Path) -> None:
-    """A secret key readable by group or others is refused: fix it with chmod 600."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"secret key file {path} does not exist") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyCustodyError(
-            f"secret key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run `chmod 600 {path}`"
-        )
-
-
 def load_secret_context(path: Path) -> SecretContext:
-    check_secret_file_mode(path)
+    check_private_file_mode(path)
     return SecretContext.from_bytes(path.read_bytes(), source=str(path))
 
 

@@ -15,8 +15,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from medheaven.crypto.context import check_secret_file_mode, write_public_file, write_secret_file
 from medheaven.errors import ConfigurationError, SignatureError, UnknownHospitalError
+from medheaven.private_files import check_private_file_mode, write_private_file, write_public_file
 
 HOSPITAL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SIGNATURE_BYTES = 64
@@ -55,14 +55,14 @@ def create_hospital_identity(hospital_id: str, out_dir: Path, *, force: bool = F
         for path in (signing_path, verify_path):
             if path.exists():
                 raise ConfigurationError(f"{path} exists; pass --force to replace this hospital's identity")
-    write_secret_file(signing_path, pem, force=force)
+    write_private_file(signing_path, pem, force=force)
     verify_hex = SigningKey(hospital_id, key).verify_key_hex()
     write_public_file(verify_path, f"{verify_hex}\n".encode(), force=force)
     return signing_path, verify_path
 
 
 def load_signing_key(path: Path, *, hospital_id: str) -> SigningKey:
-    check_secret_file_mode(path)
+    check_private_file_mode(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medheaven.crypto.context import check_secret_file_mode, load_secret_context
+from medheaven.crypto.context import load_secret_context
 from medheaven.crypto.signing import load_signing_key, validate_hospital_id
 from medheaven.errors import ConfigurationError, KeyCustodyError
 from medheaven.federated.aggregator import AggregatorNode
@@ -17,6 +17,7 @@ from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
 from medheaven.memory import map_large_buffers_separately
+from medheaven.private_files import check_private_file_mode
 from medheaven.settings import Settings
 from medheaven.store import open_store
 
@@ -48,8 +49,8 @@ def check_hospital_settings(settings: Settings) -> None:
     assert settings.hospital_id is not None and settings.data_path is not None and settings.signing_key is not None
     validate_hospital_id(settings.hospital_id)
     if settings.secret_context is not None:
-        check_secret_file_mode(settings.secret_context)
-    check_secret_file_mode(settings.signing_key)
+        check_private_file_mode(settings.secret_context)
+    check_private_file_mode(settings.signing_key)
     if not settings.data_path.is_file():
         raise ConfigurationError(f"MEDHEAVEN_DATA_PATH={settings.data_path} is not a readable file")
 

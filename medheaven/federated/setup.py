@@ -11,18 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medheaven.crypto.context import (
-    SYMMETRIC,
-    PublicContext,
-    create_key_material,
-    load_public_context,
-    write_public_file,
-    write_secret_file,
-)
+from medheaven.crypto.context import SYMMETRIC, PublicContext, create_key_material, load_public_context
 from medheaven.crypto.planning import CkksParameters
 from medheaven.crypto.signing import HospitalRegistry, create_hospital_identity
 from medheaven.errors import ConfigurationError, StoreConflictError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY
+from medheaven.private_files import write_private_file, write_public_file
 from medheaven.store.base import Store
 
 SECRET_CONTEXT_FILE = "context.secret"  # noqa: S105 - a file name, not a secret
@@ -45,7 +39,7 @@ def init_keys(out_dir: Path, params: CkksParameters, *, force: bool = False, enc
             if path.exists():
                 raise ConfigurationError(f"{path} exists; pass --force to replace the federation's keys")
     secret = create_key_material(params, encryption=encryption)
-    write_secret_file(secret_path, secret.to_bytes(), force=force)
+    write_private_file(secret_path, secret.to_bytes(), force=force)
     write_public_file(public_path, secret.public().to_bytes(), force=force)
     return KeyFiles(secret=secret_path, public=public_path, fingerprint=secret.fingerprint)
 
