@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
-from coordinator.transport import CeleryTransport, TaskState
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.paths import RunPaths
@@ -77,7 +77,7 @@ class Coordinator:
     def __init__(
         self,
         store: Store,
-        transport: CeleryTransport,
+        transport: Transport,
         config: RunConfig,
         *,
         poll_interval: float = 0.2,

@@ -6,7 +6,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -15,6 +14,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from coordinator.messaging import TaskState
 from workers.config import AGGREGATE_QUEUE, hospital_queue
 
 log = logging.getLogger(__name__)
@@ -34,18 +34,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 OUTAGE_TOLERANCE = 300.0
 
 
-@dataclass(frozen=True)
-class TaskState:
-    state: str  # PENDING, STARTED, SUCCESS, FAILURE, RETRY, REVOKED
-    result: Any = None
-    error: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in {"SUCCESS", "FAILURE", "REVOKED"}
-
-
 class CeleryTransport:
+    """``coordinator.messaging.Transport`` over Celery: Redis in deployments, ``memory://`` in the embedded demo."""
+
     def __init__(self, app: Celery, *, outage_tolerance: float = OUTAGE_TOLERANCE) -> None:
         self.app = app
         self.outage_tolerance = outage_tolerance
@@ -101,7 +92,3 @@ class CeleryTransport:
         if state == "SUCCESS":
             return TaskState(state, result=result.result)
         return TaskState(state)
-
-    def revoke(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            self.app.control.revoke(task_id)

@@ -28,8 +28,8 @@ from fault_support import (
 from federation_support import small_simulation
 
 from coordinator.loop import Coordinator, require_run_config
+from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
-from coordinator.transport import TaskState
 from medheaven.errors import QuorumNotReachedError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import Manifest, RoundSpec
@@ -164,7 +164,9 @@ class _RecordingTransport:
         self.sent: list[tuple[str, tuple[Any, ...]]] = []
         self.on_send = on_send
 
-    def send_hospital_task(self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool) -> dict[str, str]:
+    def send_hospital_task(
+        self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
+    ) -> dict[str, str]:
         self.sent.append((name, args))
         return {"task": f"task-{len(self.sent)}", "fold": f"fold-{len(self.sent)}"}
 
@@ -180,7 +182,7 @@ class _RecordingTransport:
         return TaskState("PENDING")
 
 
-def _bare_coordinator(tmp_path: Path, transport: Any, **kwargs: Any) -> Coordinator:
+def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Coordinator:
     config = RunConfig(run="bare", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)
     return Coordinator(LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001, **kwargs)
 
