@@ -1,11 +1,32 @@
 # One image for every MedHeaven role: hospital worker, aggregator worker, Flower, coordinator and the
-# `medheaven` tools. The role is the command (see docker-compose.yml and docs/deployment.md). The image holds
-# code only: no key, no password, no data; those are mounted at run time (Docker secrets, env files, volumes).
+# `medheaven` tools (the key ceremony included). The role is the command (see docker-compose.yml and
+# docs/deployment.md). The image holds code only: no key, no password, no data; those are mounted at run time
+# (Docker secrets, env files, volumes).
 #
 #   docker build -t medheaven:0.1.0 .
+#
+# Build arguments (docs/deployment.md, "Building the image offline or behind a proxy"):
+#   BASE_IMAGE      any Debian-like image with Python 3.11, venv and pip (default: the official slim image);
+#                   both stages use it, so the virtualenv's interpreter path exists in the final image
+#   EXTRA_CA_CERTS  PEM text of CA certificates the *build* must trust (an intercepting proxy's CA)
+#   PIP_CONFIG      the text of a pip.conf for the build (index-url, cert, trusted-host, ...)
+# EXTRA_CA_CERTS and PIP_CONFIG are declared in the build stage only: they reach neither the final image's
+# layers nor its history. They are for test and CI images; a production build should get its packages without
+# an intercepting proxy (build arguments stay in the local build cache of the machine that built it).
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
+ARG EXTRA_CA_CERTS=""
+ARG PIP_CONFIG=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# update-ca-certificates adds the extra CAs to /etc/ssl/certs/ca-certificates.crt; pip trusts that bundle only
+# when told to (its own certifi bundle otherwise), which is what PIP_CONFIG's `cert = ...` is for
+RUN set -eu; \
+    if [ -n "${EXTRA_CA_CERTS}" ]; then \
+      printf '%s\n' "${EXTRA_CA_CERTS}" > /usr/local/share/ca-certificates/medheaven-build-extra.crt; \
+      update-ca-certificates; \
+    fi; \
+    if [ -n "${PIP_CONFIG}" ]; then printf '%s\n' "${PIP_CONFIG}" > /etc/pip.conf; fi
 WORKDIR /src
 # only what the package needs: .dockerignore keeps keys, env files, data and stores out of the build context
 COPY pyproject.toml README.md ./
@@ -16,7 +37,9 @@ RUN python -m venv /opt/medheaven \
     && /opt/medheaven/bin/pip install --upgrade pip \
     && /opt/medheaven/bin/pip install .
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
+# scripts/compose_smoke.sh prunes dangling images by this label only
+LABEL org.opencontainers.image.title=medheaven
 # a fixed uid/gid so that operators can chown mounted key files to it (key files must be mode 600)
 ARG APP_UID=10001
 RUN groupadd --system --gid "${APP_UID}" medheaven \

@@ -30,3 +30,9 @@ export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/pytest "$@"
+
+# The Compose recipe built and run for real (docs/deployment.md, "Rehearse with Compose"). Exit status 77 means
+# Docker cannot be run on this machine: the smoke script has said so in one line, and that is not a failure.
+smoke_status=0
+scripts/compose_smoke.sh || smoke_status=$?
+if [ "$smoke_status" -ne 0 ] && [ "$smoke_status" -ne 77 ]; then exit "$smoke_status"; fi

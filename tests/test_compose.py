@@ -1,8 +1,10 @@
 """docker-compose.yml (and deploy/compose.drive.yml) run real entry points with real settings and keep custody.
 
-No Docker engine is needed: the files are parsed with PyYAML and every property is checked by a plain function
-that returns the problems it finds. Each property has its own test on the real file, and the mutation tests at
-the end prove that each checker reports a violation when one is introduced.
+No Docker engine is needed: the files are parsed with PyYAML (after Compose's `${VAR:-default}` interpolation with
+the defaults) and every property is checked by a plain function that returns the problems it finds. Each property
+has its own test on the real file, and the mutation tests at the end prove that each checker reports a violation
+when one is introduced. scripts/compose_smoke.sh builds and runs the stack for real; the tests here check that the
+documented commands it runs exist.
 """
 
 from __future__ import annotations
@@ -31,13 +33,27 @@ ALLOWED_VARIABLES = {
 }
 SECRET_VARIABLES = {"REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "MEDHEAVEN_BROKER_URL", "MEDHEAVEN_RESULT_BACKEND"}
 LONG_RUNNING = {"redis", "flower", "aggregator", "hospital"}
+#: the variables Compose interpolates into the file (never passed to a container), with today's defaults
+COMPOSE_VARIABLES = {"REDIS_IMAGE": "redis:7.2-alpine", "FLOWER_PORT": "5555", "COMPOSE_PROJECT_NAME": "medheaven"}
+#: top-level keys both Compose v2 and Debian's docker-compose 1.29 accept (1.29 refuses `name:`)
+TOP_LEVEL_KEYS = {"services", "volumes", "secrets", "networks", "configs"}
+DOC = ROOT / "docs" / "deployment.md"
+SMOKE = ROOT / "scripts" / "compose_smoke.sh"
+IMAGE = "medheaven:0.1.0"
+# `${NAME}`, `${NAME:-default}` or `${NAME-default}`, not the `$${...}` escape
+_INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
 
 Compose = dict[str, Any]
 Checker = Callable[[Compose], list[str]]
 
 
+def interpolate(text: str) -> str:
+    """The file as Compose reads it when none of its variables is set: each ``${NAME:-default}`` is its default."""
+    return _INTERPOLATION.sub(lambda match: match.group(3) or "", text)
+
+
 def load(path: Path = COMPOSE_FILE) -> Compose:
-    data = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(interpolate(path.read_text()))
     assert isinstance(data, dict)
     return data
 
@@ -365,7 +381,129 @@ def check_health_and_restart(compose: Compose) -> list[str]:
     return problems
 
 
+def check_interpolation(text: str) -> list[str]:
+    """Every variable the file interpolates is a known one, with a default that is today's value."""
+    problems = []
+    for match in _INTERPOLATION.finditer(text):
+        name, operator, default = match.groups()
+        if name not in COMPOSE_VARIABLES:
+            problems.append(f"${{{name}}} is not one of the compose file's variables {sorted(COMPOSE_VARIABLES)}")
+        elif operator != ":-" or default != COMPOSE_VARIABLES[name]:
+            problems.append(f"${{{name}}} must default to {COMPOSE_VARIABLES[name]!r} (`${{{name}:-...}}`)")
+    return problems
+
+
+def check_compose_versions(compose: Compose) -> list[str]:
+    """Top-level keys that Compose v2 and docker-compose 1.29 both accept (no `name:`, no `version:`)."""
+    return [
+        f"top-level `{key}:` is refused by docker-compose 1.29 or obsolete in v2; pass the project name with -p"
+        for key in compose
+        if key not in TOP_LEVEL_KEYS and not str(key).startswith("x-")
+    ]
+
+
+def dockerfile_stages(text: str) -> list[str]:
+    """The Dockerfile's text per stage; element 0 is what precedes the first FROM (global ARGs)."""
+    return re.split(r"^FROM\s", text, flags=re.MULTILINE)
+
+
+def check_dockerfile_build_args(text: str) -> list[str]:
+    """BASE_IMAGE defaults to the official slim image and is every stage's base; the proxy arguments (CA
+    certificates, pip settings) are declared in the build stage only, so the final image never holds them."""
+    problems = []
+    stages = dockerfile_stages(text)
+    if not re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", stages[0], flags=re.MULTILINE):
+        problems.append("no global `ARG BASE_IMAGE=python:3.11-slim` before the first FROM")
+    for number, stage in enumerate(stages[1:], start=1):
+        if not stage.startswith("${BASE_IMAGE}"):
+            problems.append(f"stage {number} is not FROM ${{BASE_IMAGE}}: {stage.splitlines()[0]}")
+    for name in ("EXTRA_CA_CERTS", "PIP_CONFIG"):
+        declared = [n for n, stage in enumerate(stages) if re.search(rf"^ARG {name}\b", stage, flags=re.MULTILINE)]
+        if declared != [1]:
+            problems.append(f"ARG {name} must be declared in the build stage only (found in stages {declared})")
+    return problems
+
+
+def doc_blocks_by_marker(markdown: str) -> dict[str, list[str]]:
+    """The ``<!-- compose-smoke: NAME -->`` blocks of the runbook, as scripts/compose_smoke.sh extracts them."""
+    blocks: dict[str, list[str]] = {}
+    pattern = r"<!-- compose-smoke: ([a-z-]+) -->\n\s*```bash\n(.*?)^\s*```"
+    for name, body in re.findall(pattern, markdown, flags=re.DOTALL | re.MULTILINE):
+        blocks.setdefault(name, []).append(re.sub(r"^ {3}", "", body, flags=re.MULTILINE))
+    return blocks
+
+
+def check_smoke_blocks(markdown: str, script: str) -> list[str]:
+    """Every block the smoke script runs is in the runbook exactly once."""
+    blocks = doc_blocks_by_marker(markdown)
+    wanted = re.findall(r"^run_block ([a-z-]+)$", script, flags=re.MULTILINE)
+    problems = [] if wanted else ["the smoke script runs no documented block"]
+    for name in wanted:
+        if len(blocks.get(name, [])) != 1:
+            problems.append(f"docs/deployment.md has {len(blocks.get(name, []))} blocks marked compose-smoke: {name}")
+    return problems
+
+
+def image_commands(markdown: str) -> list[ShellCommand]:
+    """The commands the runbook runs in the image with ``docker run ... medheaven:0.1.0 <command>``."""
+    commands = []
+    for block in [b for bs in doc_blocks_by_marker(markdown).values() for b in bs]:
+        for line in block.replace("\\\n", " ").splitlines():
+            if "docker run" not in line or f" {IMAGE} " not in line:
+                continue
+            rest = re.split(r"\||;|&&|\)", line.split(f" {IMAGE} ", 1)[1])[0]
+            tokens = shlex.split(rest)
+            commands.append(ShellCommand(tokens[0], tuple(tokens[1:]), rest.strip()))
+    return commands
+
+
+def check_image_commands(markdown: str) -> list[str]:
+    problems = []
+    for command in image_commands(markdown):
+        try:
+            resolve(command)
+        except CommandError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 # -- the real files ---------------------------------------------------------------------------------------
+def test_compose_variables_default_to_todays_values() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert check_interpolation(text) == []
+    assert {m.group(1) for m in _INTERPOLATION.finditer(text)} >= {"REDIS_IMAGE", "FLOWER_PORT"}
+    assert interpolate('image: "${REDIS_IMAGE:-redis:7.2-alpine}" $${KEEP}') == 'image: "redis:7.2-alpine" $${KEEP}'
+
+
+def test_compose_file_works_with_compose_v2_and_docker_compose_1_29(compose: Compose) -> None:
+    assert check_compose_versions(compose) == []
+
+
+def test_dockerfile_base_image_and_proxy_arguments() -> None:
+    assert check_dockerfile_build_args((ROOT / "Dockerfile").read_text()) == []
+
+
+def test_compose_smoke_runs_documented_blocks() -> None:
+    assert check_smoke_blocks(DOC.read_text(), SMOKE.read_text()) == []
+
+
+def test_compose_docs_image_commands_exist_with_their_options() -> None:
+    commands = image_commands(DOC.read_text())
+    assert {(c.program, resolve(c).path) for c in commands} >= {
+        ("medheaven", ("keys", "init")),
+        ("medheaven", ("hospital", "init")),
+        ("medheaven", ("data", "split")),
+        ("medheaven", ("keys", "show")),
+    }
+    assert check_image_commands(DOC.read_text()) == []
+
+
+def test_test_command_runs_the_compose_smoke() -> None:
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert re.search(r"^\s*scripts/compose_smoke\.sh\b", test_sh, flags=re.MULTILINE)
+    assert "77" in test_sh  # the smoke's "Docker cannot be run here" status is reported, not failed
+
+
 def test_compose_commands_are_real_entry_points(compose: Compose) -> None:
     assert check_commands_resolve(compose) == []
 
@@ -431,7 +569,7 @@ def test_compose_long_running_services_have_health_and_restart(compose: Compose)
 
 def test_dockerfile_is_one_non_root_image_without_secrets() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", dockerfile, flags=re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
     assert re.search(r"^HEALTHCHECK\s", dockerfile, flags=re.MULTILINE)
@@ -552,7 +690,40 @@ MUTATIONS: list[tuple[str, Callable[[Compose], None], Checker, str]] = [
      check_health_and_restart, "aggregator has no healthcheck"),
     ("hospital without restart", _pop("services.hospital-c.restart"),
      check_health_and_restart, "hospital-c has no restart policy"),
+    ("top-level name", _set("name", "medheaven"), check_compose_versions, "top-level `name:`"),
 ]  # fmt: skip
+
+TEXT_MUTATIONS: list[tuple[str, Callable[[str], list[str]], str, str, str]] = [
+    ("unknown variable", check_interpolation, "image: medheaven:0.1.0", "image: ${MEDHEAVEN_TAG:-medheaven:0.1.0}", "is not one of"),
+    ("variable without default", check_interpolation, "${FLOWER_PORT:-5555}", "${FLOWER_PORT}", "must default to '5555'"),
+    ("changed default", check_interpolation, "${REDIS_IMAGE:-redis:7.2-alpine}", "${REDIS_IMAGE:-redis:7}", "must default to"),
+    ("fixed base", check_dockerfile_build_args, "ARG BASE_IMAGE=python:3.11-slim", "ARG BASE_IMAGE=debian:12", "no global `ARG BASE_IMAGE"),
+    ("stage off the base", check_dockerfile_build_args, "FROM ${BASE_IMAGE} AS build", "FROM python:3.12 AS build", "stage 1 is not"),
+    ("CA in the final image", check_dockerfile_build_args, "ARG APP_UID=10001", "ARG APP_UID=10001\nARG EXTRA_CA_CERTS", "EXTRA_CA_CERTS must be declared"),
+    ("unknown image command", check_image_commands, "medheaven keys init --out /keys/", "medheaven keys make --out /keys/", "keys make"),
+    ("unknown image option", check_image_commands, "data split --out /split/", "data split --into /split/", "No such option"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("checker", "path", "old", "new", "expected"),
+                         [(m[1], m[2], m[3], m[4], m[5]) for m in [
+                             (n, c, ROOT / ("docker-compose.yml" if c is check_interpolation else "Dockerfile" if c is check_dockerfile_build_args else "docs/deployment.md"), o, w, e)
+                             for n, c, o, w, e in TEXT_MUTATIONS]],
+                         ids=[m[0] for m in TEXT_MUTATIONS])  # fmt: skip
+def test_text_checker_reports_the_violation(
+    checker: Callable[[str], list[str]], path: Path, old: str, new: str, expected: str
+) -> None:
+    text = path.read_text()
+    assert checker(text) == [] and old in text
+    problems = checker(text.replace(old, new, 1))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_smoke_block_checker_reports_a_missing_block() -> None:
+    markdown, script = DOC.read_text(), SMOKE.read_text()
+    assert check_smoke_blocks(markdown, script) == []
+    problems = check_smoke_blocks(markdown.replace("<!-- compose-smoke: rehearse -->", ""), script)
+    assert problems == ["docs/deployment.md has 0 blocks marked compose-smoke: rehearse"]
 
 
 @pytest.mark.parametrize(("mutate", "checker", "expected"), [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
