@@ -28,14 +28,19 @@ RUN set -eu; \
     fi; \
     if [ -n "${PIP_CONFIG}" ]; then printf '%s\n' "${PIP_CONFIG}" > /etc/pip.conf; fi
 WORKDIR /src
+# the dependencies first, from pyproject.toml alone: this 2 GB layer is rebuilt only when the dependency list
+# changes, not on every code or README change (the package itself is installed below, without dependencies)
+COPY pyproject.toml ./
+RUN python -m venv /opt/medheaven \
+    && /opt/medheaven/bin/pip install --upgrade pip \
+    && /opt/medheaven/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && /opt/medheaven/bin/pip install -r /tmp/requirements.txt
 # only what the package needs: .dockerignore keeps keys, env files, data and stores out of the build context
-COPY pyproject.toml README.md ./
+COPY README.md ./
 COPY medheaven ./medheaven
 COPY workers ./workers
 COPY coordinator ./coordinator
-RUN python -m venv /opt/medheaven \
-    && /opt/medheaven/bin/pip install --upgrade pip \
-    && /opt/medheaven/bin/pip install .
+RUN /opt/medheaven/bin/pip install --no-deps . && /opt/medheaven/bin/pip check
 
 FROM ${BASE_IMAGE}
 # scripts/compose_smoke.sh prunes dangling images by this label only
