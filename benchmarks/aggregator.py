@@ -133,7 +133,8 @@ def build_bench(root: Path, *, hidden: tuple[int, ...], hospitals: int, syntheti
             size=size,
             metrics=RECEIPT_METRICS,
             timings=RECEIPT_TIMINGS,
-        )
+            completed_at=time.time(),
+        ).signed_by(load_signing_key(identities[hospital].signing_key, hospital_id=hospital))
         receipts.append(receipt.to_dict())
     (root / "receipts.json").write_text(json.dumps({"base": base, "receipts": receipts}))
     return Bench(root, receipts, spec.parameter_count(), size)

@@ -12,16 +12,18 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.fedavg import mean_metrics
+from medheaven.federated.ledger import EntryStatus, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.results import last_committed_round
+from medheaven.federated.round_policy import Verdict, decide, on_time
 from medheaven.federated.wire import Manifest, RoundSpec
 from medheaven.store.base import Store
 
@@ -47,6 +49,7 @@ class HospitalStatus:
 class RoundProgress:
     spec: RoundSpec
     statuses: dict[str, HospitalStatus] = field(default_factory=dict)
+    on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.statuses.values() if s.state == state)
@@ -170,16 +173,22 @@ class Coordinator:
         self.observer.round_started(spec)
         return spec
 
-    def _statuses(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
-        ledger_key = self.paths.ledger(spec.kind, spec.round, spec.attempt)
-        ledger = self.store.get_json(ledger_key) if self.store.exists(ledger_key) else {"folded": [], "rejected": []}
-        folded = {entry["hospital"] for entry in ledger["folded"]}
-        rejected = {entry["hospital"]: entry.get("message", "") for entry in ledger["rejected"]}
+    def _ledger(self, spec: RoundSpec) -> Ledger:
+        key = self.paths.ledger(spec.kind, spec.round, spec.attempt)
+        if not self.store.exists(key):
+            return Ledger.empty(spec.run, spec.kind, spec.round, spec.attempt)
+        return Ledger.from_dict(self.store.get_json(key))
+
+    def _statuses(self, spec: RoundSpec, dispatch: dict[str, Any], ledger: Ledger) -> RoundProgress:
+        """Folded and rejected come from the ledger only: the aggregator writes it after verifying the hospital's
+        signed receipt and envelope. A fold task's own result is never trusted to end a hospital's wait (anyone who
+        can publish to the broker can run a fold task, or answer under a fold's id)."""
+        rejected = {entry.hospital: f"{entry.reason}: {entry.message}" for entry in ledger.rejected}
         progress = RoundProgress(spec)
         for hospital in spec.hospitals:
             status = HospitalStatus(hospital)
             ids = dispatch.get(hospital, {})
-            if hospital in folded:
+            if hospital in ledger.folded_hospitals:
                 status.state = "folded"
             elif hospital in rejected:
                 status.state, status.detail = "rejected", rejected[hospital]
@@ -188,39 +197,49 @@ class Coordinator:
                 if task.state == "FAILURE":
                     status.state, status.detail = "failed", task.error or ""
                 elif task.state == "SUCCESS":
+                    status.state = "uploaded"  # until the ledger says folded or rejected
                     fold = self.transport.state(ids["fold"])
-                    outcome = (fold.result or {}).get("status") if fold.state == "SUCCESS" else None
-                    if outcome in {"folded", "duplicate"}:
-                        # the fold finished after the ledger was read above; it wrote the ledger before returning,
-                        # so it is folded, not rejected (calling it rejected could end the round early)
-                        status.state = "folded"
-                    else:
-                        status.state = "rejected" if fold.done else "uploaded"
-                    if fold.done and status.state == "rejected":
-                        status.detail = str((fold.result or {}).get("message", fold.error or ""))
+                    outcome = fold.result if fold.state == "SUCCESS" and isinstance(fold.result, dict) else {}
+                    if outcome.get("status") == FoldStatus.NOISE.value:
+                        # the aggregator could not verify it as this hospital's answer: it is not folded, and it is
+                        # not waited for past the deadline (a forged result can cost that wait, never a decision)
+                        status.detail = f"its update was not accepted as verified ({outcome.get('message', '')})"
+                    elif self._completed_on_time(spec, task.result):
+                        progress.on_time.add(hospital)
                 elif task.state == "STARTED":
                     status.state = "training"
             progress.statuses[hospital] = status
         return progress
 
+    def _completed_on_time(self, spec: RoundSpec, receipt: Any) -> bool:
+        completed_at = receipt.get("completed_at") if isinstance(receipt, dict) else None
+        return isinstance(completed_at, int | float) and on_time(spec, float(completed_at), self.clock())
+
     def _wait(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
+        """Poll until the round policy (``round_policy.decide``) says commit or fail."""
         uploaded_since: dict[str, float] = {}
         while True:
-            progress = self._statuses(spec, dispatch)
+            ledger = self._ledger(spec)
+            progress = self._statuses(spec, dispatch, ledger)
             self._resend_unanswered_folds(spec, dispatch, progress, uploaded_since)
             self.observer.round_progress(progress)
-            folded = progress.count("folded")
-            pending = sum(1 for s in progress.statuses.values() if s.state in {"queued", "training", "uploaded"})
-            if folded >= spec.quorum and pending == 0:
-                return progress
-            if folded + pending < spec.quorum:
-                return progress  # the quorum can no longer be reached: fail now rather than at the deadline
+            # a hospital whose task failed will not answer this attempt: treat it like a refusal for the policy
+            failed = tuple(
+                LedgerEntry(h, EntryStatus.REJECTED, at=0.0, reason="failed")
+                for h, status in progress.statuses.items()
+                if status.state == "failed"
+            )
+            view = replace(ledger, rejected=(*ledger.rejected, *failed))
+            decision = decide(spec, view, self.clock(), on_time_pending=progress.on_time)
+            if decision.verdict is Verdict.WAIT:
+                time.sleep(self.poll_interval)
+                continue
             if self.clock() >= spec.deadline:
                 for status in progress.statuses.values():
                     if status.state in {"queued", "training", "uploaded"}:
                         status.state, status.detail = "late", "no folded update before the deadline"
-                return progress
-            time.sleep(self.poll_interval)
+            log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
+            return progress
 
     def _resend_unanswered_folds(
         self, spec: RoundSpec, dispatch: dict[str, Any], progress: RoundProgress, since: dict[str, float]
@@ -254,11 +273,13 @@ class Coordinator:
                 return manifest
             if self._failed(spec):
                 failure = self.store.get_json(self.paths.failure(spec.kind, spec.round, spec.attempt))
+                refused = "; ".join(f"{r['hospital']}: {r.get('reason', '?')}" for r in failure.get("rejected", []))
                 raise QuorumNotReachedError(
                     f"{spec.kind} round {spec.round} of run {spec.run!r} failed: {len(failure['folded'])} of "
                     f"{len(spec.hospitals)} hospitals folded ({', '.join(failure['folded']) or 'none'}), quorum "
-                    f"{spec.quorum}. The previous global model is untouched; fix the failing hospitals and run "
-                    f"`medheaven-coordinator resume --run-id {spec.run}`"
+                    f"{spec.quorum}; refused: {refused or 'none'}; no answer: "
+                    f"{', '.join(failure.get('missing', [])) or 'none'}. The previous global model is untouched; fix "
+                    f"the failing hospitals and run `medheaven-coordinator resume --run-id {spec.run}`"
                 )
             state = self.transport.state(task_id)
             if state.state == "FAILURE":

@@ -73,7 +73,7 @@ def test_fault_quorum_not_reached_leaves_previous_model_and_resumes(tmp_path: Pa
             what="h2's stale attempt-1 update to reach the aggregator",
         )
         history = fed.coordinator(require_run_config(fed.store, config.run)).run()
-    assert (stale["status"], stale["hospital"]) == ("rejected", h2)
+    assert (stale["status"], stale["hospital"]) == ("closed", h2)
     assert "attempt 1" in stale["message"] and "has failed" in stale["message"]
     assert [r["round"] for r in history] == [1, 2]
     assert history[1]["attempt"] == 2

@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 import pytest
 from crypto_fixtures import WIDE_PARAMS, secret_context
-from fault_support import assert_run_sound, federation, log_text, redis_server, wait_for
+from fault_support import BackgroundRun, CommitWatcher, assert_run_sound, federation, log_text, redis_server, wait_for
 from federation_support import small_simulation
 from kombu import Connection
 
@@ -108,6 +108,9 @@ class World:
             "timings": {"train": 1.0},
         }
         fields.update(receipt)
+        if hospital in self.keys and "signature" not in receipt:  # signed by the hospital it names, as a worker does
+            fields.setdefault("completed_at", time.time())
+            fields["signature"] = Receipt.from_dict(fields).signed_by(self.keys[hospital]).signature
         return fields
 
     def ledger(self) -> dict[str, Any]:
@@ -155,8 +158,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         data = replace(data, signature=keys[hospital].sign(data.signed_message())).to_bytes()
         store.put(paths.update("update", 1, 1, hospital), data)
         receipt = Receipt(
-            RUN, 1, 1, "update", hospital, paths.update("update", 1, 1, hospital), sha256_hex(data), len(data)
-        )
+            RUN, 1, 1, "update", hospital, paths.update("update", 1, 1, hospital), sha256_hex(data), len(data),
+            completed_at=time.time(),
+        ).signed_by(keys[hospital])  # fmt: skip
         assert node.fold(receipt.to_dict())["status"] == "folded"
         world.round1[hospital] = data
     base2 = node.finalise(RUN, "update", 1, 1)["sha256"]
@@ -172,6 +176,17 @@ class Case:
     outcome: str | type[Exception]  # a reason code for a rejection, or the exception a malformed receipt raises
     match: str
     now: Callable[[World], float] | None = None
+
+    @property
+    def status(self) -> str:
+        """Only a verified answer of the hospital is recorded ("rejected"); anything else is noise or closed."""
+        if self.outcome in RECORDED:
+            return "rejected"
+        return "closed" if self.outcome == "closed" else "noise"
+
+
+#: reasons that can only arise once the hospital's signed receipt and signed envelope have been verified
+RECORDED = {"context", "shape", "ciphertext", "late"}
 
 
 def _honest_bytes(w: World, hospital: str = "h1", **changes: Any) -> bytes:
@@ -320,18 +335,47 @@ CASES: list[Case] = [
     ),
     Case("receipt-unknown-hospital", _unknown_hospital, "unknown-hospital", "'h9' was not selected"),
     Case(
-        "receipt-digest-mismatch",
+        # the attack of issue 19: a fold naming a hospital, with a made-up digest, published to the broker
+        "receipt-forged-digest",
         lambda w: {**w.plant("h1", _honest_bytes(w)), "sha256": "0" * 64},
+        "signature",
+        "does not verify with hospital 'h1'",
+    ),
+    Case(
+        "receipt-unsigned",
+        lambda w: w.plant("h1", _honest_bytes(w), signature=""),
+        "signature",
+        "receipt claiming to be from 'h1' carries no signature",
+    ),
+    Case(
+        "receipt-signature-altered",
+        lambda w: {
+            **w.plant("h1", _honest_bytes(w)),
+            "signature": Receipt.from_dict(w.plant("h1", _honest_bytes(w))).signed_by(w.keys["h1"]).signature[:-2]
+            + "00",
+        },
+        "signature",
+        "does not verify",
+    ),
+    Case(
+        "receipt-digest-mismatch",
+        lambda w: w.plant("h1", _honest_bytes(w), sha256="0" * 64),
         "digest",
         "does not match the digest in its receipt",
     ),
     Case("receipt-points-at-nothing", _nothing_stored, "StoreKeyNotFoundError", "not found"),
     Case(
-        "receipt-after-deadline",
-        lambda w: w.plant("h1", _honest_bytes(w)),
-        "RoundClosedError",
-        "after the deadline",
-        now=lambda w: w.spec.deadline + 1,
+        "receipt-completed-after-deadline",
+        lambda w: w.plant("h1", _honest_bytes(w), completed_at=w.spec.deadline + 1),
+        "late",
+        "completed 1.0s after the deadline",
+        now=lambda w: w.spec.deadline + 2,
+    ),
+    Case(
+        "receipt-completed-in-the-future",
+        lambda w: w.plant("h1", _honest_bytes(w), completed_at=time.time() + 60),
+        "late",
+        "in the future of the aggregator's clock",
     ),
     Case(
         "receipt-names-other-hospital",
@@ -441,7 +485,12 @@ CASES: list[Case] = [
         "signature",
         "altered or signed by someone else",
     ),
-    Case("envelope-bit-flip-in-header", lambda w: w.plant("h1", _header_bit(w)), "round", "for round 3"),
+    Case(
+        "envelope-bit-flip-in-header",
+        lambda w: w.plant("h1", _header_bit(w)),
+        "signature",
+        "altered or signed by someone else",
+    ),
     Case(
         "envelope-claims-another-sender",
         lambda w: w.plant("h1", _payload(w, hosp="zz")),
@@ -461,13 +510,14 @@ def test_hostile_input_rejected_with_its_own_error(world: World, case: Case, cap
             world.node.fold(raw)
     else:
         result = world.node.fold(raw, now=case.now(world) if case.now else None)
-        assert result["status"] == "rejected", result
+        assert result["status"] == case.status, result
         assert result["reason"] == case.outcome, result
         assert re.search(case.match, result["message"]), result["message"]
-        assert any(result["message"] in record.getMessage() for record in caplog.records), "rejection not logged"
-        # rejections of the open attempt are recorded in the ledger (and so in the manifest) with their reason
+        assert any(result["message"] in record.getMessage() for record in caplog.records), "refusal not logged"
+        # only a verified answer of the hospital is recorded in the ledger (and so in the manifest), with its reason;
+        # noise (forged, replayed, unverifiable) never changes the round's state
         recorded = world.ledger()["rejected"]
-        if case.outcome not in {"closed", "RoundClosedError"} and raw["attempt"] == 1:
+        if case.status == "rejected":
             assert len(recorded) == rejected_before + 1 and recorded[-1]["reason"] == case.outcome
         else:
             assert len(recorded) == rejected_before
@@ -483,7 +533,7 @@ def test_hostile_inputs_leave_the_round_result_unchanged(world: World) -> None:
     committed = world.node.finalise(RUN, "update", ROUND, 1)
     assert committed["status"] == "committed"
     late = world.node.fold(world.plant("h2", world.store.get(world.key("h2"))))
-    assert late["status"] == "rejected" and "already committed" in late["message"]
+    assert late["status"] == "closed" and "already committed" in late["message"]
     report = verify_round(world.store, world.secret, RUN, ROUND)
     assert report["max_abs_error"] <= 1e-6 and report["total_samples_match"]
     assert sorted(report["hospitals"]) == sorted(world.hospitals)
@@ -571,3 +621,33 @@ def test_hostile_celery_messages_refused_and_the_worker_keeps_serving(tmp_path: 
         assert fed.worker("aggregator").process.pid == pid and aggregator.process.poll() is None
     assert sorted(history[0]["participants"]) == sorted(simulation.hospitals)
     assert_run_sound(simulation, config.run, rounds=1)
+
+
+def test_forged_fold_messages_for_two_hospitals_leave_the_round_to_commit_with_all(tmp_path: Path) -> None:
+    """Issue 19, defect 3, on real processes: the moment round 1 opens, fold messages naming h2 and h3 (a made-up
+    digest, unsigned; and a receipt with a garbage signature) are published to the real broker. They are noise: the
+    ledger records no answer for h2 or h3, the coordinator keeps waiting for them, and the round commits with every
+    hospital's genuine update."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=1500)
+    _h1, h2, h3 = simulation.hospitals
+    with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
+        config = fed.config("forged", rounds=1, round_timeout=180)
+        watcher = CommitWatcher(simulation.store_dir, config.run)
+        run = BackgroundRun(fed.coordinator(config))
+        wait_for(lambda: fed.dispatch(config.run, 1), timeout=240, what="round 1 to open", interval=0.02)
+        forged = []
+        for hospital in (h2, h3):
+            fields = {
+                "run": config.run, "round": 1, "attempt": 1, "kind": "update", "hospital": hospital,
+                "key": RunPaths(config.run).update("update", 1, 1, hospital), "sha256": "0" * 64, "size": 10,
+            }  # fmt: skip
+            for receipt in (fields, {**fields, "completed_at": time.time(), "signature": "ab" * 64}):
+                forged.append(fed.app.send_task("medheaven.aggregate.fold", args=(receipt,), queue="aggregate"))
+        outcomes = [result.get(timeout=120) for result in forged]
+        ledger_after_forgery = fed.ledger(config.run, 1)
+        history = run.result(timeout=300)
+    assert [(o["status"], o["reason"]) for o in outcomes] == [("noise", "signature")] * 4, outcomes
+    assert {h2, h3}.isdisjoint(e["hospital"] for e in ledger_after_forgery["rejected"])
+    assert sorted(history[0]["participants"]) == sorted(simulation.hospitals)
+    assert history[0]["rejected"] == []
+    assert_run_sound(simulation, config.run, rounds=1, watcher=watcher, expected={1: set(simulation.hospitals)})

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from medheaven.crypto.context import PublicContext
-from medheaven.crypto.envelope import Envelope
+from medheaven.crypto.envelope import Envelope, check_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import (
     DigestMismatchError,
@@ -34,12 +34,15 @@ from medheaven.errors import (
     QuorumNotReachedError,
     RoundClosedError,
     RoundMismatchError,
+    SignatureError,
     StoreKeyNotFoundError,
     UnknownHospitalError,
 )
 from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
+from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.round_policy import Verdict, decide, lateness
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -50,11 +53,14 @@ log = logging.getLogger(__name__)
 class _RoundState:
     spec: RoundSpec
     accumulator: Accumulator
-    folded: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
+    ledger: Ledger
 
-    def hospitals(self) -> set[str]:
-        return {str(entry["hospital"]) for entry in self.folded}
+    def hospitals(self) -> frozenset[str]:
+        return self.ledger.folded_hospitals
+
+
+def _reason(exc: MedHeavenError) -> str:
+    return str(getattr(exc, "reason", type(exc).__name__))
 
 
 class AggregatorNode:
@@ -136,41 +142,32 @@ class AggregatorNode:
         if state is not None and state.spec.attempt == spec.attempt:
             return state
         description = self.run(spec.run)
-        state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)))
         paths = RunPaths(spec.run)
         ledger_key = paths.ledger(spec.kind, spec.round, spec.attempt)
+        stored = Ledger.empty(spec.run, spec.kind, spec.round, spec.attempt)
         if self.store.exists(ledger_key):
-            ledger = self.store.get_json(ledger_key)
-            for entry in ledger["folded"]:
-                envelope = self._load_envelope(description, spec.kind, entry["key"], entry["sha256"])
-                self._fold_envelope(state, description, envelope)
-                state.folded.append(entry)
-            state.rejected = list(ledger.get("rejected", []))
+            stored = Ledger.from_dict(self.store.get_json(ledger_key))
+        state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)), stored)
+        for entry in stored.folded:
+            envelope = self._load_envelope(description, spec.kind, entry.key, entry.sha256)
+            self._fold_envelope(state, description, envelope)
+        if stored.folded or stored.rejected:
             log.info(
                 "rebuilt %s round %s of %s from its ledger (%d folded)",
                 spec.kind,
                 spec.round,
                 spec.run,
-                len(state.folded),
+                len(stored.folded),
             )
         self._rounds[slot] = state
         return state
 
     def _write_ledger(self, state: _RoundState) -> None:
         spec = state.spec
-        self.store.put_json(
-            RunPaths(spec.run).ledger(spec.kind, spec.round, spec.attempt),
-            {
-                "run": spec.run,
-                "kind": spec.kind,
-                "round": spec.round,
-                "attempt": spec.attempt,
-                "folded": state.folded,
-                "rejected": state.rejected,
-            },
-        )
+        self.store.put_json(RunPaths(spec.run).ledger(spec.kind, spec.round, spec.attempt), state.ledger.to_dict())
 
-    def _check_open(self, spec: RoundSpec, receipt: Receipt, *, now: float) -> None:
+    def _check_addressed(self, spec: RoundSpec, receipt: Receipt) -> None:
+        """Receipt checks that need nothing but the spec; any failure here is noise (see ``fold``)."""
         paths = RunPaths(spec.run)
         if receipt.attempt != spec.attempt:
             raise RoundMismatchError(
@@ -181,11 +178,6 @@ class AggregatorNode:
             raise RoundClosedError(f"{spec.kind} round {spec.round} of {spec.run!r} is already committed")
         if self.store.exists(paths.failure(spec.kind, spec.round, spec.attempt)):
             raise RoundClosedError(f"attempt {spec.attempt} of {spec.kind} round {spec.round} has failed")
-        if now > spec.deadline:
-            raise RoundClosedError(
-                f"receipt from {receipt.hospital!r} arrived {now - spec.deadline:.1f}s after the deadline of "
-                f"{spec.kind} round {spec.round}"
-            )
         if receipt.hospital not in spec.hospitals:
             raise UnknownHospitalError(f"hospital {receipt.hospital!r} was not selected for round {spec.round}")
         expected_key = paths.update(spec.kind, spec.round, spec.attempt, receipt.hospital)
@@ -194,55 +186,101 @@ class AggregatorNode:
                 f"receipt points at {receipt.key!r}; updates of this round live at {expected_key!r}"
             )
 
+    def _verified_envelope(self, spec: RoundSpec, description: RunDescription, receipt: Receipt) -> Envelope:
+        """The envelope the receipt names, once it is proven to be this hospital's answer to this attempt.
+
+        Order matters: everything a party without the hospital's signing key could produce (a forged or altered
+        receipt, a missing or replaced file, a replayed envelope of another round) fails here, before anything is
+        recorded. ``registry.verify`` is called before ``check_envelope``'s header checks so that a header mismatch
+        is attributed to the hospital only when the hospital signed it.
+        """
+        registry = self.registry()
+        receipt.verify(registry)
+        envelope = self._load_envelope(description, spec.kind, receipt.key, receipt.sha256)
+        if envelope.hospital != receipt.hospital:
+            raise EnvelopeFormatError(
+                f"receipt names {receipt.hospital!r} but the envelope is from {envelope.hospital!r}"
+            )
+        if not envelope.signature:
+            raise SignatureError(f"envelope claiming to be from {envelope.hospital!r} carries no signature")
+        registry.verify(envelope.hospital, envelope.signed_message(), envelope.signature)
+        expect = expectation(
+            description,
+            kind=spec.kind,
+            round_number=spec.round,
+            base=spec.base_sha256,
+            length=self._length(description, spec.kind),
+        )
+        # a correctly signed envelope of another run, round or base is a replay, not this attempt's answer
+        if (envelope.kind, envelope.run, envelope.round, envelope.base) != (
+            expect.kind,
+            expect.run,
+            expect.round,
+            expect.base,
+        ):
+            check_envelope(envelope, expect=expect, registry=None)  # raises the specific mismatch error
+        return envelope
+
     # -- the two tasks -----------------------------------------------------------------------------------
     def fold(self, raw_receipt: Any, *, now: float | None = None) -> dict[str, Any]:
-        """Fold one hospital's update. Returns a small status dict; rejections are recorded and logged."""
+        """Fold one hospital's update. Returns a ``FoldOutcome`` dict.
+
+        Only verified input changes the round: a message that is not backed by the named hospital's signed receipt
+        and signed envelope for this very attempt is *noise* (logged, counted, never recorded as that hospital's
+        answer). A verified answer that is refused (late, wrong shape, unreadable ciphertext) is recorded in the
+        ledger with its reason. A malformed receipt raises (the task fails; nothing is read from the store).
+        """
         receipt = Receipt.from_dict(raw_receipt)
         try:
             spec = self._spec(receipt.run, receipt.kind, receipt.round)
         except RoundClosedError as exc:
-            log.warning("rejected update of %r: %s", receipt.hospital, exc)
-            return {
-                "status": "rejected",
-                "hospital": receipt.hospital,
-                "round": receipt.round,
-                "reason": "closed",
-                "message": str(exc),
-            }
+            log.warning("refused update of %r: %s", receipt.hospital, exc)
+            return FoldOutcome(FoldStatus.CLOSED, receipt.hospital, receipt.round, "closed", str(exc)).to_dict()
+        description = self.run(spec.run)
         try:
-            self._check_open(spec, receipt, now=time.time() if now is None else now)
+            try:
+                self._check_addressed(spec, receipt)
+            except RoundClosedError as exc:
+                log.warning("refused update of %r: %s", receipt.hospital, exc)
+                return FoldOutcome(FoldStatus.CLOSED, receipt.hospital, spec.round, "closed", str(exc)).to_dict()
             state = self._state(spec)
             if receipt.hospital in state.hospitals():
                 log.info("duplicate delivery of %s's update for round %s ignored", receipt.hospital, spec.round)
-                return {"status": "duplicate", "hospital": receipt.hospital, "round": spec.round}
-            description = self.run(spec.run)
-            clock = time.perf_counter()
-            envelope = self._load_envelope(description, spec.kind, receipt.key, receipt.sha256)
-            if envelope.hospital != receipt.hospital:
-                raise EnvelopeFormatError(
-                    f"receipt names {receipt.hospital!r} but the envelope is from {envelope.hospital!r}"
-                )
-        except (EnvelopeError, RoundClosedError, UnknownHospitalError, StoreKeyNotFoundError) as exc:
-            return self._reject(spec, receipt, exc)
+                return FoldOutcome(FoldStatus.DUPLICATE, receipt.hospital, spec.round).to_dict()
+            envelope = self._verified_envelope(spec, description, receipt)
+        except (EnvelopeError, StoreKeyNotFoundError) as exc:
+            return self._noise(spec, receipt, exc)
+        return self._fold_verified(state, description, receipt, envelope, now=time.time() if now is None else now)
+
+    def _fold_verified(
+        self, state: _RoundState, description: RunDescription, receipt: Receipt, envelope: Envelope, *, now: float
+    ) -> dict[str, Any]:
+        """The hospital's own answer: fold it, or record why it is refused."""
+        spec = state.spec
+        clock = time.perf_counter()
+        late = lateness(spec, receipt.completed_at, now)
+        if late is not None:
+            return self._reject(state, receipt, "late", f"update of {receipt.hospital!r} refused: {late}")
         try:
             self._fold_envelope(state, description, envelope)
         except EnvelopeError as exc:
-            return self._reject(spec, receipt, exc)
+            return self._reject(state, receipt, _reason(exc), str(exc))
         except BaseException:
             self._rounds.pop((spec.run, spec.kind, spec.round), None)
             raise
         fold_seconds = time.perf_counter() - clock
-        state.folded.append(
-            {
-                "hospital": receipt.hospital,
-                "key": receipt.key,
-                "sha256": receipt.sha256,
-                "size": receipt.size,
-                "metrics": receipt.metrics,
-                "timings": {**receipt.timings, "fold": fold_seconds},
-                "folded_at": time.time(),
-            }
+        entry = LedgerEntry(
+            hospital=receipt.hospital,
+            status=EntryStatus.FOLDED,
+            at=time.time(),
+            key=receipt.key,
+            sha256=receipt.sha256,
+            size=receipt.size,
+            completed_at=receipt.completed_at,
+            metrics=receipt.metrics,
+            timings={**receipt.timings, "fold": fold_seconds},
         )
+        state.ledger = state.ledger.with_entry(entry)
         try:
             self._write_ledger(state)
         except BaseException:
@@ -254,32 +292,44 @@ class AggregatorNode:
             spec.kind,
             spec.round,
             spec.run,
-            len(state.folded),
+            len(state.ledger.folded),
         )
-        return {
-            "status": "folded",
-            "hospital": receipt.hospital,
-            "round": spec.round,
-            "fold_seconds": fold_seconds,
-        }
+        return FoldOutcome(FoldStatus.FOLDED, receipt.hospital, spec.round, fold_seconds=fold_seconds).to_dict()
 
-    def _reject(self, spec: RoundSpec, receipt: Receipt, exc: MedHeavenError) -> dict[str, Any]:
-        reason = getattr(exc, "reason", type(exc).__name__)
-        log.warning("rejected update of %r for %s round %s: %s", receipt.hospital, spec.kind, spec.round, exc)
-        open_attempt = receipt.attempt == spec.attempt and not isinstance(exc, RoundClosedError)
-        if open_attempt:
-            state = self._state(spec)
-            state.rejected.append(
-                {"hospital": receipt.hospital, "reason": reason, "message": str(exc), "at": time.time()}
-            )
-            self._write_ledger(state)
-        return {
-            "status": "rejected",
-            "hospital": receipt.hospital,
-            "round": spec.round,
-            "reason": reason,
-            "message": str(exc),
-        }
+    def _noise(self, spec: RoundSpec, receipt: Receipt, exc: MedHeavenError) -> dict[str, Any]:
+        """Count and log; the ledger's answers are untouched (the count is written with the next ledger write)."""
+        state = self._rounds.get((spec.run, spec.kind, spec.round))
+        if state is not None and state.spec.attempt == spec.attempt:
+            state.ledger = state.ledger.with_noise()
+        log.warning(
+            "ignored a fold message naming %r for %s round %s attempt %s: %s (%s; not a verified answer of that "
+            "hospital, the round is unchanged)",
+            receipt.hospital,
+            spec.kind,
+            spec.round,
+            receipt.attempt,
+            exc,
+            _reason(exc),
+        )
+        return FoldOutcome(FoldStatus.NOISE, receipt.hospital, spec.round, _reason(exc), str(exc)).to_dict()
+
+    def _reject(self, state: _RoundState, receipt: Receipt, reason: str, message: str) -> dict[str, Any]:
+        """A verified answer refused: recorded in the ledger (and so in the manifest or failure record)."""
+        spec = state.spec
+        log.warning("rejected update of %r for %s round %s: %s", receipt.hospital, spec.kind, spec.round, message)
+        entry = LedgerEntry(
+            hospital=receipt.hospital,
+            status=EntryStatus.REJECTED,
+            at=time.time(),
+            key=receipt.key,
+            sha256=receipt.sha256,
+            completed_at=receipt.completed_at,
+            reason=reason,
+            message=message,
+        )
+        state.ledger = state.ledger.with_entry(entry)
+        self._write_ledger(state)
+        return FoldOutcome(FoldStatus.REJECTED, receipt.hospital, spec.round, reason, message).to_dict()
 
     def finalise(self, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
         """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
@@ -292,23 +342,30 @@ class AggregatorNode:
         if spec.attempt != attempt:
             raise RoundMismatchError(f"finalise asked for attempt {attempt}, the open attempt is {spec.attempt}")
         state = self._state(spec)
-        if len(state.folded) < spec.quorum:
+        decision = decide(spec, state.ledger, time.time(), closing=True)
+        if decision.verdict is not Verdict.COMMIT:
+            ledger = state.ledger
             failure = {
                 "run": run,
                 "kind": kind,
                 "round": round_number,
                 "attempt": attempt,
                 "quorum": spec.quorum,
-                "folded": sorted(state.hospitals()),
-                "rejected": state.rejected,
+                "folded": sorted(ledger.folded_hospitals),
+                "rejected": [entry.to_dict() for entry in ledger.rejected],
+                "missing": list(decision.outstanding),
+                "noise": ledger.noise,
+                "reason": decision.reason,
                 "at": time.time(),
             }
             self.store.put_json(paths.failure(kind, round_number, attempt), failure)
             self._rounds.pop((run, kind, round_number), None)
+            refused = "; ".join(f"{e.hospital}: {e.reason}" for e in ledger.rejected) or "none"
             raise QuorumNotReachedError(
-                f"{kind} round {round_number} of {run!r} (attempt {attempt}) folded {len(state.folded)} of "
-                f"{len(spec.hospitals)} hospitals, quorum is {spec.quorum}: the round is not committed and the "
-                f"previous global model is untouched; resume with `medheaven-coordinator resume --run-id {run}`"
+                f"{kind} round {round_number} of {run!r} (attempt {attempt}) folded {len(ledger.folded)} of "
+                f"{len(spec.hospitals)} hospitals, quorum is {spec.quorum} (refused: {refused}; no answer: "
+                f"{', '.join(decision.outstanding) or 'none'}): the round is not committed and the previous global "
+                f"model is untouched; resume with `medheaven-coordinator resume --run-id {run}`"
             )
         clock = time.perf_counter()
         data = self._result_bytes(state)
@@ -325,8 +382,8 @@ class AggregatorNode:
             result_sha256=sha256_hex(data),
             result_size=len(data),
             selected=spec.hospitals,
-            folded=tuple(state.folded),
-            rejected=tuple(state.rejected),
+            folded=tuple(entry.to_dict() for entry in state.ledger.folded),
+            rejected=tuple(entry.to_dict() for entry in state.ledger.rejected),
             quorum=spec.quorum,
             opened_at=spec.opened_at,
             deadline=spec.deadline,
@@ -337,8 +394,8 @@ class AggregatorNode:
         self._rounds.pop((run, kind, round_number), None)
         if not self.keep_updates:
             # only after the commit: until the manifest exists, a restarted aggregator rebuilds from these files
-            for entry in state.folded:
-                self.store.delete(str(entry["key"]))
+            for entry in state.ledger.folded:
+                self.store.delete(entry.key)
         log.info("committed %s round %s of %s with %s", kind, round_number, run, manifest.participants)
         return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
 

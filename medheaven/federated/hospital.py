@@ -317,7 +317,8 @@ class HospitalNode:
             size=size,
             metrics=metrics,
             timings=timings,
-        )
+            completed_at=time.time(),  # after the upload: what the round's lateness is judged on
+        ).signed_by(self.signing_key)
 
 
 def reportable(metrics: dict[str, float]) -> dict[str, float]:

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from medheaven.crypto.planning import CkksParameters
-from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError
+from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.model import ModelSpec
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
 MAX_RECEIPT_FIELDS = 32
+#: Domain separation of receipt signatures from envelope signatures (same Ed25519 hospital key, distinct messages).
+RECEIPT_DOMAIN = b"medheaven/receipt/v1\x00"
+
+if TYPE_CHECKING:
+    from medheaven.crypto.signing import HospitalRegistry, SigningKey
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,13 @@ class RoundSpec:
 
 @dataclass(frozen=True)
 class Receipt:
-    """What a hospital task returns: a reference to its envelope, never the envelope (a few hundred bytes)."""
+    """What a hospital task returns: a reference to its envelope, never the envelope (a few hundred bytes).
+
+    Signed by the hospital (Ed25519, its envelope key, domain-separated by ``RECEIPT_DOMAIN``) over every other field,
+    so the attempt, the envelope digest and the completion time cannot be forged or moved to another attempt by
+    anyone who can only publish to the broker. ``completed_at`` (unix time, after the upload) is what lateness is
+    judged on (``round_policy.lateness``).
+    """
 
     run: str
     round: int
@@ -145,9 +158,40 @@ class Receipt:
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    completed_at: float = 0.0
+    signature: str = ""  # hex Ed25519 signature of signed_message(); "" = unsigned (refused by the aggregator)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def signed_message(self) -> bytes:
+        """Canonical bytes: every field but the signature, maps as sorted key/value lists (msgpack does not sort)."""
+        body = [
+            self.run,
+            self.round,
+            self.attempt,
+            self.kind,
+            self.hospital,
+            self.key,
+            self.sha256,
+            self.size,
+            sorted((str(k), float(v)) for k, v in self.metrics.items()),  # floats as the decoder reads them
+            sorted((str(k), float(v)) for k, v in self.timings.items()),
+            float(self.completed_at),
+        ]
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return RECEIPT_DOMAIN + packed
+
+    def signed_by(self, key: SigningKey) -> Receipt:
+        if key.hospital_id != self.hospital:
+            raise SignatureError(f"key of {key.hospital_id!r} cannot sign a receipt of {self.hospital!r}")
+        return replace(self, signature=key.sign(self.signed_message()).hex())
+
+    def verify(self, registry: HospitalRegistry) -> None:
+        """Raise SignatureError/UnknownHospitalError unless the named hospital signed exactly this receipt."""
+        if not self.signature:
+            raise SignatureError(f"receipt claiming to be from {self.hospital!r} carries no signature")
+        registry.verify(self.hospital, self.signed_message(), bytes.fromhex(self.signature))
 
     @classmethod
     def from_dict(cls, data: Any) -> Receipt:
@@ -166,6 +210,8 @@ class Receipt:
                 size=_typed(data, "size", int),
                 metrics=_number_map(data.get("metrics", {}), "metrics"),
                 timings=_number_map(data.get("timings", {}), "timings"),
+                completed_at=_number(data.get("completed_at", 0.0), "completed_at"),
+                signature=_typed({"signature": data.get("signature", "")}, "signature", str),
             )
         except KeyError as exc:
             raise EnvelopeFormatError(f"receipt is missing field {exc}") from exc
@@ -173,9 +219,17 @@ class Receipt:
             raise EnvelopeFormatError("receipt run id, key or hospital id is malformed")
         if not re.fullmatch(r"[0-9a-f]{64}", receipt.sha256):
             raise EnvelopeFormatError("receipt sha256 is not a lower-case hex digest")
+        if receipt.signature and not re.fullmatch(r"[0-9a-f]{128}", receipt.signature):
+            raise EnvelopeFormatError("receipt signature is not 64 bytes of lower-case hex")
         if receipt.size < 0 or receipt.size > 1 << 40 or receipt.round < 0 or receipt.attempt < 0:
             raise EnvelopeSizeError(f"receipt size {receipt.size} or round/attempt out of range")
         return receipt
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EnvelopeFormatError(f"receipt field {name!r} must be a finite number")
+    return float(value)
 
 
 def _typed(data: dict[str, Any], name: str, kind: type) -> Any:

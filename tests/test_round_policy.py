@@ -1,0 +1,120 @@
+"""The one round policy (``round_policy.decide`` / ``lateness``) and the typed ledger, without Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.round_policy import BACKLOG_GRACE, CLOCK_SKEW, Verdict, decide, lateness
+from medheaven.federated.wire import RoundSpec
+
+OPENED, DEADLINE = 1000.0, 1060.0
+SPEC = RoundSpec(
+    run="policy",
+    round=2,
+    attempt=1,
+    kind="update",
+    hospitals=("h1", "h2", "h3"),
+    quorum=2,
+    deadline=DEADLINE,
+    base_sha256="ab" * 32,
+    opened_at=OPENED,
+)
+
+
+def _ledger(folded: tuple[str, ...] = (), rejected: tuple[str, ...] = ()) -> Ledger:
+    ledger = Ledger.empty("policy", "update", 2, 1)
+    for hospital in folded:
+        ledger = ledger.with_entry(LedgerEntry(hospital, EntryStatus.FOLDED, at=OPENED + 5, key=f"k/{hospital}"))
+    for hospital in rejected:
+        ledger = ledger.with_entry(LedgerEntry(hospital, EntryStatus.REJECTED, at=OPENED + 5, reason="shape"))
+    return ledger
+
+
+@pytest.mark.parametrize(
+    ("folded", "rejected", "now", "pending", "verdict"),
+    [
+        (("h1", "h2", "h3"), (), OPENED + 1, (), Verdict.COMMIT),  # everyone answered before the deadline
+        (("h1", "h2"), ("h3",), OPENED + 1, (), Verdict.COMMIT),  # answered, quorum met despite a refusal
+        (("h1",), ("h2", "h3"), OPENED + 1, (), Verdict.FAIL),  # answered, quorum missed
+        ((), ("h2", "h3"), OPENED + 1, (), Verdict.FAIL),  # quorum unreachable: fail before the deadline
+        (("h1", "h2"), (), OPENED + 1, (), Verdict.WAIT),  # quorum met but h3 may still answer
+        (("h1", "h2"), (), DEADLINE, (), Verdict.COMMIT),  # deadline: commit without h3
+        (("h1",), (), DEADLINE, (), Verdict.FAIL),  # deadline, quorum missed
+        (("h1",), (), DEADLINE + 1, ("h2",), Verdict.WAIT),  # h2 finished on time, the aggregator is behind
+        (("h1",), (), DEADLINE + BACKLOG_GRACE, ("h2",), Verdict.FAIL),  # the backlog wait is bounded
+        (("h1", "h2"), (), DEADLINE + 1, ("h3",), Verdict.WAIT),
+        ((), (), OPENED, (), Verdict.WAIT),
+    ],
+)
+def test_decide_verdicts(
+    folded: tuple[str, ...], rejected: tuple[str, ...], now: float, pending: tuple[str, ...], verdict: Verdict
+) -> None:
+    decision = decide(SPEC, _ledger(folded, rejected), now, on_time_pending=pending)
+    assert decision.verdict is verdict, decision
+    assert decision.folded == folded
+    assert set(decision.outstanding) == set(SPEC.hospitals) - set(folded) - set(rejected)
+
+
+def test_decide_closing_never_waits() -> None:
+    assert decide(SPEC, _ledger(("h1", "h2")), OPENED + 1, closing=True).verdict is Verdict.COMMIT
+    failed = decide(SPEC, _ledger(("h1",)), OPENED + 1, on_time_pending=("h2",), closing=True)
+    assert failed.verdict is Verdict.FAIL and "only 1 folded, quorum is 2" in failed.reason
+
+
+def test_decide_ignores_ledger_entries_of_unselected_hospitals() -> None:
+    ledger = _ledger(("h1", "h9"))
+    assert decide(SPEC, ledger, DEADLINE).verdict is Verdict.FAIL
+    assert decide(SPEC, ledger, DEADLINE).folded == ("h1",)
+
+
+def test_decide_hospital_folded_after_a_refusal_counts_as_folded() -> None:
+    decision = decide(SPEC, _ledger(("h1", "h2", "h3"), ("h3",)), OPENED + 1)
+    assert decision.verdict is Verdict.COMMIT and decision.folded == ("h1", "h2", "h3")
+
+
+@pytest.mark.parametrize(
+    ("completed_at", "now", "late"),
+    [
+        (DEADLINE - 25, DEADLINE + 40, None),  # on time, folded late by a backlogged aggregator: still on time
+        (DEADLINE, DEADLINE + 1, None),
+        (DEADLINE + 0.5, DEADLINE + 1, "completed 0.5s after the deadline"),
+        (OPENED + 10 + CLOCK_SKEW + 1, OPENED + 10, "in the future"),
+    ],
+)
+def test_lateness_judged_on_completion_time(completed_at: float, now: float, late: str | None) -> None:
+    reason = lateness(SPEC, completed_at, now)
+    assert (reason is None) if late is None else (reason is not None and late in reason), reason
+
+
+def test_ledger_round_trips_and_keeps_manifest_keys() -> None:
+    ledger = _ledger(("h1",), ("h2",)).with_noise().with_noise()
+    data = ledger.to_dict()
+    assert Ledger.from_dict(data) == ledger
+    assert data["noise"] == 2
+    assert {"hospital", "key", "sha256", "size", "metrics", "timings", "folded_at"} <= data["folded"][0].keys()
+    assert {"hospital", "reason", "message", "at"} <= data["rejected"][0].keys()
+
+
+def test_ledger_reads_entries_written_before_the_status_field() -> None:
+    old = {
+        "run": "policy",
+        "kind": "update",
+        "round": 2,
+        "attempt": 1,
+        "folded": [
+            {"hospital": "h1", "key": "k", "sha256": "s", "size": 3, "metrics": {}, "timings": {}, "folded_at": 9}
+        ],
+        "rejected": [{"hospital": "h2", "reason": "signature", "message": "m", "at": 8}],
+    }
+    ledger = Ledger.from_dict(old)
+    assert ledger.folded_hospitals == {"h1"} and ledger.rejected_hospitals == {"h2"} and ledger.noise == 0
+    assert ledger.folded[0].at == 9 and ledger.rejected[0].status is EntryStatus.REJECTED
+
+
+def test_fold_outcome_round_trips() -> None:
+    for outcome in (
+        FoldOutcome(FoldStatus.FOLDED, "h1", 2, fold_seconds=0.5),
+        FoldOutcome(FoldStatus.NOISE, "h2", 2, "signature", "forged"),
+    ):
+        assert FoldOutcome.from_dict(outcome.to_dict()) == outcome
