@@ -22,6 +22,7 @@ from coordinator.progress import ProgressObserver
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
+from medheaven.errors import BrokerUnreachableError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.settings import Settings
@@ -67,6 +68,9 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
             f"`medheaven-coordinator resume --run-id {coordinator.config.run}`[/yellow]"
         )
         raise typer.Exit(130) from None
+    except BrokerUnreachableError as exc:
+        stderr.print(f"[red]{exc} with `medheaven-coordinator resume --run-id {coordinator.config.run}`[/red]")
+        raise typer.Exit(1) from None
     if json_output:
         print_json({"run": coordinator.config.run, "history": history, "test": _test(coordinator)})
     else:

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
+from celery.exceptions import BackendGetMetaError, BackendStoreError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator.messaging import TaskState
+from medheaven.errors import BrokerUnreachableError
 from workers.config import AGGREGATE_QUEUE, hospital_queue
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     ConnectionError,
     TimeoutError,
+    # Celery's result backend retries on its own (a few dozen tries, seconds apart) and then wraps the Redis error in
+    # these; they mean the same outage and are retried under this policy's longer tolerance (issue 19, defect 1)
+    BackendGetMetaError,
+    BackendStoreError,
 )
 #: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed).
 OUTAGE_TOLERANCE = 300.0
@@ -40,21 +46,45 @@ class CeleryTransport:
     def __init__(self, app: Celery, *, outage_tolerance: float = OUTAGE_TOLERANCE) -> None:
         self.app = app
         self.outage_tolerance = outage_tolerance
+        self._down_since: float | None = None  # unix time the current outage began (None: the broker answers)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Run ``call``, retrying transient broker/backend errors with exponential backoff (0.5 s doubling to 5 s)."""
-        delay, deadline = 0.5, time.monotonic() + self.outage_tolerance
+        """Run ``call``, retrying transient broker/backend errors with exponential backoff (0.5 s doubling to 5 s).
+
+        The one outage policy of the coordinator: the operator sees one line when the broker becomes unreachable and
+        one when it is back (tracebacks only at DEBUG, i.e. under ``--debug``); past ``outage_tolerance`` seconds of
+        continuous outage it raises ``BrokerUnreachableError``, which the CLI turns into a clean exit naming the
+        resume command. Safe because every call is idempotent (see ``TRANSIENT_ERRORS``).
+        """
+        delay = 0.5
         while True:
             try:
-                return call()
+                result = call()
             except TRANSIENT_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning(
-                    "%s failed (%s: %s): is Redis reachable? retrying in %.1fs", what, type(exc).__name__, exc, delay
-                )
+                now = time.time()
+                if self._down_since is None:
+                    self._down_since = now
+                    log.warning(
+                        "broker unreachable since %s (%s), retrying for up to %.0fs; resume is safe",
+                        time.strftime("%H:%M:%S", time.localtime(now)),
+                        type(exc).__name__,
+                        self.outage_tolerance,
+                    )
+                log.debug("%s failed; retrying in %.1fs", what, delay, exc_info=True)
+                if now + delay - self._down_since > self.outage_tolerance:
+                    since = time.strftime("%H:%M:%S", time.localtime(self._down_since))
+                    raise BrokerUnreachableError(
+                        f"the broker has been unreachable since {since} ({now - self._down_since:.0f}s, more than "
+                        f"the {self.outage_tolerance:.0f}s tolerance; last error while {what}: "
+                        f"{type(exc).__name__}: {exc}). Nothing committed is lost: once Redis answers again, resume"
+                    ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if self._down_since is not None:
+                log.warning("broker reachable again after %.0fs", time.time() - self._down_since)
+                self._down_since = None
+            return result
 
     def send_hospital_task(
         self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None

@@ -141,6 +141,10 @@ class StoreAccessError(StoreError):
     pass
 
 
+class BrokerUnreachableError(MedHeavenError):
+    """The broker/result backend stayed unreachable longer than the coordinator's outage tolerance."""
+
+
 class RoundError(MedHeavenError):
     pass
 
