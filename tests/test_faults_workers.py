@@ -18,6 +18,7 @@ from fault_support import (
     federation,
     freeze,
     kill_family,
+    log_text,
     pool_children,
     redis_server,
     signal_processes,
@@ -67,15 +68,22 @@ def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp
         served_by = fed.app.AsyncResult(task_id).result["hospital"]
         deliveries = int(redis.client().get(f"medheaven:deliveries:{task_id}") or 0)
         # the same training task delivered once more after the commit (as a broker redelivery would): the hospital
-        # must not replace the update the manifest folded, and the aggregator refuses the round as closed
+        # acknowledges and drops it without training (issue 19), so the folded update is untouched and no fold runs
         update = simulation.store_dir / f"{config.run}/updates/1/a1/{h2}.ckks"
         folded_bytes = update.read_bytes()
         spec = fed.store.get_json(f"{config.run}/rounds/1/spec.json")
         again = CeleryTransport(fed.app).send_hospital_task("train", (spec, h2), h2, fold=True)
-        assert fed.app.AsyncResult(again["task"]).get(timeout=120)["hospital"] == h2
-        refused = fed.app.AsyncResult(again["fold"]).get(timeout=60)
+        dropped = wait_for(
+            lambda: fed.task_state(again["task"]) if fed.task_state(again["task"])[0] == "FAILURE" else None,
+            timeout=120,
+            what="the post-commit train task to be dropped",
+        )
+        fold_state = fed.task_state(again["fold"])[0]
+        logs = "".join(log_text(w) for w in fed.cluster.workers if w.name.startswith(h2))
     assert update.read_bytes() == folded_bytes, "a redelivered training task overwrote a folded update"
-    assert (refused["status"], refused["reason"]) == ("closed", "closed")
+    assert "dropped without training" in str(dropped[1]) and "already committed" in str(dropped[1]), dropped
+    assert fold_state == "PENDING", "a dropped train task still ran its fold"
+    assert "dropped the train task of" in logs
     assert served_by == h2
     assert deliveries == 2, "the killed task was not delivered a second time"
     assert sorted(history[0]["participants"]) == [h1, h2]

@@ -91,10 +91,20 @@ def init_model(self: Task, run: str, hospital: str) -> dict[str, Any]:
 @app.task(name="medheaven.hospital.train", bind=True)
 def train(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
     """Fetch and check the global model, evaluate, train locally, upload the encrypted update; return a receipt."""
+    from medheaven.errors import RoundClosedError
+    from medheaven.federated.results import closed_reason
     from medheaven.federated.wire import RoundSpec
 
     _guard(self)
-    return node_for(hospital).train(RoundSpec.from_dict(spec)).to_dict()
+    round_spec = RoundSpec.from_dict(spec)
+    node = node_for(hospital)
+    closed = closed_reason(node.store, round_spec)
+    if closed is not None:
+        # acknowledged (a failed task is acked) and dropped without training; its link (the fold) never runs
+        log.warning("dropped the train task of %s for %s round %s untrained: %s", hospital, round_spec.kind,
+                    round_spec.round, closed)  # fmt: skip
+        raise RoundClosedError(f"train task of {hospital!r} dropped without training: {closed}")
+    return node.train(round_spec).to_dict()
 
 
 @app.task(name="medheaven.hospital.validate", bind=True)

@@ -14,7 +14,7 @@ from medheaven.crypto.packing import decrypt_chunks, unpack_average
 from medheaven.errors import DigestMismatchError, KeyCustodyError, RunStateError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
-from medheaven.federated.wire import Manifest, RunDescription
+from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
 
@@ -24,6 +24,25 @@ def last_committed_round(store: Store, run: str) -> int:
     while store.exists(paths.manifest("update", committed + 1)):
         committed += 1
     return committed
+
+
+def closed_reason(store: Store, spec: RoundSpec) -> str | None:
+    """Why the attempt ``spec`` names can no longer take an update (None while it is open).
+
+    Read before any work on a task: a task stranded in the broker (a worker killed as a whole, redelivered after the
+    visibility timeout) must not train, encrypt or upload for a round that has moved on.
+    """
+    paths = RunPaths(spec.run)
+    if store.exists(paths.manifest(spec.kind, spec.round)):
+        return f"{spec.kind} round {spec.round} of {spec.run!r} is already committed"
+    if store.exists(paths.failure(spec.kind, spec.round, spec.attempt)):
+        return f"attempt {spec.attempt} of {spec.kind} round {spec.round} of {spec.run!r} has failed"
+    key = paths.spec(spec.kind, spec.round)
+    if store.exists(key):
+        current = store.get_json(key).get("attempt")
+        if current != spec.attempt:
+            return f"{spec.kind} round {spec.round} of {spec.run!r} is at attempt {current}, not {spec.attempt}"
+    return None
 
 
 def committed_manifest(store: Store, run: str, *, kind: str, round_number: int) -> Manifest:
