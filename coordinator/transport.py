@@ -46,6 +46,12 @@ class CeleryTransport:
     def __init__(self, app: Celery, *, outage_tolerance: float = OUTAGE_TOLERANCE) -> None:
         self.app = app
         self.outage_tolerance = outage_tolerance
+        # The coordinator has its own outage policy (``_retrying``): Celery's result-backend retry loop would only
+        # hide the first ~40 s of an outage behind a traceback per retry on the operator's console and then give up
+        # with BackendGetMetaError (issue 19, defect 1). Off in this process only; workers keep it.
+        app.conf.result_backend_always_retry = False
+        if hasattr(app.backend, "always_retry"):
+            app.backend.always_retry = False
         self._down_since: float | None = None  # unix time the current outage began (None: the broker answers)
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
