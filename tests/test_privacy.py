@@ -114,3 +114,23 @@ def test_dpsgd_step_moves_weights_and_counts_patients() -> None:
     sampled = [dp.step(x, y, PatientIndex.of(groups)) for _ in range(30)]
     assert 0.1 * 120 < np.mean(sampled) < 0.3 * 120  # Poisson sampling of patients at q = 0.2
     assert not np.allclose(before, get_flat_weights(model))  # type: ignore[arg-type]
+
+
+def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None:
+    from medheaven.model import get_flat_weights
+    from medheaven.privacy.local import BUDGET_MARKER, PrivacyBudgetError, train_private
+
+    model, x, y, groups = _model_and_data()
+    dp = DpConfig(target_epsilon=2.0, delta=1e-5, clip=1.0)
+    ledger = tmp_path / ".privacy" / "h1-run.json"
+    common = {"dp": dp, "planned_rounds": 2, "epochs": 1, "batch_patients": 30, "ledger_path": ledger}
+    spent = [
+        train_private(model, x, y, groups, round_number=r, hospital_id="h1", **common).epsilon  # type: ignore[arg-type]
+        for r in (1, 2)
+    ]
+    assert 0 < spent[0] < spent[1] <= 2.0 * 1.001
+    frozen = get_flat_weights(model)  # type: ignore[arg-type]
+    with pytest.raises(PrivacyBudgetError, match=BUDGET_MARKER) as refused:
+        train_private(model, x, y, groups, round_number=3, hospital_id="h1", **common)  # type: ignore[arg-type]
+    assert "'h1'" in str(refused.value) and "round 3" in str(refused.value)
+    assert np.array_equal(frozen, get_flat_weights(model))  # type: ignore[arg-type]
