@@ -25,6 +25,7 @@ from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
 from medheaven.errors import BrokerUnreachableError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
+from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
 from medheaven.store.base import Store
 
@@ -103,6 +104,17 @@ def run(
     plaintext: Annotated[bool, typer.Option("--plaintext-insecure", help="INSECURE: no encryption.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
+    dp_epsilon: Annotated[
+        float | None, typer.Option("--dp-epsilon", help="Patient-level DP-SGD: target ε per hospital (off if unset).")
+    ] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (with --dp-epsilon).")] = 1e-5,
+    dp_clip: Annotated[float, typer.Option("--dp-clip", help="DP-SGD clipping norm C per patient.")] = 1.0,
+    dp_noise: Annotated[
+        float, typer.Option("--dp-noise", help="Fix z instead of calibrating it from ε and --rounds.")
+    ] = 0.0,
+    dp_metrics: Annotated[
+        bool, typer.Option("--dp-metrics/--no-dp-metrics", help="Report validation metrics (not DP; see README).")
+    ] = True,
 ) -> None:
     """Start a new run and drive it to the end.
 
@@ -119,7 +131,14 @@ def run(
         min_hospitals=min_hospitals or len(hospital_ids),
         round_timeout=round_timeout or settings.round_timeout,
         training=LocalTraining(
-            epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, lr_decay=lr_decay
+            epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            lr_decay=lr_decay,
+            dp=None
+            if dp_epsilon is None
+            else DpConfig(dp_epsilon, dp_delta, clip=dp_clip, noise_multiplier=dp_noise, release_metrics=dp_metrics),
+            planned_rounds=rounds,
         ),
         evaluator=evaluator,
         test_path=test_data,

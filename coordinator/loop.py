@@ -25,6 +25,7 @@ from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.round_policy import Verdict, decide, on_time
 from medheaven.federated.wire import Manifest, RoundSpec
+from medheaven.privacy.local import BUDGET_MARKER
 from medheaven.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,10 @@ class Coordinator:
             else:
                 task: TaskState = self.transport.state(ids["task"])
                 if task.state == "FAILURE":
-                    status.state, status.detail = "failed", task.error or ""
+                    error = task.error or ""
+                    # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
+                    status.state = "budget spent" if BUDGET_MARKER in error else "failed"
+                    status.detail = error
                 elif task.state == "SUCCESS":
                     status.state = "uploaded"  # until the ledger says folded or rejected
                     fold = self.transport.state(ids["fold"])

@@ -19,6 +19,7 @@ _STYLE = {
     "folded": "green",
     "rejected": "red",
     "failed": "red",
+    "budget spent": "yellow",
     "late": "yellow",
 }
 

@@ -23,6 +23,7 @@ class HospitalData:
     train_y: np.ndarray
     val_x: np.ndarray
     val_y: np.ndarray
+    train_groups: np.ndarray | None = None  # patient of each training row: the privacy unit of DP-SGD
 
     @property
     def n_train(self) -> int:
@@ -51,4 +52,10 @@ def prepare_hospital_data(
     y = frame[LABEL].to_numpy(dtype=np.int64)
     splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction, random_state=seed)
     train_rows, val_rows = next(splitter.split(x, y, groups=groups))
-    return HospitalData(train_x=x[train_rows], train_y=y[train_rows], val_x=x[val_rows], val_y=y[val_rows])
+    return HospitalData(
+        train_x=x[train_rows],
+        train_y=y[train_rows],
+        val_x=x[val_rows],
+        val_y=y[val_rows],
+        train_groups=groups[train_rows],
+    )

@@ -251,14 +251,18 @@ class HospitalNode:
             cache.compiled_with = training.optimizer
         model.optimizer.learning_rate.assign(training.rate_for(spec.round))
         _seed_round(description.model.seed, spec.round, self.hospital_id)
-        model.fit(
-            prepared["train_x"],
-            prepared["train_y"],
-            epochs=training.epochs,
-            batch_size=training.batch_size,
-            shuffle=True,
-            verbose=0,
-        )
+        privacy: dict[str, float] = {}
+        if training.dp is not None:
+            privacy = self._train_private(cache, model, spec)
+        else:
+            model.fit(
+                prepared["train_x"],
+                prepared["train_y"],
+                epochs=training.epochs,
+                batch_size=training.batch_size,
+                shuffle=True,
+                verbose=0,
+            )
         timings["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -268,7 +272,30 @@ class HospitalNode:
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
         timings["encrypt_upload"] = time.perf_counter() - clock
-        return self._receipt(spec, key, digest, size, reportable(metrics), timings)
+        released = reportable(metrics) if training.dp is None or training.dp.release_metrics else {}
+        return self._receipt(spec, key, digest, size, released, timings, privacy=privacy)
+
+    def _train_private(self, cache: _RunCache, model: keras.Model, spec: RoundSpec) -> dict[str, float]:
+        """Patient-level DP-SGD (medheaven.privacy); the spent-ε ledger lives next to the hospital's data."""
+        from medheaven.privacy.local import train_private
+
+        training, data, prepared = spec.training, self._data(cache), self._prepared(cache)
+        assert training.dp is not None and data.train_groups is not None
+        ledger = self.data_path.parent / ".privacy" / f"{self.hospital_id}-{spec.run}.json"
+        done = train_private(
+            model,
+            prepared["train_x"],
+            prepared["train_y"],
+            data.train_groups,
+            dp=training.dp,
+            planned_rounds=training.planned_rounds,
+            epochs=training.epochs,
+            batch_patients=training.batch_size,
+            round_number=spec.round,
+            ledger_path=ledger,
+            hospital_id=self.hospital_id,
+        )
+        return done.receipt_fields()
 
     def _model(self, cache: _RunCache) -> keras.Model:
         if cache.model is None:
@@ -305,6 +332,8 @@ class HospitalNode:
         size: int,
         metrics: dict[str, float],
         timings: dict[str, float],
+        *,
+        privacy: dict[str, float] | None = None,
     ) -> Receipt:
         return Receipt(
             run=spec.run,
@@ -317,6 +346,7 @@ class HospitalNode:
             size=size,
             metrics=metrics,
             timings=timings,
+            privacy=dict(privacy or {}),
             completed_at=time.time(),  # after the upload: what the round's lateness is judged on
         ).signed_by(self.signing_key)
 

@@ -16,6 +16,7 @@ import msgpack
 from medheaven.crypto.planning import CkksParameters
 from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.model import ModelSpec
+from medheaven.privacy.config import DpConfig
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
@@ -34,12 +35,17 @@ class LocalTraining:
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     lr_decay: float = 1.0  # the learning rate of round r is learning_rate * lr_decay ** (r - 1)
+    # patient-level DP-SGD (medheaven.privacy); None trains with plain Keras fit. planned_rounds feeds calibration
+    dp: DpConfig | None = None
+    planned_rounds: int = 1
 
     def rate_for(self, round_number: int) -> float:
         return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["dp"] = self.dp.to_dict() if self.dp is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalTraining:
@@ -49,6 +55,8 @@ class LocalTraining:
             learning_rate=float(data["learning_rate"]),
             optimizer=str(data["optimizer"]),
             lr_decay=float(data.get("lr_decay", 1.0)),
+            dp=DpConfig.from_dict(data["dp"]) if data.get("dp") else None,
+            planned_rounds=int(data.get("planned_rounds", 1)),
         )
 
 
@@ -158,6 +166,7 @@ class Receipt:
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)  # spent ε, δ, z under DP-SGD; empty without DP
     completed_at: float = 0.0
     signature: str = ""  # hex Ed25519 signature of signed_message(); "" = unsigned (refused by the aggregator)
 
@@ -177,6 +186,7 @@ class Receipt:
             self.size,
             sorted((str(k), float(v)) for k, v in self.metrics.items()),  # floats as the decoder reads them
             sorted((str(k), float(v)) for k, v in self.timings.items()),
+            sorted((str(k), float(v)) for k, v in self.privacy.items()),  # spent ε is part of what the hospital signs
             float(self.completed_at),
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -210,6 +220,7 @@ class Receipt:
                 size=_typed(data, "size", int),
                 metrics=_number_map(data.get("metrics", {}), "metrics"),
                 timings=_number_map(data.get("timings", {}), "timings"),
+                privacy=_number_map(data.get("privacy", {}), "privacy"),
                 completed_at=_number(data.get("completed_at", 0.0), "completed_at"),
                 signature=_typed({"signature": data.get("signature", "")}, "signature", str),
             )

@@ -1,0 +1,75 @@
+"""One hospital's private local training for one round: calibrate z (first round), check the budget, run DP-SGD,
+record the spend. The hospital node calls :func:`train_private` instead of ``model.fit`` when the run sets ``dp``.
+
+Calibration is per hospital: q = expected batch patients / that hospital's training patients is private to the
+hospital, so each hospital calibrates its own z from the run's target (ε, δ) and planned rounds before its first
+round, and every hospital ends at (at most) the same target ε.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medheaven.errors import MedHeavenError
+from medheaven.privacy.accountant import LedgerEntry, PrivacyLedger, calibrate_noise
+from medheaven.privacy.config import DpConfig
+from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_per_round
+
+if TYPE_CHECKING:
+    import keras
+
+
+# the coordinator recognises a refusal by this prefix in the task's error text (it crosses the broker as text)
+BUDGET_MARKER = "privacy budget spent:"
+
+
+class PrivacyBudgetError(MedHeavenError):
+    """The hospital refuses to train: one more round would spend more than the run's target ε."""
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    steps: int
+
+    def receipt_fields(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier}
+
+
+def train_private(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    dp: DpConfig,
+    planned_rounds: int,
+    epochs: int,
+    batch_patients: int,
+    round_number: int,
+    ledger_path: Path,
+    hospital_id: str,
+) -> PrivateRound:
+    index = PatientIndex.of(groups)
+    q = sampling_rate(batch_patients, index.n_patients)
+    steps = steps_per_round(epochs, q)
+    z = dp.noise_multiplier or calibrate_noise(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
+    ledger = PrivacyLedger.load(ledger_path, budget_epsilon=dp.target_epsilon, delta=dp.delta)
+    entry = LedgerEntry(round=round_number, steps=steps, sampling_rate=q, noise_multiplier=z)
+    # a retried attempt of a round counts again: the earlier attempt's model may have been released too
+    if not ledger.allows(entry):
+        raise PrivacyBudgetError(
+            f"{BUDGET_MARKER} hospital {hospital_id!r} has spent ε={ledger.spent():.3f} of its budget {dp.target_epsilon} "
+            f"(δ={dp.delta}); round {round_number} would exceed it, so it does not train (ledger {ledger_path})"
+        )
+    # the spend is recorded before training: a crash mid-round must never under-count released noise
+    ledger = ledger.after(entry)
+    ledger.save(ledger_path)
+    DpSgd(model, clip=dp.clip, noise_multiplier=z, sampling_rate=q).train(x, y, index, steps)
+    return PrivateRound(epsilon=ledger.spent(), delta=dp.delta, noise_multiplier=z, steps=steps)

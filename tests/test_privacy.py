@@ -1,0 +1,136 @@
+"""Patient-level DP-SGD and its accountant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import rdp
+
+from medheaven.errors import ConfigurationError
+from medheaven.privacy import DpConfig, PrivacyLedger, calibrate_noise, epsilon_for
+from medheaven.privacy.accountant import RDP_ORDERS, LedgerEntry
+
+
+def test_accountant_epsilon_equals_dp_accounting() -> None:
+    q, z, steps, delta = 0.02, 1.1, 750, 1e-5
+    reference = rdp.RdpAccountant(RDP_ORDERS)
+    reference.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
+        )
+    )
+    assert epsilon_for(q, z, steps, delta) == pytest.approx(reference.get_epsilon(delta), rel=1e-12)
+    # and the per-round ledger composes to the same ε as one long run
+    ledger = PrivacyLedger(10.0, delta)
+    for r in range(3):
+        ledger = ledger.after(LedgerEntry(round=r + 1, steps=250, sampling_rate=q, noise_multiplier=z))
+    assert ledger.spent() == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
+def test_calibrate_noise_within_one_percent(target: float) -> None:
+    q, steps, delta = 0.01, 1200, 1e-5
+    z = calibrate_noise(target, delta, q, steps)
+    achieved = epsilon_for(q, z, steps, delta)
+    assert achieved <= target * 1.0001
+    assert achieved == pytest.approx(target, rel=0.01)
+
+
+def test_ledger_refuses_past_budget_and_survives_restart(tmp_path: Path) -> None:
+    q, delta = 0.05, 1e-5
+    z = calibrate_noise(2.0, delta, q, 2 * 40)
+    ledger = PrivacyLedger(2.0, delta)
+    entry = LedgerEntry(round=1, steps=40, sampling_rate=q, noise_multiplier=z)
+    assert ledger.allows(entry)
+    ledger = ledger.after(entry)
+    second = LedgerEntry(round=2, steps=40, sampling_rate=q, noise_multiplier=z)
+    assert ledger.allows(second)
+    ledger = ledger.after(second)
+    path = tmp_path / "privacy" / "ledger.json"
+    ledger.save(path)
+    reloaded = PrivacyLedger.load(path, budget_epsilon=2.0, delta=delta)
+    assert reloaded.spent() == pytest.approx(ledger.spent())
+    assert not reloaded.allows(LedgerEntry(round=3, steps=40, sampling_rate=q, noise_multiplier=z))
+
+
+def test_dp_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigurationError, match="delta"):
+        DpConfig(target_epsilon=3.0, delta=0.0)
+    with pytest.raises(ConfigurationError, match="clipping"):
+        DpConfig(target_epsilon=3.0, delta=1e-5, clip=-1.0)
+    assert DpConfig.from_dict(DpConfig(3.0, 1e-5, noise_multiplier=0.9).to_dict()).noise_multiplier == 0.9
+
+
+def _model_and_data(n_rows: int = 400, n_patients: int = 120) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
+    from medheaven.model import ModelSpec, build_model, compile_model
+
+    model = build_model(ModelSpec(n_features=8, hidden=(16,), dropout=0.0))
+    compile_model(model, learning_rate=1e-2, optimizer="sgd")
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(n_rows, 8)) * 5.0).astype(np.float32)  # large features: raw gradients far above C
+    y = (rng.random(n_rows) < 0.4).astype(np.float32)
+    groups = rng.integers(0, n_patients, size=n_rows)
+    return model, x, y, groups
+
+
+def test_dpsgd_clipped_patient_gradient_norms_at_most_c() -> None:
+    from medheaven.privacy.dpsgd import DpSgd, PatientIndex
+
+    model, x, y, groups = _model_and_data()
+    index = PatientIndex.of(groups)
+    clip = 0.25
+    dp = DpSgd(model, clip=clip, noise_multiplier=1.0, sampling_rate=0.5, seed=0)  # type: ignore[arg-type]
+    segments = index.codes
+    clipped = dp.clipped_patient_gradients(x, y, segments)
+    norms = np.sqrt(sum((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1) for g in clipped))
+    assert norms.shape == (index.n_patients,)
+    assert np.all(norms <= clip * (1 + 1e-5))
+    assert np.sum(norms > clip * 0.99) > index.n_patients // 2  # clipping was active, not vacuous
+
+
+def test_dpsgd_noise_std_is_z_times_c() -> None:
+    from medheaven.privacy.dpsgd import DpSgd
+
+    model, _, _, _ = _model_and_data()
+    z, clip = 1.3, 0.7
+    dp = DpSgd(model, clip=clip, noise_multiplier=z, sampling_rate=0.1, seed=11)  # type: ignore[arg-type]
+    zeros = [np.zeros(tuple(w.shape), np.float32) for w in model.trainable_variables]  # type: ignore[attr-defined]
+    draws = np.concatenate([np.concatenate([n.ravel() for n in dp.noised(zeros)]) for _ in range(200)])
+    assert draws.size > 20_000
+    assert abs(float(draws.mean())) < 0.02
+    assert float(draws.std()) == pytest.approx(z * clip, rel=0.02)
+
+
+def test_dpsgd_step_moves_weights_and_counts_patients() -> None:
+    from medheaven.model import get_flat_weights
+    from medheaven.privacy.dpsgd import DpSgd, PatientIndex
+
+    model, x, y, groups = _model_and_data()
+    before = get_flat_weights(model)  # type: ignore[arg-type]
+    dp = DpSgd(model, clip=1.0, noise_multiplier=0.5, sampling_rate=0.2, seed=5)  # type: ignore[arg-type]
+    sampled = [dp.step(x, y, PatientIndex.of(groups)) for _ in range(30)]
+    assert 0.1 * 120 < np.mean(sampled) < 0.3 * 120  # Poisson sampling of patients at q = 0.2
+    assert not np.allclose(before, get_flat_weights(model))  # type: ignore[arg-type]
+
+
+def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None:
+    from medheaven.model import get_flat_weights
+    from medheaven.privacy.local import BUDGET_MARKER, PrivacyBudgetError, train_private
+
+    model, x, y, groups = _model_and_data()
+    dp = DpConfig(target_epsilon=2.0, delta=1e-5, clip=1.0)
+    ledger = tmp_path / ".privacy" / "h1-run.json"
+    common = {"dp": dp, "planned_rounds": 2, "epochs": 1, "batch_patients": 30, "ledger_path": ledger}
+    spent = [
+        train_private(model, x, y, groups, round_number=r, hospital_id="h1", **common).epsilon  # type: ignore[arg-type]
+        for r in (1, 2)
+    ]
+    assert 0 < spent[0] < spent[1] <= 2.0 * 1.001
+    frozen = get_flat_weights(model)  # type: ignore[arg-type]
+    with pytest.raises(PrivacyBudgetError, match=BUDGET_MARKER) as refused:
+        train_private(model, x, y, groups, round_number=3, hospital_id="h1", **common)  # type: ignore[arg-type]
+    assert "'h1'" in str(refused.value) and "round 3" in str(refused.value)
+    assert np.array_equal(frozen, get_flat_weights(model))  # type: ignore[arg-type]

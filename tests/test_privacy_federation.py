@@ -1,0 +1,72 @@
+"""DP-SGD inside the federation: real Redis, real hospital and aggregator worker processes, real ciphertexts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from federation_support import small_simulation
+
+from coordinator.loop import Coordinator
+from coordinator.run import create_run
+from coordinator.simulation import default_model, simulation_config
+from coordinator.transport import CeleryTransport
+from medheaven.federated.wire import LocalTraining
+from medheaven.privacy import DpConfig, PrivacyLedger
+from medheaven.privacy.accountant import LedgerEntry
+from medheaven.settings import Settings
+from workers.app import create_app
+from workers.cluster import ProcessCluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("plaintext", [False, True], ids=["encrypted", "plaintext"])
+def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, redis_url: str, plaintext: bool) -> None:
+    simulation = small_simulation(tmp_path, rows=2000)
+    run = "dp-plain" if plaintext else "dp-enc"
+    dp = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
+    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=dp, planned_rounds=1)
+    config = simulation_config(
+        simulation,
+        run=run,
+        rounds=1,
+        min_hospitals=2,
+        round_timeout=300,
+        training=training,
+        plaintext=plaintext,
+        score_test=False,
+    )
+    spent_hospital = simulation.hospitals[0]
+    # this hospital already spent more than ε=3 on these patients (its ledger, kept next to its data, says so)
+    ledger_path = simulation.data_files[spent_hospital].parent / ".privacy" / f"{spent_hospital}-{run}.json"
+    PrivacyLedger(3.0, 1e-5, (LedgerEntry(round=0, steps=50, sampling_rate=1.0, noise_multiplier=0.8),)).save(
+        ledger_path
+    )
+    store = simulation.store()
+    create_run(store, config, model=default_model(simulation), layout=simulation.layout)
+    app = create_app(Settings(broker_url=redis_url, store=simulation.store_url()), hospitals=list(simulation.hospitals))
+    seen: list[dict[str, str]] = []
+
+    class Watch:
+        def round_started(self, spec: object) -> None: ...
+        def round_progress(self, progress) -> None:  # type: ignore[no-untyped-def]
+            seen.append({h: s.state for h, s in progress.statuses.items()})
+
+        def round_finished(self, record: object) -> None: ...
+        def message(self, text: str) -> None: ...
+
+    with ProcessCluster(base_env={}, log_dir=tmp_path / "logs") as cluster:
+        cluster.start_aggregator(simulation.aggregator_env(broker_url=redis_url))
+        for hospital in simulation.hospitals:
+            cluster.start_hospital(hospital, simulation.hospital_env(hospital, broker_url=redis_url))
+        cluster.wait_ready(app, timeout=180)
+        history = Coordinator(store, CeleryTransport(app), config, poll_interval=0.1, observer=Watch()).run()
+    assert [r["round"] for r in history] == [1]
+    others = sorted(h for h in simulation.hospitals if h != spent_hospital)
+    assert sorted(history[0]["participants"]) == others
+    assert any(states.get(spent_hospital) == "budget spent" for states in seen)
+    for hospital in others:  # each trained hospital's own ledger now records one round within the budget
+        own = simulation.data_files[hospital].parent / ".privacy" / f"{hospital}-{run}.json"
+        spent = PrivacyLedger.load(own, budget_epsilon=3.0, delta=1e-5).spent()
+        assert 0.5 < spent <= 3.0 * 1.001
