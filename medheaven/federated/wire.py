@@ -166,8 +166,8 @@ class Receipt:
     size: int
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    privacy: dict[str, float] = field(default_factory=dict)  # spent ε, δ, z under DP-SGD; empty without DP
     completed_at: float = 0.0
+    privacy: dict[str, float] = field(default_factory=dict)  # spent ε, δ, z under DP-SGD; empty without DP
     signature: str = ""  # hex Ed25519 signature of signed_message(); "" = unsigned (refused by the aggregator)
 
     def to_dict(self) -> dict[str, Any]:
