@@ -433,6 +433,8 @@ def round_record(manifest: Manifest) -> dict[str, Any]:
         "evaluated_round": manifest.round - 1,
         "metrics": per_hospital,
         "weighted": mean,
+        # spent (ε, δ) per hospital under DP-SGD, as each hospital signed it in its receipt; absent without DP
+        "privacy": {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")},
         "seconds": manifest.finalised_at - manifest.opened_at,
         "phases_max": phases,
         "bytes_up": sum(int(e.get("size", 0)) for e in manifest.folded),

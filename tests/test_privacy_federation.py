@@ -70,3 +70,10 @@ def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, r
         own = simulation.data_files[hospital].parent / ".privacy" / f"{hospital}-{run}.json"
         spent = PrivacyLedger.load(own, budget_epsilon=3.0, delta=1e-5).spent()
         assert 0.5 < spent <= 3.0 * 1.001
+        # the (ε, δ) each hospital signed in its receipt travels to the manifest and the history
+        assert history[0]["privacy"][hospital]["epsilon"] == pytest.approx(spent)
+        assert history[0]["privacy"][hospital]["delta"] == 1e-5
+    manifest = store.get_json(f"{run}/rounds/1/manifest.json")
+    assert {e["hospital"]: e["privacy"]["epsilon"] for e in manifest["folded"]} == {
+        h: history[0]["privacy"][h]["epsilon"] for h in others
+    }

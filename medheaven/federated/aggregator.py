@@ -278,6 +278,7 @@ class AggregatorNode:
             size=receipt.size,
             completed_at=receipt.completed_at,
             metrics=receipt.metrics,
+            privacy=receipt.privacy,
             timings={**receipt.timings, "fold": fold_seconds},
         )
         state.ledger = state.ledger.with_entry(entry)

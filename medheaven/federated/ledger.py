@@ -46,6 +46,7 @@ class LedgerEntry:
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     message: str = ""
+    privacy: dict[str, float] = field(default_factory=dict)  # the hospital's signed spent (ε, δ) under DP-SGD
 
     def to_dict(self) -> dict[str, Any]:
         common: dict[str, Any] = {"hospital": self.hospital, "status": self.status.value}
@@ -59,6 +60,7 @@ class LedgerEntry:
                 "metrics": dict(self.metrics),
                 "timings": dict(self.timings),
                 "folded_at": self.at,
+                **({"privacy": dict(self.privacy)} if self.privacy else {}),
             }
         return {
             **common,
@@ -85,6 +87,7 @@ class LedgerEntry:
             timings={str(k): float(v) for k, v in dict(data.get("timings", {})).items()},
             reason=str(data.get("reason", "")),
             message=str(data.get("message", "")),
+            privacy={str(k): float(v) for k, v in dict(data.get("privacy", {})).items()},
         )
 
 
