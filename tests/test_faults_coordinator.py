@@ -65,16 +65,18 @@ def test_fault_quorum_not_reached_leaves_previous_model_and_resumes(tmp_path: Pa
         assert fed.store.exists(paths.failure("update", 2, 1))
         assert not (simulation.store_dir / paths.global_model(2)).exists()
 
-        thaw(unreachable)  # the hospital is back; its stale attempt-1 task runs and its fold is refused
-        stale_fold = fed.dispatch(config.run, 2)[h2]["fold"]
+        thaw(unreachable)  # the hospital is back; its stale attempt-1 task is acknowledged and dropped untrained
+        stale_task = fed.dispatch(config.run, 2)[h2]["task"]
         stale = wait_for(
-            lambda: fed.app.AsyncResult(stale_fold).result if fed.app.AsyncResult(stale_fold).ready() else None,
+            lambda: fed.app.AsyncResult(stale_task).state if fed.app.AsyncResult(stale_task).ready() else None,
             timeout=120,
-            what="h2's stale attempt-1 update to reach the aggregator",
+            what="h2's stale attempt-1 train task to be dropped",
         )
+        stale_error = str(fed.app.AsyncResult(stale_task).result)
         history = fed.coordinator(require_run_config(fed.store, config.run)).run()
-    assert (stale["status"], stale["hospital"]) == ("closed", h2)
-    assert "attempt 1" in stale["message"] and "has failed" in stale["message"]
+    assert stale == "FAILURE" and "dropped without training" in stale_error, stale_error
+    assert "attempt 1" in stale_error and "has failed" in stale_error, stale_error
+    assert not fed.store.exists(paths.update("update", 2, 1, h2)), "the stale attempt was trained and uploaded"
     assert [r["round"] for r in history] == [1, 2]
     assert history[1]["attempt"] == 2
     assert round1.read_bytes() == before
