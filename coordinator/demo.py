@@ -157,7 +157,7 @@ def run_demo(
         if result.test:
             metrics = result.test["metrics"]
             console.print(
-                f"held-out test ({int(metrics['examples'])} encounters, base rate {metrics['base_rate']:.3f}) of the "
+                f"held-out test (base rate {metrics['base_rate']:.2f}) of the "
                 f"global model of round {result.test['round']} (best mean validation ROC-AUC): "
                 f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}, "
                 f"Brier {metrics['brier']:.4f}"

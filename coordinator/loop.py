@@ -383,7 +383,7 @@ class Coordinator:
     def _score_test(self) -> None:
         holder = self.config.key_holder
         last, validation_auc = self.selected_round()
-        args = (self.config.run, last, holder, self.config.test_path)
+        args = (self.config.run, last, holder)  # the hospital reads test_path from the run config
         ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
         record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
         record = {
