@@ -286,7 +286,8 @@ class Coordinator:
                     f"the failing hospitals and run `medheaven-coordinator resume --run-id {spec.run}`"
                 )
             state = self.transport.state(task_id)
-            if state.state == "FAILURE":
+            # a missed quorum also ends the task in FAILURE, after the failure record: the next pass reports it
+            if state.state == "FAILURE" and not self._failed(spec):
                 raise RoundError(f"finalising {spec.kind} round {spec.round} failed on the aggregator: {state.error}")
             if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
                 task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
