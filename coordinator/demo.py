@@ -114,7 +114,8 @@ def run_demo(
     )
     config = simulation_config(
         simulation,
-        run="demo",
+        # one id per demo run, so separate runs do not mix in Flower's task list or in a shared store
+        run=f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         rounds=rounds,
         round_timeout=settings.round_timeout,
         training=LocalTraining(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
