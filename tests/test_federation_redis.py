@@ -102,7 +102,7 @@ def test_redis_two_workers_share_one_hospital_queue(tmp_path: Path, redis_url: s
         results = [
             app.send_task(
                 "medheaven.hospital.evaluate_test",
-                args=("scale", 1, h1, str(simulation.test_file.resolve())),
+                args=("scale", 1, h1),
                 queue=f"hospital.{h1}",
             )
             for _ in range(6)
