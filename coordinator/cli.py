@@ -10,10 +10,11 @@ Configuration (broker, store) comes from MEDHEAVEN_* settings; the run's own cho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +29,9 @@ from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
 from medheaven.store.base import Store
+
+if TYPE_CHECKING:
+    from coordinator.queues import QueueDepth
 
 app = typer.Typer(
     help="Coordinate MedHeaven federated rounds over Celery/Redis.",
@@ -179,10 +183,13 @@ def resume(
 def status(
     run_id: Annotated[str, typer.Option("--run-id")],
     json_output: Annotated[bool, typer.Option("--json")] = False,
+    queues: Annotated[
+        bool, typer.Option("--queues", help="also read each queue's waiting and unacknowledged messages (broker)")
+    ] = False,
 ) -> None:
-    """Show a run's committed rounds and metrics from the store (no broker needed).
+    """Show a run's committed rounds and metrics from the store (no broker needed unless --queues).
 
-    Example: medheaven-coordinator status --run-id r1 --json
+    Example: medheaven-coordinator status --run-id r1 --queues --json
     """
     from medheaven.federated.paths import RunPaths
 
@@ -199,11 +206,23 @@ def status(
         "config": config.to_dict(),
         "history": history,
     }
+    depths = _queue_depths(settings, list(config.hospitals)) if queues else []
+    if queues:
+        summary["queues"] = [dataclasses.asdict(d) for d in depths]
     if json_output:
         print_json(summary)
         return
     stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
     ProgressObserver.print_summary(stdout, history, None)
+    for depth in depths:
+        stdout.print(f"queue {depth.queue}: {depth.waiting} waiting, {depth.unacknowledged} unacknowledged")
+
+
+def _queue_depths(settings: Settings, hospitals: list[str]) -> list[QueueDepth]:
+    from coordinator.queues import queue_depths
+    from workers.app import create_app
+
+    return queue_depths(create_app(settings, hospitals=hospitals), hospitals)
 
 
 def main() -> None:

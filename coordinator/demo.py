@@ -114,7 +114,8 @@ def run_demo(
     )
     config = simulation_config(
         simulation,
-        run="demo",
+        # one id per demo run, so separate runs do not mix in Flower's task list or in a shared store
+        run=f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         rounds=rounds,
         round_timeout=settings.round_timeout,
         training=LocalTraining(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
@@ -157,7 +158,7 @@ def run_demo(
         if result.test:
             metrics = result.test["metrics"]
             console.print(
-                f"held-out test ({int(metrics['examples'])} encounters, base rate {metrics['base_rate']:.3f}) of the "
+                f"held-out test (base rate {metrics['base_rate']:.2f}) of the "
                 f"global model of round {result.test['round']} (best mean validation ROC-AUC): "
                 f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}, "
                 f"Brier {metrics['brier']:.4f}"

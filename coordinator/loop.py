@@ -286,7 +286,8 @@ class Coordinator:
                     f"the failing hospitals and run `medheaven-coordinator resume --run-id {spec.run}`"
                 )
             state = self.transport.state(task_id)
-            if state.state == "FAILURE":
+            # a missed quorum also ends the task in FAILURE, after the failure record: the next pass reports it
+            if state.state == "FAILURE" and not self._failed(spec):
                 raise RoundError(f"finalising {spec.kind} round {spec.round} failed on the aggregator: {state.error}")
             if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
                 task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
@@ -383,7 +384,7 @@ class Coordinator:
     def _score_test(self) -> None:
         holder = self.config.key_holder
         last, validation_auc = self.selected_round()
-        args = (self.config.run, last, holder, self.config.test_path)
+        args = (self.config.run, last, holder)  # the hospital reads test_path from the run config
         ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
         record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
         record = {

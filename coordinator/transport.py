@@ -97,10 +97,20 @@ class CeleryTransport:
     ) -> dict[str, str]:
         """Send one task to a hospital's queue; with ``fold``, its receipt goes straight to the aggregator."""
         ids = {"task": task_id or str(uuid.uuid4())}
-        options: dict[str, Any] = {"queue": hospital_queue(hospital), "task_id": ids["task"]}
+        where = _where(args)
+        options: dict[str, Any] = {
+            "queue": hospital_queue(hospital),
+            "task_id": ids["task"],
+            "shadow": shadow_name(name, hospital, where),
+        }
         if fold:
             ids["fold"] = str(uuid.uuid4())
-            options["link"] = self.app.signature("medheaven.aggregate.fold", queue=AGGREGATE_QUEUE, task_id=ids["fold"])
+            options["link"] = self.app.signature(
+                "medheaven.aggregate.fold",
+                queue=AGGREGATE_QUEUE,
+                task_id=ids["fold"],
+                shadow=shadow_name("fold", hospital, where),
+            )
         self._retrying(
             f"sending {name} to {hospital}",
             lambda: self.app.send_task(f"medheaven.hospital.{name}", args=args, **options),
@@ -112,7 +122,11 @@ class CeleryTransport:
         self._retrying(
             f"sending {name} to the aggregator",
             lambda: self.app.send_task(
-                f"medheaven.aggregate.{name}", args=args, queue=AGGREGATE_QUEUE, task_id=task_id
+                f"medheaven.aggregate.{name}",
+                args=args,
+                queue=AGGREGATE_QUEUE,
+                task_id=task_id,
+                shadow=shadow_name(name, "aggregator", _where(args)),
             ),
         )
         return task_id
@@ -128,3 +142,22 @@ class CeleryTransport:
         if state == "SUCCESS":
             return TaskState(state, result=result.result)
         return TaskState(state)
+
+
+def shadow_name(task: str, party: str, where: tuple[str, int | None]) -> str:
+    """The name Flower and the worker logs show for a task: kind, hospital (or aggregator), round and run, e.g.
+    ``train · h3 · round 2 · demo-20261202-0858``. Celery keeps the real task name in the message's ``task`` header
+    (routing and the result backend's ``name``); the shadow only relabels it for people."""
+    run, round_number = where
+    at = f" · round {round_number}" if round_number is not None else ""
+    return f"{task} · {party}{at} · {run}"
+
+
+def _where(args: tuple[Any, ...]) -> tuple[str, int | None]:
+    """Run and round of a task from its arguments: a round spec (stats, train) or ``run, ...`` with the round as
+    the first integer (init_model: none; validate, evaluate_test: second; finalise: third)."""
+    first = args[0] if args else ""
+    if isinstance(first, dict):
+        return str(first.get("run", "")), int(first["round"]) if "round" in first else None
+    rounds = [a for a in args[1:] if isinstance(a, int) and not isinstance(a, bool)]
+    return str(first), rounds[0] if rounds else None

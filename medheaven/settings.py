@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     redis_tls_cert: Path | None = Field(default=None, description="Client certificate for rediss:// brokers.")
     redis_tls_key: Path | None = Field(default=None, description="Client key for rediss:// brokers.")
     task_time_limit: int = Field(default=3600, ge=10, description="Hard limit (s) for one hospital task.")
+    dashboard_metrics: bool = Field(
+        default=False,
+        description="Serve Flower's /metrics (behind its login): worker names and per-hospital task runtimes.",
+    )
     max_deliveries: int = Field(
         default=3,
         ge=1,

@@ -64,6 +64,16 @@ def test_fault_quorum_not_reached_leaves_previous_model_and_resumes(tmp_path: Pa
         assert fed.manifest(config.run, 2) is None
         assert fed.store.exists(paths.failure("update", 2, 1))
         assert not (simulation.store_dir / paths.global_model(2)).exists()
+        # the failed round's finalise is a FAILURE in Celery (what Flower shows), with the aggregator's reason
+        backend = fed.app.backend
+        metas = [
+            backend.get_task_meta(key.decode().removeprefix("celery-task-meta-"))
+            for key in backend.client.scan_iter("celery-task-meta-*")
+        ]
+        finals = [m for m in metas if m.get("name") == "medheaven.aggregate.finalise" and list(m["args"])[2] == 2]
+        assert finals and all(m["status"] == "FAILURE" for m in finals), finals
+        assert isinstance(finals[0]["result"], QuorumNotReachedError)
+        assert "folded 1 of 2 hospitals, quorum is 2" in str(finals[0]["result"])
 
         thaw(unreachable)  # the hospital is back; its stale attempt-1 task is acknowledged and dropped untrained
         stale_task = fed.dispatch(config.run, 2)[h2]["task"]

@@ -86,7 +86,7 @@ def _key_holder(simulation: Simulation) -> HospitalNode:
 def test_redis_two_workers_share_one_hospital_queue(tmp_path: Path, redis_url: str) -> None:
     simulation = small_simulation(tmp_path, hospitals=2, rows=2000)
     app = _app(simulation, redis_url)
-    config = simulation_config(simulation, run="scale", rounds=1, round_timeout=240, score_test=False)
+    config = simulation_config(simulation, run="scale", rounds=1, round_timeout=240, score_test=True)
     store = simulation.store()
     create_run(store, config, model=default_model(simulation), layout=simulation.layout)
     h1, h2 = simulation.hospitals
@@ -102,7 +102,7 @@ def test_redis_two_workers_share_one_hospital_queue(tmp_path: Path, redis_url: s
         results = [
             app.send_task(
                 "medheaven.hospital.evaluate_test",
-                args=("scale", 1, h1, str(simulation.test_file.resolve())),
+                args=("scale", 1, h1),
                 queue=f"hospital.{h1}",
             )
             for _ in range(6)

@@ -1,7 +1,9 @@
-"""The Flower dashboard, on 127.0.0.1 with basic auth, sees the federation's workers and tasks through its API."""
+"""The Flower dashboard (``-A workers.dashboard``, 127.0.0.1, basic auth) over real workers: tasks named by kind,
+hospital and round, released metrics only, /metrics off, and a read-only aggregator."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -21,6 +23,7 @@ from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
 from coordinator.transport import CeleryTransport
+from medheaven.federated.release import RELEASE_DECIMALS
 from medheaven.settings import Settings
 from workers.app import create_app
 from workers.cluster import ProcessCluster
@@ -36,8 +39,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _get(url: str, *, auth: bool = True) -> tuple[int, Any]:
-    request = urllib.request.Request(url)  # noqa: S310 - the test builds http://127.0.0.1 URLs only
+def _get(url: str, *, auth: bool = True, method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - the test builds http://127.0.0.1 URLs only
     if auth:
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -55,7 +58,7 @@ def test_flower_lists_workers_and_round_tasks_with_basic_auth(tmp_path: Path, re
     port = _free_port()
     env = {**os.environ, "MEDHEAVEN_BROKER_URL": redis_url, "MEDHEAVEN_HOSPITALS": ",".join(simulation.hospitals)}
     command = [
-        sys.executable, "-m", "celery", "-A", "workers", "flower",
+        sys.executable, "-m", "celery", "-A", "workers.dashboard", "flower",
         "--address=127.0.0.1", f"--port={port}", f"--basic-auth={USER}:{PASSWORD}",
     ]  # fmt: skip
     log = (tmp_path / "flower.log").open("wb")
@@ -89,16 +92,39 @@ def test_flower_lists_workers_and_round_tasks_with_basic_auth(tmp_path: Path, re
             names = {name.split("@", 1)[0] for name in workers}
             assert {"aggregator", *(f"{h}-0" for h in simulation.hospitals)} <= names
             tasks: dict[str, Any] = {}
+            wanted = {f"train · {h} · round 1 · flower" for h in simulation.hospitals} | {
+                f"fold · {h} · round 1 · flower" for h in simulation.hospitals
+            }
             for _ in range(50):
                 status, tasks = _get(f"{base}/api/tasks")
-                kinds = {t.get("name") for t in tasks.values()}
-                if {"medheaven.hospital.train", "medheaven.aggregate.fold", "medheaven.aggregate.finalise"} <= kinds:
+                if wanted | {"finalise · aggregator · round 1 · flower"} <= {t.get("name") for t in tasks.values()}:
                     break
                 time.sleep(0.2)
             assert status == 200
-            kinds = {t.get("name") for t in tasks.values()}
-            assert {"medheaven.hospital.stats", "medheaven.hospital.train", "medheaven.aggregate.fold"} <= kinds
-            assert "medheaven.aggregate.finalise" in kinds
+            names = {t.get("name") for t in tasks.values()}
+            assert wanted | {"finalise · aggregator · round 1 · flower"} <= names, sorted(map(str, names))
+            for task in tasks.values():
+                if str(task.get("name", "")).startswith(("train ·", "validate ·")) and task.get("result"):
+                    result = ast.literal_eval(task["result"])
+                    metrics = result["metrics"]
+                    assert metrics and "examples" not in metrics
+                    assert all(v == round(v, RELEASE_DECIMALS[k]) for k, v in metrics.items()), metrics
+            assert "examples" not in json.dumps(tasks)
+
+            # /metrics is off by default and behind the login; /healthcheck says only OK
+            assert _get(f"{base}/metrics", auth=False)[0] == 401
+            assert _get(f"{base}/metrics")[0] == 404
+            assert _get(f"{base}/healthcheck", auth=False) == (200, "OK")
+
+            # the aggregator refuses to grow its pool: still one process afterwards
+            aggregator = next(name for name in workers if name.startswith("aggregator@"))
+            grown = _get(f"{base}/api/worker/pool/grow/{aggregator}?n=2", method="POST")
+            assert grown[0] != 200
+            replies = app.control.inspect(destination=[aggregator], timeout=5).stats() or {}
+            assert len(replies[aggregator]["pool"]["processes"]) == 1
+            assert replies[aggregator]["pool"]["max-concurrency"] == 1
+            refusal = app.control.pool_grow(2, reply=True, destination=[aggregator], timeout=5)
+            assert "refuses remote-control command 'pool_grow'" in refusal[0][aggregator]["error"]
     finally:
         flower.terminate()
         flower.wait(timeout=20)

@@ -85,7 +85,7 @@ def test_runbook_covers_every_command_the_brief_names() -> None:
         ("medheaven-coordinator", ("resume",)),
         ("celery", ("workers.hospital", "worker")),
         ("celery", ("workers.aggregator", "worker")),
-        ("celery", ("workers", "flower")),
+        ("celery", ("workers.dashboard", "flower")),
     ]:
         assert expected in paths, expected
 

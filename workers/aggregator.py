@@ -63,13 +63,12 @@ def fold(self: Task, receipt: Any) -> dict[str, Any]:
         return node().fold(receipt)
 
 
-@app.task(name="medheaven.aggregate.finalise", bind=True)
+# ``throws``: a round that misses its quorum is an expected outcome, not a worker bug. The task still ends in
+# FAILURE with the reason (so Flower and a FAILURE filter show the failed round), after the node has stored the
+# failure record the coordinator reads; Celery logs it as one line instead of a traceback.
+@app.task(name="medheaven.aggregate.finalise", bind=True, throws=(QuorumNotReachedError,))
 def finalise(self: Task, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
-    """Commit the round (result, then manifest) or record why it failed."""
+    """Commit the round (result, then manifest), or fail with the reason after recording it."""
     count_delivery(self, limit=settings().max_deliveries)
     with _lock:
-        try:
-            return node().finalise(run, kind, round_number, attempt)
-        except QuorumNotReachedError as exc:
-            log.error("%s", exc)
-            return {"status": "failed", "round": round_number, "message": str(exc)}
+        return node().finalise(run, kind, round_number, attempt)

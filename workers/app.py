@@ -7,6 +7,7 @@ from functools import lru_cache
 from celery import Celery
 
 from medheaven.settings import Settings
+from workers import readonly  # noqa: F401 - every worker refuses deployment-changing remote control
 from workers.config import celery_config, register_bounded_msgpack
 
 

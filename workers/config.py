@@ -10,7 +10,8 @@
   killing its worker (see ``workers.guard``).
 * Redis' visibility timeout is longer than any task's hard time limit, so a slow but live task is not redelivered.
 * Publishing and result storage retry through a broker restart (about two minutes), so no trained update is lost.
-* Task events on, so Flower shows workers, queues and tasks.
+* Worker task events on (sent events off: they carry the real name, not the shadow), so Flower shows workers
+  and tasks named by kind, hospital, round and run.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def celery_config(settings: Settings, *, hospitals: Iterable[str] = ()) -> dict[
         "result_extended": True,
         "task_track_started": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # no task-sent events: Celery's sent event carries the real task name, not the shadow name
+        # (``train · h3 · round 2 · run``, coordinator.transport.shadow_name), and Flower would show whichever event
+        # it merged last; queued tasks are visible on the queue instead (``medheaven-coordinator status``)
+        "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # A broker restart must not cost a hospital the update it just trained: publishing its receipt (the fold

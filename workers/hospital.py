@@ -115,9 +115,9 @@ def validate(self: Task, run: str, round_number: int, hospital: str) -> dict[str
 
 
 @app.task(name="medheaven.hospital.evaluate_test", bind=True)
-def evaluate_test(self: Task, run: str, round_number: int, hospital: str, test_path: str) -> dict[str, Any]:
-    """Simulation only: a key holder scores a committed global model on the held-out test file."""
+def evaluate_test(self: Task, run: str, round_number: int, hospital: str) -> dict[str, Any]:
+    """Simulation only: a key holder scores a committed global model on the run's held-out test file."""
     from medheaven.federated.nodes import score_test_file
 
     _guard(self)
-    return score_test_file(node_for(hospital), run, round_number, test_path)
+    return score_test_file(node_for(hospital), run, round_number)

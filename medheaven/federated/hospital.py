@@ -26,6 +26,7 @@ from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex, stats_scale
+from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
@@ -272,7 +273,7 @@ class HospitalNode:
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
         timings["encrypt_upload"] = time.perf_counter() - clock
-        released = reportable(metrics) if training.dp is None or training.dp.release_metrics else {}
+        released = released_metrics(metrics) if training.dp is None or training.dp.release_metrics else {}
         return self._receipt(spec, key, digest, size, released, timings, privacy=privacy)
 
     def _train_private(self, cache: _RunCache, model: keras.Model, spec: RoundSpec) -> dict[str, float]:
@@ -312,7 +313,7 @@ class HospitalNode:
         prepared = self._prepared(cache)
         model = self._model(cache)
         set_flat_weights(model, self.global_weights(run, round_number))
-        return reportable(binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"])))
+        return released_metrics(binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"])))
 
     def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
         """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
@@ -349,12 +350,6 @@ class HospitalNode:
             privacy=dict(privacy or {}),
             completed_at=time.time(),  # after the upload: what the round's lateness is judged on
         ).signed_by(self.signing_key)
-
-
-def reportable(metrics: dict[str, float]) -> dict[str, float]:
-    """The validation metrics a hospital reports in the clear. The number of validation examples stays home: it is
-    a fixed share of the hospital's patients, so it would reveal the sample count that FedAvg keeps encrypted."""
-    return {k: v for k, v in metrics.items() if k != "examples" and np.isfinite(v)}
 
 
 def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:

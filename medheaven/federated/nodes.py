@@ -16,6 +16,7 @@ from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.release import released_metrics
 from medheaven.memory import map_large_buffers_separately
 from medheaven.private_files import check_private_file_mode
 from medheaven.settings import Settings
@@ -106,15 +107,23 @@ def store_initial_model(node: HospitalNode, run: str) -> dict[str, Any]:
     return {"key": key, "sha256": digest, "size": len(data)}
 
 
-def score_test_file(node: HospitalNode, run: str, round_number: int, test_path: str) -> dict[str, Any]:
-    """Score a committed global model on a held-out file; only metrics leave the hospital."""
+def score_test_file(node: HospitalNode, run: str, round_number: int) -> dict[str, Any]:
+    """Score a committed global model on the run's held-out file; only released metrics leave the hospital.
+
+    The file's path is read from the run's committed config, not passed as a task argument, so the task's arguments
+    (shown by Flower) carry no filesystem path; the row count is not released (see ``medheaven.federated.release``).
+    """
     from medheaven.data import FeatureLayout, encode_features
 
-    description = node.store.get_json(RunPaths(run).model)
+    paths = RunPaths(run)
+    test_path = node.store.get_json(paths.config).get("test_path")
+    if not test_path:
+        raise ConfigurationError(f"run {run!r} has no test_path in {paths.config}: nothing to score")
+    description = node.store.get_json(paths.model)
     layout = FeatureLayout.from_dict(description["layout"])
     frame = node.reader(Path(test_path))
     scores = node.score(run, round_number, encode_features(frame, layout))
-    metrics = binary_metrics(frame["label"].to_numpy(), scores)
+    metrics = released_metrics(binary_metrics(frame["label"].to_numpy(), scores))
     record = {"run": run, "round": round_number, "scored_by": node.hospital_id, "metrics": metrics}
     node.store.put_json(RunPaths(run).test_scores(), record)
     return record

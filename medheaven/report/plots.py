@@ -161,13 +161,10 @@ def _hospital_colours(hospitals: Sequence[str]) -> dict[str, Any]:
 
 
 def _base_rate(records: RunRecords) -> float:
-    pairs = [
-        (m.get("base_rate", math.nan), m.get("examples", 0.0))
-        for point in records.validation
-        for m in point.metrics.values()
-    ]
-    usable = [(v, w) for v, w in pairs if math.isfinite(v) and w > 0]
-    return sum(v * w for v, w in usable) / sum(w for _, w in usable) if usable else math.nan
+    # unweighted over hospitals and rounds: hospitals release no row counts (medheaven.federated.release)
+    values = [m.get("base_rate", math.nan) for point in records.validation for m in point.metrics.values()]
+    usable = [v for v in values if math.isfinite(v)]
+    return sum(usable) / len(usable) if usable else math.nan
 
 
 def plot_discrimination(records: RunRecords, path: Path, *, baseline: Baseline | None = None) -> Path:

@@ -172,19 +172,13 @@ def _test_section(records: RunRecords, baseline: Baseline | None) -> list[Block]
         )
         return blocks
     metrics = test.get("metrics", {})
-    names = ("roc_auc", "pr_auc", "brier", "accuracy", "loss", "base_rate", "examples")
-    header = ("model", "ROC-AUC", "PR-AUC", "Brier", "accuracy", "log loss", "base rate", "test rows")
-    rows = [
-        (
-            f"federated, round {test.get('round')}",
-            *(_fmt(metrics.get(n)) for n in names[:-1]),
-            _fmt(metrics.get("examples"), 0),
-        )
-    ]
+    names = ("roc_auc", "pr_auc", "brier", "accuracy", "loss", "base_rate")
+    header = ("model", "ROC-AUC", "PR-AUC", "Brier", "accuracy", "log loss", "base rate")
+    rows = [(f"federated, round {test.get('round')}", *(_fmt(metrics.get(n)) for n in names))]
     if baseline is not None:
-        rows.append(("centralised baseline", *(_fmt(baseline.centralised.get(n)) for n in names[:-2]), "n/a", "n/a"))
+        rows.append(("centralised baseline", *(_fmt(baseline.centralised.get(n)) for n in names[:-1]), "n/a"))
         for hospital, scores in baseline.local.items():
-            rows.append((f"local-only {hospital}", *(_fmt(scores.get(n)) for n in names[:-2]), "n/a", "n/a"))
+            rows.append((f"local-only {hospital}", *(_fmt(scores.get(n)) for n in names[:-1]), "n/a"))
     blocks.append(
         Paragraph(
             f"The global model of round {test.get('round')}, scored by key holder `{test.get('scored_by', '?')}` on "
@@ -400,8 +394,9 @@ def _privacy_section(records: RunRecords) -> list[Block]:
             "Nobody but the hospitals sees any model weight or any n_k: updates are encrypted pre-scaled by n_k, "
             "with n_k itself encrypted in a spare slot, and only key holders decrypt the sum. Metadata that is not "
             "hidden: who took part in which round, timing, payload sizes, and the validation metrics hospitals "
-            "report. Those metrics include each hospital's validation row count (`examples`), from which the size "
-            "of its data set can be estimated. Hospitals share one secret key, so the design assumes hospitals do "
+            "report. Those metrics are rounded to a grid (accuracy and base rate to 0.01, the others to 0.001; "
+            "`medheaven.federated.release`) coarse enough that no validation-set size, hence no data-set size, "
+            "can be recovered from them, and no row count is reported. Hospitals share one secret key, so the design assumes hospitals do "
             "not collude with the aggregator."
         ),
     ]
