@@ -111,7 +111,7 @@ def encode_features(frame: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
         raise SchemaError(f"cannot encode features: the data lacks column(s) {', '.join(missing)} of the layout")
     out = np.zeros((len(frame), layout.n_features), dtype=np.float64)
     for index, column in enumerate(layout.numeric):
-        out[:, index] = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        out[:, index] = _numeric_column(frame, column)
     offset = len(layout.numeric)
     rows = np.arange(len(frame))
     for column, levels in layout.categorical:
@@ -121,6 +121,25 @@ def encode_features(frame: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
         out[rows, offset + codes] = 1.0
         offset += len(levels)
     return out
+
+
+def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A layout-numeric column; a hospital that read it as text (its cells did not all parse) must not have those
+    cells quietly become missing and then the federation's mean."""
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = values.astype("object")
+    missing = text.isna() | (text.astype(str).str.strip() == MISSING)
+    parsed = pd.to_numeric(text.where(~missing), errors="coerce")
+    bad = parsed.isna() & ~missing
+    if bad.any():
+        from medheaven.data.generic import numeric_error
+
+        source = str(frame.attrs.get("source", "<data>"))
+        message = numeric_error(text, bad, column=column, path=source, decimal=".")
+        raise DataFileError(f"{message} (the feature layout of the run makes {column!r} numeric)")
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 @dataclass(frozen=True)
