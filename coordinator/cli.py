@@ -22,6 +22,7 @@ from coordinator.progress import ProgressObserver
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
+from medheaven.errors import QuorumNotReachedError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.settings import Settings
@@ -60,6 +61,11 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         history = coordinator.run()
+    except QuorumNotReachedError as exc:
+        if json_output:  # the JSON consumer gets the reasons too, not only the red line on stderr
+            print_json({"run": coordinator.config.run, "status": "failed", "error": str(exc),
+                        "history": coordinator.history(), "failed_attempts": coordinator.failed_attempts()})  # fmt: skip
+        raise
     except KeyboardInterrupt:
         last = coordinator.last_committed_round()
         stderr.print(
@@ -67,10 +73,12 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
             f"`medheaven-coordinator resume --run-id {coordinator.config.run}`[/yellow]"
         )
         raise typer.Exit(130) from None
+    failed = coordinator.failed_attempts()
     if json_output:
-        print_json({"run": coordinator.config.run, "history": history, "test": _test(coordinator)})
+        print_json({"run": coordinator.config.run, "status": "completed", "history": history,
+                    "failed_attempts": failed, "test": _test(coordinator)})  # fmt: skip
     else:
-        ProgressObserver.print_summary(stdout, history, _test(coordinator))
+        ProgressObserver.print_summary(stdout, history, _test(coordinator), failed)
 
 
 def _test(coordinator: Coordinator) -> dict[str, Any] | None:
@@ -97,6 +105,14 @@ def run(
     evaluator: Annotated[str | None, typer.Option("--evaluator", help="Key holder for round 0 and test.")] = None,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Held-out file (simulations).")] = None,
     plaintext: Annotated[bool, typer.Option("--plaintext-insecure", help="INSECURE: no encryption.")] = False,
+    max_abs_feature: Annotated[
+        float | None,
+        typer.Option(
+            "--max-abs-feature",
+            help="Largest feature magnitude any hospital may hold (sizes the encrypted statistics); "
+            "default MEDHEAVEN_MAX_ABS_FEATURE (1000).",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
 ) -> None:
@@ -131,7 +147,13 @@ def run(
         seed=seed,
     )
     store = _open_store(settings)
-    create_run(store, config, model=model, layout=feature_layout.to_dict())
+    create_run(
+        store,
+        config,
+        model=model,
+        layout=feature_layout.to_dict(),
+        max_abs_feature=max_abs_feature or settings.max_abs_feature,
+    )
     _drive(store, config, settings, quiet=quiet, json_output=json_output)
 
 
@@ -169,18 +191,21 @@ def status(
     history_key = RunPaths(run_id).history
     history = list(store.get_json(history_key)) if store.exists(history_key) else []
     committed = max((int(r["round"]) for r in history), default=0)
+    failed_key = RunPaths(run_id).failed_attempts
+    failed = list(store.get_json(failed_key)) if store.exists(failed_key) else []
     summary = {
         "run": run_id,
         "rounds": config.rounds,
         "committed": committed,
         "config": config.to_dict(),
         "history": history,
+        "failed_attempts": failed,
     }
     if json_output:
         print_json(summary)
         return
     stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
-    ProgressObserver.print_summary(stdout, history, None)
+    ProgressObserver.print_summary(stdout, history, None, failed)
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ def node_for(hospital_id: str) -> HospitalNode:
 
 
 class HospitalStartupCheck(bootsteps.Step):  # type: ignore[misc]
-    """Refuse to start a hospital worker whose configuration is incomplete or whose secret key is exposed.
+    """Refuse to start a hospital worker whose configuration is incomplete, whose secret key is exposed or whose
+    data file does not load with its schema.
 
     A bootstep, not a ``worker_init`` receiver: Celery logs and swallows exceptions raised by signal receivers,
     whereas an exception in a bootstep aborts the worker's start-up with a non-zero exit.
@@ -58,9 +59,10 @@ class HospitalStartupCheck(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         if _node_factory is None:
-            from medheaven.federated.nodes import check_hospital_settings
+            from medheaven.federated.nodes import check_hospital_data, check_hospital_settings
 
             check_hospital_settings(settings())
+            check_hospital_data(settings())
 
 
 app.steps["worker"].add(HospitalStartupCheck)

@@ -11,6 +11,7 @@ per column), the encrypted vectors are added, and the :class:`Standardiser` is d
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,22 @@ def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
         message = numeric_error(text, bad, column=column, path=source, decimal=".")
         raise DataFileError(f"{message} (the feature layout of the run makes {column!r} numeric)")
     return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+#: The default feature-magnitude bound of a run (MEDHEAVEN_MAX_ABS_FEATURE); a planned bound is never below it, so
+#: data that fits keeps the statistics' precision it had.
+DEFAULT_MAX_ABS_FEATURE = 1000.0
+
+
+def planned_feature_bound(largest: float) -> float:
+    """The smallest of 1, 2, 5 x 10^k at or above twice ``largest`` (headroom for a hospital's larger values), and
+    at least the default: a round number an operator can read and type."""
+    target = max(2.0 * abs(float(largest)), DEFAULT_MAX_ABS_FEATURE)
+    exponent = math.floor(math.log10(target))
+    for mantissa in (1.0, 2.0, 5.0, 10.0):
+        if mantissa * 10.0**exponent >= target:
+            return mantissa * 10.0**exponent
+    return 10.0 ** (exponent + 1)  # unreachable: 10 x 10^k >= target by the choice of k
 
 
 @dataclass(frozen=True)
