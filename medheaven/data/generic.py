@@ -88,7 +88,6 @@ def infer_column_kinds(
     raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console, decimal: str = "."
 ) -> Schema:
     """Fill in the feature columns the schema file left out, and print what was decided."""
-    _warn_absent_columns(raw, schema, path=path, console=console)
     if schema.categorical and schema.numeric:
         return schema
     taken = {
@@ -156,7 +155,7 @@ def numeric_error(text: pd.Series, bad: pd.Series, *, column: str, path: Path | 
     )
 
 
-def _warn_absent_columns(raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console) -> None:
+def warn_absent_columns(raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console) -> None:
     """A listed column the file does not have is most often a misspelling; the real column would then be kept."""
     for key, listed in (("drop_columns", schema.drop_columns), ("identifier_columns", schema.identifier_columns)):
         for column in listed:

@@ -28,6 +28,7 @@ from medheaven.data.generic import (
     infer_column_kinds,
     numeric_error,
     read_schema_file,
+    warn_absent_columns,
 )
 from medheaven.data.johns import clean_johns, johns_schema
 from medheaven.data.schemas import DELIMITERS, GROUP, LABEL, MISSING, PREPARED, SCHEMA_NAMES, Schema
@@ -219,6 +220,8 @@ def _preview(columns: pd.Index, limit: int = 12) -> str:
 
 def _clean(raw: pd.DataFrame, schema: Schema, path: Path) -> tuple[pd.DataFrame, Schema]:
     keep = {schema.group_column, schema.target}
+    if schema.name == "generic":
+        warn_absent_columns(raw, schema, path=path, console=_stderr)
     raw = raw.drop(columns=[c for c in schema.identifier_columns if c in raw.columns and c not in keep])
     if schema.name == "diabetes130":
         return clean_diabetes130(raw), schema
