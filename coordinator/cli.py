@@ -76,9 +76,22 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
     failed = coordinator.failed_attempts()
     if json_output:
         print_json({"run": coordinator.config.run, "status": "completed", "history": history,
+                    "layout": store.get_json(coordinator.paths.model)["layout"],
                     "failed_attempts": failed, "test": _test(coordinator)})  # fmt: skip
     else:
         ProgressObserver.print_summary(stdout, history, _test(coordinator), failed)
+
+
+def _layout_phase(store: Store, config: RunConfig, settings: Settings, k: int, total: int | None, quiet: bool) -> Any:
+    from coordinator.layout import build_layout
+    from workers.app import create_app
+
+    transport = CeleryTransport(create_app(settings, hospitals=list(config.hospitals)))
+    observer = ProgressObserver(quiet=quiet, rounds=1)
+    return build_layout(
+        store, transport, config, min_patients=k, threshold=total, observer=observer,
+        poll_interval=settings.poll_interval,
+    )  # fmt: skip
 
 
 def _test(coordinator: Coordinator) -> dict[str, Any] | None:
@@ -91,7 +104,10 @@ def _test(coordinator: Coordinator) -> dict[str, Any] | None:
 def run(
     run_id: Annotated[str, typer.Option("--run-id")],
     hospitals: Annotated[str, typer.Option("--hospitals", help="Comma-separated hospital ids.")],
-    layout: Annotated[Path, typer.Option("--layout", help="Shared feature layout (layout.json).")],
+    layout: Annotated[
+        Path | None,
+        typer.Option("--layout", help="Shared feature layout (layout.json); default: built by the layout phase."),
+    ] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 10,
     min_hospitals: Annotated[int | None, typer.Option("--min-hospitals", help="Quorum; default: all.")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round.")] = None,
@@ -113,10 +129,24 @@ def run(
             "default MEDHEAVEN_MAX_ABS_FEATURE (1000).",
         ),
     ] = None,
+    level_min_patients: Annotated[
+        int,
+        typer.Option(
+            "--level-min-patients", min=1, help="Layout phase: k, patients a hospital needs to propose a level."
+        ),
+    ] = 10,
+    level_min_total: Annotated[
+        int | None,
+        typer.Option("--level-min-total", min=1, help="Layout phase: patients in all a level needs; default k."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
 ) -> None:
     """Start a new run and drive it to the end.
+
+    Without --layout, the layout phase builds the shared feature layout first: each hospital proposes the levels it
+    holds for >= k patients, their patient counts are summed under encryption, and the layout is stored as
+    <run>.layout/layout.json (reusable with --layout after `medheaven store get`).
 
     Example: medheaven-coordinator run --run-id r1 --rounds 10 --hospitals a,b,c --layout data/layout.json
     """
@@ -137,7 +167,13 @@ def run(
         test_path=test_data,
         plaintext=plaintext,
     )
-    feature_layout = FeatureLayout.load(layout)
+    store = _open_store(settings)
+    if layout is not None:
+        feature_layout = FeatureLayout.load(layout)
+    else:
+        feature_layout = _layout_phase(
+            store, config, settings, level_min_patients, level_min_total, quiet or json_output
+        )
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     model = ModelSpec(
         n_features=feature_layout.n_features,
@@ -146,7 +182,6 @@ def run(
         dropout=dropout if widths else 0.0,
         seed=seed,
     )
-    store = _open_store(settings)
     create_run(
         store,
         config,

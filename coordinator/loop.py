@@ -76,6 +76,9 @@ class LogObserver:
 
 
 class Coordinator:
+    #: the hospital task that answers each phase kind (the layout phase's coordinator answers "stats" otherwise)
+    HOSPITAL_TASKS: dict[str, str] = {"stats": "stats", "update": "train"}  # noqa: RUF012 - read-only class table
+
     def __init__(
         self,
         store: Store,
@@ -166,7 +169,7 @@ class Coordinator:
             opened_at=now,
         )
         self.store.put_json(self.paths.spec(kind, round_number), spec.to_dict())
-        task = "stats" if kind == "stats" else "train"
+        task = self.HOSPITAL_TASKS[kind]
         dispatch = {
             hospital: self.transport.send_hospital_task(task, (spec.to_dict(), hospital), hospital, fold=True)
             for hospital in spec.hospitals
