@@ -5,7 +5,6 @@ decision, and ``read_schema_file`` checks it like any other."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ from medheaven.data.generic import MAX_CODE_LEVELS, MOSTLY_NUMERIC
 from medheaven.data.loading import read_raw_csv, sniff_decimal
 from medheaven.data.schemas import looks_like_identifier
 from medheaven.errors import ConfigurationError, SchemaError
+from medheaven.private_files import write_public_file
 
 #: Column names that usually hold the outcome, most specific first.
 TARGET_NAMES = ("target", "label", "outcome", "diagnosis", "readmitted", "readmission", "class", "y")
@@ -95,12 +95,9 @@ def starter_schema(path: Path, *, target: str | None = None) -> str:
 
 
 def write_starter_schema(path: Path, out: Path, *, target: str | None = None, force: bool = False) -> str:
-    text = starter_schema(path, target=target)
-    if out.exists() and not force:
-        raise ConfigurationError(f"{out} exists; pass --force to replace it (it may hold someone's edits)")
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigurationError(f"--out {out}: the starter schema is YAML; name it *.yaml")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)  # whole file or nothing: an existing schema is never left half-written
+    text = starter_schema(path, target=target)
+    # link-safe and whole-or-nothing; an existing schema (it may hold someone's edits) needs --force
+    write_public_file(out, text.encode("utf-8"), force=force)
     return text
