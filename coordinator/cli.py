@@ -23,7 +23,7 @@ from coordinator.progress import ProgressObserver
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
-from medheaven.errors import BrokerUnreachableError
+from medheaven.errors import BrokerUnreachableError, QuorumNotReachedError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
@@ -66,6 +66,11 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         history = coordinator.run()
+    except QuorumNotReachedError as exc:
+        if json_output:  # the JSON consumer gets the reasons too, not only the red line on stderr
+            print_json({"run": coordinator.config.run, "status": "failed", "error": str(exc),
+                        "history": coordinator.history(), "failed_attempts": coordinator.failed_attempts()})  # fmt: skip
+        raise
     except KeyboardInterrupt:
         last = coordinator.last_committed_round()
         stderr.print(
@@ -76,10 +81,25 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
     except BrokerUnreachableError as exc:
         stderr.print(f"[red]{exc} with `medheaven-coordinator resume --run-id {coordinator.config.run}`[/red]")
         raise typer.Exit(1) from None
+    failed = coordinator.failed_attempts()
     if json_output:
-        print_json({"run": coordinator.config.run, "history": history, "test": _test(coordinator)})
+        print_json({"run": coordinator.config.run, "status": "completed", "history": history,
+                    "layout": store.get_json(coordinator.paths.model)["layout"],
+                    "failed_attempts": failed, "test": _test(coordinator)})  # fmt: skip
     else:
-        ProgressObserver.print_summary(stdout, history, _test(coordinator))
+        ProgressObserver.print_summary(stdout, history, _test(coordinator), failed)
+
+
+def _layout_phase(store: Store, config: RunConfig, settings: Settings, k: int, total: int | None, quiet: bool) -> Any:
+    from coordinator.layout import build_layout
+    from workers.app import create_app
+
+    transport = CeleryTransport(create_app(settings, hospitals=list(config.hospitals)))
+    observer = ProgressObserver(quiet=quiet, rounds=1)
+    return build_layout(
+        store, transport, config, min_patients=k, threshold=total, observer=observer,
+        poll_interval=settings.poll_interval,
+    )  # fmt: skip
 
 
 def _test(coordinator: Coordinator) -> dict[str, Any] | None:
@@ -92,7 +112,10 @@ def _test(coordinator: Coordinator) -> dict[str, Any] | None:
 def run(
     run_id: Annotated[str, typer.Option("--run-id")],
     hospitals: Annotated[str, typer.Option("--hospitals", help="Comma-separated hospital ids.")],
-    layout: Annotated[Path, typer.Option("--layout", help="Shared feature layout (layout.json).")],
+    layout: Annotated[
+        Path | None,
+        typer.Option("--layout", help="Shared feature layout (layout.json); default: built by the layout phase."),
+    ] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 10,
     min_hospitals: Annotated[int | None, typer.Option("--min-hospitals", help="Quorum; default: all.")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round.")] = None,
@@ -106,6 +129,24 @@ def run(
     evaluator: Annotated[str | None, typer.Option("--evaluator", help="Key holder for round 0 and test.")] = None,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Held-out file (simulations).")] = None,
     plaintext: Annotated[bool, typer.Option("--plaintext-insecure", help="INSECURE: no encryption.")] = False,
+    max_abs_feature: Annotated[
+        float | None,
+        typer.Option(
+            "--max-abs-feature",
+            help="Largest feature magnitude any hospital may hold (sizes the encrypted statistics); "
+            "default MEDHEAVEN_MAX_ABS_FEATURE (1000).",
+        ),
+    ] = None,
+    level_min_patients: Annotated[
+        int,
+        typer.Option(
+            "--level-min-patients", min=1, help="Layout phase: k, patients a hospital needs to propose a level."
+        ),
+    ] = 10,
+    level_min_total: Annotated[
+        int | None,
+        typer.Option("--level-min-total", min=1, help="Layout phase: patients in all a level needs; default k."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
     dp_epsilon: Annotated[
@@ -121,6 +162,10 @@ def run(
     ] = True,
 ) -> None:
     """Start a new run and drive it to the end.
+
+    Without --layout, the layout phase builds the shared feature layout first: each hospital proposes the levels it
+    holds for >= k patients, their patient counts are summed under encryption, and the layout is stored as
+    <run>.layout/layout.json (reusable with --layout after `medheaven store get`).
 
     Example: medheaven-coordinator run --run-id r1 --rounds 10 --hospitals a,b,c --layout data/layout.json
     """
@@ -148,7 +193,13 @@ def run(
         test_path=test_data,
         plaintext=plaintext,
     )
-    feature_layout = FeatureLayout.load(layout)
+    store = _open_store(settings)
+    if layout is not None:
+        feature_layout = FeatureLayout.load(layout)
+    else:
+        feature_layout = _layout_phase(
+            store, config, settings, level_min_patients, level_min_total, quiet or json_output
+        )
     widths = tuple(int(w) for w in hidden.split(",") if w.strip())
     model = ModelSpec(
         n_features=feature_layout.n_features,
@@ -157,8 +208,13 @@ def run(
         dropout=dropout if widths else 0.0,
         seed=seed,
     )
-    store = _open_store(settings)
-    create_run(store, config, model=model, layout=feature_layout.to_dict())
+    create_run(
+        store,
+        config,
+        model=model,
+        layout=feature_layout.to_dict(),
+        max_abs_feature=max_abs_feature or settings.max_abs_feature,
+    )
     _drive(store, config, settings, quiet=quiet, json_output=json_output)
 
 
@@ -199,12 +255,15 @@ def status(
     history_key = RunPaths(run_id).history
     history = list(store.get_json(history_key)) if store.exists(history_key) else []
     committed = max((int(r["round"]) for r in history), default=0)
+    failed_key = RunPaths(run_id).failed_attempts
+    failed = list(store.get_json(failed_key)) if store.exists(failed_key) else []
     summary = {
         "run": run_id,
         "rounds": config.rounds,
         "committed": committed,
         "config": config.to_dict(),
         "history": history,
+        "failed_attempts": failed,
     }
     depths = _queue_depths(settings, list(config.hospitals)) if queues else []
     if queues:
@@ -213,7 +272,7 @@ def status(
         print_json(summary)
         return
     stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
-    ProgressObserver.print_summary(stdout, history, None)
+    ProgressObserver.print_summary(stdout, history, None, failed)
     for depth in depths:
         stdout.print(f"queue {depth.queue}: {depth.waiting} waiting, {depth.unacknowledged} unacknowledged")
 

@@ -134,12 +134,18 @@ def run_demo(
             + ("  [bold red]PLAINTEXT COMPARISON MODE: NOT ENCRYPTED[/bold red]" if plaintext else "")
         )
     audit: dict[str, Any] | None = None
+    # a demo rebuilds its folder on every start, so there is nothing to resume: say so instead of `resume`
+    advice = "run `medheaven demo` again (a demo starts afresh; it cannot be resumed)"
     if settings.broker_url.startswith("memory://"):
-        result, nodes = run_in_threads(simulation, config, model=model, observer=observer, audit=not plaintext)
+        result, nodes = run_in_threads(
+            simulation, config, model=model, observer=observer, audit=not plaintext, retry_advice=advice
+        )
         if not plaintext:
             audit = audit_last_round(nodes, result, rounds)
     else:
-        result = run_in_processes(simulation, config, model=model, broker_url=settings.broker_url, observer=observer)
+        result = run_in_processes(
+            simulation, config, model=model, broker_url=settings.broker_url, observer=observer, retry_advice=advice
+        )
     report = {
         "run": result.run,
         "out": str(out),

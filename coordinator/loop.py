@@ -37,6 +37,8 @@ FINALISE_TIMEOUT = 300.0
 #: finalising are idempotent (the ledger folds a hospital at most once per attempt; a committed round stays
 #: committed), so sending again is safe and bounds what a crashed aggregator costs to this many seconds.
 RESEND_AFTER = 30.0
+#: Seconds a failed round keeps polling its unfinished hospitals so that their reasons, too, reach the operator.
+REASON_GRACE = 15.0
 
 
 @dataclass
@@ -78,6 +80,9 @@ class LogObserver:
 
 
 class Coordinator:
+    #: the hospital task that answers each phase kind (the layout phase's coordinator answers "stats" otherwise)
+    HOSPITAL_TASKS: dict[str, str] = {"stats": "stats", "update": "train"}  # noqa: RUF012 - read-only class table
+
     def __init__(
         self,
         store: Store,
@@ -88,6 +93,7 @@ class Coordinator:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
         resend_after: float = RESEND_AFTER,
+        retry_advice: str | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -97,6 +103,8 @@ class Coordinator:
         self.observer: Observer = observer or LogObserver()
         self.clock = clock
         self.resend_after = resend_after
+        # what a failed round tells the operator to do next; a demo cannot be resumed, so it passes its own
+        self.retry_advice = retry_advice or f"run `medheaven-coordinator resume --run-id {config.run}`"
 
     # -- store queries -----------------------------------------------------------------------------------
     def manifest(self, kind: str, round_number: int) -> Manifest | None:
@@ -146,7 +154,7 @@ class Coordinator:
             self.observer.message(f"re-attaching to {kind} round {round_number} attempt {spec.attempt}")
         dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
         progress = self._wait(spec, dispatch)
-        manifest = self._finalise(spec)
+        manifest = self._finalise(spec, progress, dispatch)
         self._record(spec, manifest, progress)
         return manifest
 
@@ -165,7 +173,7 @@ class Coordinator:
             opened_at=now,
         )
         self.store.put_json(self.paths.spec(kind, round_number), spec.to_dict())
-        task = "stats" if kind == "stats" else "train"
+        task = self.HOSPITAL_TASKS[kind]
         dispatch = {
             hospital: self.transport.send_hospital_task(task, (spec.to_dict(), hospital), hospital, fold=True)
             for hospital in spec.hospitals
@@ -266,7 +274,20 @@ class Coordinator:
                 f"{self.resend_after:.0f}s of its upload: sent its receipt to the aggregator again"
             )
 
-    def _finalise(self, spec: RoundSpec) -> Manifest:
+    def _settled(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
+        """The round's statuses once its unfinished hospitals have finished or REASON_GRACE has passed: a round
+        fails as soon as its quorum is out of reach, and the reasons of hospitals still running then are wanted."""
+        limit = min(self.clock() + REASON_GRACE, max(spec.deadline, self.clock()))
+        while True:
+            progress = self._statuses(spec, dispatch, self._ledger(spec))
+            unfinished = any(s.state in {"queued", "training", "uploaded"} for s in progress.statuses.values())
+            if not unfinished or self.clock() >= limit:
+                return progress
+            time.sleep(self.poll_interval)
+
+    def _finalise(
+        self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
+    ) -> Manifest:
         args = (spec.run, spec.kind, spec.round, spec.attempt)
         task_id = self.transport.send_aggregate_task("finalise", args)
         sent_at = self.clock()
@@ -278,12 +299,17 @@ class Coordinator:
             if self._failed(spec):
                 failure = self.store.get_json(self.paths.failure(spec.kind, spec.round, spec.attempt))
                 refused = "; ".join(f"{r['hospital']}: {r.get('reason', '?')}" for r in failure.get("rejected", []))
+                if dispatch is not None:
+                    progress = self._settled(spec, dispatch)
+                reasons = failure_reasons(progress) if progress is not None else {}
+                self._record_failure(spec, failure, progress, reasons)
+                why = "".join(f"\n  {hospital}: {reason}" for hospital, reason in reasons.items())
                 raise QuorumNotReachedError(
                     f"{spec.kind} round {spec.round} of run {spec.run!r} failed: {len(failure['folded'])} of "
                     f"{len(spec.hospitals)} hospitals folded ({', '.join(failure['folded']) or 'none'}), quorum "
                     f"{spec.quorum}; refused: {refused or 'none'}; no answer: "
-                    f"{', '.join(failure.get('missing', [])) or 'none'}. The previous global model is untouched; fix "
-                    f"the failing hospitals and run `medheaven-coordinator resume --run-id {spec.run}`"
+                    f"{', '.join(failure.get('missing', [])) or 'none'}.{why}\nThe previous global model is untouched; fix the failing hospitals and "
+                    f"{self.retry_advice}"
                 )
             state = self.transport.state(task_id)
             # a missed quorum also ends the task in FAILURE, after the failure record: the next pass reports it
@@ -401,20 +427,59 @@ class Coordinator:
 
     # -- records -----------------------------------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
+        reasons = failure_reasons(progress)
         if spec.kind != "update":
-            self.observer.message(f"federated standardisation statistics from {', '.join(manifest.participants)}")
+            missing = "".join(f"; not folded: {h} ({why})" for h, why in reasons.items())
+            self.observer.message(
+                f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
+            )
             return
         record = round_record(manifest)
         record["statuses"] = {h: s.state for h, s in progress.statuses.items()}
+        record["reasons"] = reasons
         history = self.history()
         history = [r for r in history if r["round"] != spec.round] + [record]
         self.store.put_json(self.paths.history, sorted(history, key=lambda r: int(r["round"])))
         self.observer.round_finished(record)
 
+    def _record_failure(
+        self, spec: RoundSpec, failure: dict[str, Any], progress: RoundProgress | None, reasons: dict[str, str]
+    ) -> None:
+        """Keep why an attempt failed where ``status`` and ``--json`` read it, not only in the workers' logs."""
+        record = {
+            "kind": spec.kind,
+            "round": spec.round,
+            "attempt": spec.attempt,
+            "status": "failed",
+            "quorum": spec.quorum,
+            "folded": list(failure.get("folded", [])),
+            "statuses": {h: s.state for h, s in progress.statuses.items()} if progress is not None else {},
+            "reasons": reasons,
+            "at": self.clock(),
+        }
+        earlier = self.failed_attempts()
+        kept = [r for r in earlier if (r["kind"], r["round"], r["attempt"]) != (spec.kind, spec.round, spec.attempt)]
+        self.store.put_json(self.paths.failed_attempts, [*kept, record])
+
+    def failed_attempts(self) -> list[dict[str, Any]]:
+        if not self.store.exists(self.paths.failed_attempts):
+            return []
+        return list(self.store.get_json(self.paths.failed_attempts))
+
     def history(self) -> list[dict[str, Any]]:
         if not self.store.exists(self.paths.history):
             return []
         return list(self.store.get_json(self.paths.history))
+
+
+def failure_reasons(progress: RoundProgress) -> dict[str, str]:
+    """Why each hospital that was not folded was not: the task's exception type and message, or the aggregator's
+    rejection, or the deadline (never a traceback; that stays in the worker's log)."""
+    return {
+        hospital: status.detail or status.state
+        for hospital, status in progress.statuses.items()
+        if status.state != "folded"
+    }
 
 
 def round_record(manifest: Manifest) -> dict[str, Any]:

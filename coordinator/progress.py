@@ -47,7 +47,7 @@ class ProgressObserver:
         table.add_column("detail", overflow="fold")
         for status in progress.statuses.values():
             style = _STYLE.get(status.state, "")
-            table.add_row(status.hospital, f"[{style}]{status.state}[/{style}]", status.detail[:120])
+            table.add_row(status.hospital, f"[{style}]{status.state}[/{style}]", status.detail[:400])
         return table
 
     def round_started(self, spec: RoundSpec) -> None:
@@ -66,8 +66,7 @@ class ProgressObserver:
         self.round_seconds.append(float(record["seconds"]))
         if not self.quiet:
             auc = record["weighted"].get("roc_auc", float("nan"))
-            late = [h for h, s in record.get("statuses", {}).items() if s != "folded"]
-            suffix = f"; not folded: {', '.join(late)}" if late else ""
+            suffix = not_folded_text(record)
             self.console.print(
                 f"round {record['round']} committed with {len(record['participants'])} hospitals in "
                 f"{record['seconds']:.1f}s; validation ROC-AUC of its starting model {auc:.3f}{suffix}"
@@ -83,15 +82,40 @@ class ProgressObserver:
             self._live = None
 
     @staticmethod
-    def print_summary(console: Console, history: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
+    def print_summary(
+        console: Console,
+        history: list[dict[str, Any]],
+        test: dict[str, Any] | None,
+        failed: list[dict[str, Any]] | None = None,
+    ) -> None:
         table = rounds_table(history, title="rounds (validation metrics are of the model each round started from)")
         console.print(table)
+        for record in history:
+            if suffix := not_folded_text(record):
+                console.print(f"round {record['round']}{suffix}", markup=False)
+        for attempt in failed or []:
+            console.print(failed_attempt_text(attempt), markup=False)
         if test:
             metrics = test["metrics"]
             console.print(
                 f"held-out test of round {test['round']}: ROC-AUC {metrics['roc_auc']:.3f}, "
                 f"PR-AUC {metrics['pr_auc']:.3f}, Brier {metrics['brier']:.4f}, base rate {metrics['base_rate']:.3f}"
             )
+
+
+def not_folded_text(record: dict[str, Any]) -> str:
+    """``; not folded: h2 (SchemaError: ...)`` for the hospitals a committed round went without, with the reason."""
+    reasons = dict(record.get("reasons", {}))
+    late = [h for h, s in record.get("statuses", {}).items() if s != "folded"]
+    if not late:
+        return ""
+    return "; not folded: " + ", ".join(f"{h} ({reasons[h]})" if reasons.get(h) else h for h in late)
+
+
+def failed_attempt_text(attempt: dict[str, Any]) -> str:
+    what = "statistics" if attempt["kind"] == "stats" else f"round {attempt['round']}"
+    reasons = "".join(f"\n  {h}: {why}" for h, why in dict(attempt.get("reasons", {})).items())
+    return f"{what} attempt {attempt['attempt']} failed ({len(attempt['folded'])} folded, quorum {attempt['quorum']}):{reasons}"
 
 
 def rounds_table(history: list[dict[str, Any]], *, title: str) -> Table:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medheaven.crypto.context import PublicContext
+from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
-from medheaven.errors import ConfigurationError, RunStateError
+from medheaven.errors import ConfigurationError, PackingError, RunStateError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
@@ -83,6 +85,8 @@ def create_run(
             f"run {config.run!r} already exists in {store.location}: use `medheaven-coordinator resume "
             f"--run-id {config.run}` or choose another --run-id"
         )
+    if not math.isfinite(max_abs_feature) or max_abs_feature <= 0:
+        raise ConfigurationError(f"--max-abs-feature must be a positive number, got {max_abs_feature}")
     if config.plaintext:
         params, fingerprint = plan_ckks_parameters(), PLAINTEXT_FINGERPRINT
     else:
@@ -93,6 +97,12 @@ def create_run(
             )
         context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
         params, fingerprint = context.params, context.fingerprint
+    try:
+        stats_scale_bits(params, max_abs_feature=max_abs_feature)
+    except PackingError as exc:
+        raise ConfigurationError(
+            f"--max-abs-feature {max_abs_feature:g} (MEDHEAVEN_MAX_ABS_FEATURE) is too large for this key set: {exc}"
+        ) from exc
     registry = (
         HospitalRegistry.from_dict(store.get_json(REGISTRY_KEY)) if store.exists(REGISTRY_KEY) else HospitalRegistry()
     )

@@ -36,6 +36,9 @@ class Simulation:
     layout: dict[str, Any]
     keys: KeyFiles
     identities: dict[str, HospitalFiles]
+    #: from the schema's max_abs_feature, else planned from the pooled data a simulation has (a real federation
+    #: never pools: there it is MEDHEAVEN_MAX_ABS_FEATURE or --max-abs-feature)
+    max_abs_feature: float = 1000.0
 
     @property
     def store_dir(self) -> Path:
@@ -81,6 +84,7 @@ def prepare_simulation(
     params: CkksParameters | None = None,
 ) -> Simulation:
     from medheaven.data import (
+        encode_features,
         fit_layout,
         generate_synthetic,
         get_schema,
@@ -99,6 +103,7 @@ def prepare_simulation(
         frame = load_dataset(data, source_schema)
     parts, test = split_dataset(frame, hospitals=hospitals, scheme=scheme, test_fraction=test_fraction, seed=seed)
     layout = fit_layout(frame, source_schema)
+    max_abs_feature = source_schema.max_abs_feature or _planned_bound(encode_features(frame, layout))
     data_dir = root / "data"
     write_split(
         data_dir,
@@ -119,7 +124,17 @@ def prepare_simulation(
         layout=layout.to_dict(),
         keys=keys,
         identities=identities,
+        max_abs_feature=max_abs_feature,
     )
+
+
+def _planned_bound(features: Any) -> float:
+    import numpy as np
+
+    from medheaven.data.encoding import planned_feature_bound
+
+    finite = features[np.isfinite(features)]
+    return planned_feature_bound(float(np.max(np.abs(finite))) if finite.size else 0.0)
 
 
 @dataclass
@@ -172,6 +187,7 @@ def run_in_threads(
     model: ModelSpec,
     observer: Observer | None = None,
     audit: bool = False,
+    retry_advice: str | None = None,
 ) -> tuple[SimulationResult, dict[str, HospitalNode]]:
     """The embedded default: memory:// broker, worker threads, local store, no services."""
     from workers.app import create_app
@@ -179,11 +195,13 @@ def run_in_threads(
 
     app = create_app(Settings(broker_url="memory://", store=simulation.store_url()), hospitals=list(config.hospitals))
     store = simulation.store()
-    create_run(store, config, model=model, layout=simulation.layout)
+    create_run(store, config, model=model, layout=simulation.layout, max_abs_feature=simulation.max_abs_feature)
     nodes = hospital_nodes(simulation, audit=audit)
     aggregator = AggregatorNode(simulation.store(), expected_fingerprint=simulation.keys.fingerprint)
     with ThreadCluster(app, hospitals=list(config.hospitals), node_factory=nodes.__getitem__, aggregator=aggregator):
-        coordinator = Coordinator(store, CeleryTransport(app), config, poll_interval=0.05, observer=observer)
+        coordinator = Coordinator(
+            store, CeleryTransport(app), config, poll_interval=0.05, observer=observer, retry_advice=retry_advice
+        )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run)), nodes
 
@@ -227,6 +245,7 @@ def run_in_processes(
     observer: Observer | None = None,
     workers_per_hospital: int = 1,
     ready_timeout: float = 180.0,
+    retry_advice: str | None = None,
 ) -> SimulationResult:
     """The same federation on real worker processes over Redis: one aggregator, N processes per hospital."""
     from workers.app import create_app
@@ -234,13 +253,15 @@ def run_in_processes(
 
     app = create_app(Settings(broker_url=broker_url, store=simulation.store_url()), hospitals=list(config.hospitals))
     store = simulation.store()
-    create_run(store, config, model=model, layout=simulation.layout)
+    create_run(store, config, model=model, layout=simulation.layout, max_abs_feature=simulation.max_abs_feature)
     with ProcessCluster(base_env={}, log_dir=simulation.root / "logs") as cluster:
         cluster.start_aggregator(simulation.aggregator_env(broker_url=broker_url))
         for hospital in config.hospitals:
             for _ in range(workers_per_hospital):
                 cluster.start_hospital(hospital, simulation.hospital_env(hospital, broker_url=broker_url))
         cluster.wait_ready(app, timeout=ready_timeout)
-        coordinator = Coordinator(store, CeleryTransport(app), config, poll_interval=0.1, observer=observer)
+        coordinator = Coordinator(
+            store, CeleryTransport(app), config, poll_interval=0.1, observer=observer, retry_advice=retry_advice
+        )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run))

@@ -154,9 +154,11 @@ def predict_command(
     schema_file: Annotated[Path | None, typer.Option("--schema-file", help="Schema file for --schema generic.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="CSV to write; default stdout.")] = None,
 ) -> None:
-    """Readmission risk for every row of a CSV, with the preprocessing the federation trained with.
+    """Score every row of a CSV with an exported model and the preprocessing the federation trained with.
 
-    Output columns: row (0-based data row of the input), group (patient id, when the file has one), risk.
+    Output columns: row (0-based data row of the input), group (patient id, when the file has one), risk: the
+    probability of the model's positive class, i.e. that the target column recorded at export (for example
+    readmitted, or diagnosis) takes one of its positive values; the meaning is printed to stderr.
 
     The .preprocessing.json written by `medheaven export` must sit beside the model.
 
@@ -172,12 +174,12 @@ def predict_command(
     else:
         result.scores.to_csv(out, index=False)
     pre = result.preprocessing
-    note = f"scored {len(result.scores)} row(s) with run {pre.run} round {pre.round}"
+    note = f"scored {len(result.scores)} row(s) with run {pre.run} round {pre.round}; risk = {pre.score_meaning}"
     if out is not None:
         note += f" into {out}"
     if result.excluded:
         note += f"; {result.excluded} row(s) removed by the {schema} schema's cleaning (not scored)"
-    stderr.print(escape(note))
+    stderr.print(escape(note), soft_wrap=True)
     if result.metrics is not None:
         metrics = result.metrics
         stderr.print(

@@ -65,6 +65,13 @@ class Preprocessing:
     target: str  # what the score is the probability of
     model_sha256: str = ""
     exported_at: float = 0.0
+    # the source data's target column and the values that were label 1 ("label"/["1"] when the split is unknown)
+    target_column: str = "label"
+    positive_values: tuple[str, ...] = ("1",)
+
+    @property
+    def score_meaning(self) -> str:
+        return f"probability that {self.target_column!r} is {' or '.join(repr(v) for v in self.positive_values)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +88,8 @@ class Preprocessing:
             "schema": self.schema.to_dict(),
             "source_schema": self.source_schema,
             "target": self.target,
+            "target_column": self.target_column,
+            "positive_values": list(self.positive_values),
             "exported_at": self.exported_at,
         }
 
@@ -102,6 +111,7 @@ class Preprocessing:
                 target=str(data["target"]),
                 model_sha256=str(data.get("model_sha256", "")),
                 exported_at=float(data.get("exported_at", 0.0)),
+                **target_fields(data.get("source_schema"), data),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"{source} is malformed ({exc!r}); export the model again") from exc
@@ -127,6 +137,15 @@ class Preprocessing:
 def preprocessing_path(model_path: Path) -> Path:
     """``model.keras`` -> ``model.preprocessing.json``."""
     return model_path.with_suffix(PREPROCESSING_SUFFIX)
+
+
+def target_fields(source_schema: dict[str, Any] | None, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The target's name and positive class: as recorded, else from the split's source schema, else the label."""
+    recorded = recorded or {}
+    source = source_schema or {}
+    column = recorded.get("target_column") or source.get("target") or "label"
+    positives = recorded.get("positive_values") or source.get("positive_values") or ["1"]
+    return {"target_column": str(column), "positive_values": tuple(str(v) for v in positives)}
 
 
 def describe_target(source_schema: dict[str, Any] | None) -> str:
@@ -297,6 +316,7 @@ def export_model(
         target=describe_target(source_schema),
         model_sha256=model_sha256,
         exported_at=time.time(),
+        **target_fields(source_schema),
     )
     side = preprocessing_path(out)
     write_private_file(side, (json.dumps(preprocessing.to_dict(), indent=2) + "\n").encode("utf-8"), force=True)

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # --- coordinator ---------------------------------------------------------------------------------------
     round_timeout: float = Field(default=600.0, gt=0, description="Seconds a round waits before its deadline.")
     poll_interval: float = Field(default=0.2, gt=0, description="Seconds between coordinator status polls.")
+    max_abs_feature: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Largest feature magnitude a new run accepts (before standardisation); it sizes the encrypted "
+        "statistics' scale. `medheaven-coordinator run --max-abs-feature` overrides it per run.",
+    )
 
     @field_validator("store")
     @classmethod

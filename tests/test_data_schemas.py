@@ -228,7 +228,9 @@ def test_load_dataset_generic_drops_identifier_looking_columns(
 ) -> None:
     data = _generic_csv(tmp_path)
     schema_file = tmp_path / "schema.yaml"
-    schema_file.write_text("target: outcome\npositive_values: [yes]\ngroup_column: mrn\n", encoding="utf-8")
+    schema_file.write_text(
+        "target: outcome\npositive_values: [yes]\nnegative_values: [no]\ngroup_column: mrn\n", encoding="utf-8"
+    )
     frame = load_dataset(data, get_schema("generic", schema_file=schema_file))
     assert _feature_columns(frame) == {"ward", "heart_rate"}
     assert frame["heart_rate"].dtype == np.float64
@@ -244,7 +246,14 @@ def test_load_dataset_generic_drops_identifier_looking_columns(
 def test_get_schema_generic_refuses_identifier_listed_as_feature(tmp_path: Path) -> None:
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(
-        json.dumps({"target": "outcome", "positive_values": ["yes"], "categorical": ["ward", "patient_name"]}),
+        json.dumps(
+            {
+                "target": "outcome",
+                "positive_values": ["yes"],
+                "other_values_negative": True,
+                "categorical": ["ward", "patient_name"],
+            }
+        ),
         encoding="utf-8",
     )
     with pytest.raises(SchemaError) as info:

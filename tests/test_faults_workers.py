@@ -181,8 +181,6 @@ def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -
     deadline): the stats phase and the round commit with the two healthy ones."""
     simulation = small_simulation(tmp_path / "sim", hospitals=4, rows=3200)
     h1, h2, broken, impostor = simulation.hospitals
-    frame = pd.read_csv(simulation.data_files[broken])
-    frame.drop(columns=["num_medications"]).to_csv(simulation.data_files[broken], index=False)
     with (
         redis_server(tmp_path / "redis") as redis,
         federation(simulation, redis.url(), tmp_path / "logs", hospitals=(h1, h2)) as fed,
@@ -190,6 +188,10 @@ def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -
         fed.start_hospital(broken)
         fed.start_hospital(impostor, {"MEDHEAVEN_SIGNING_KEY": str(simulation.identities[h1].signing_key)})
         fed.wait_ready()
+        # the file loses a column after the worker checked it at start-up (a worker refuses to start on such a
+        # file), so the worker is up and its first task raises
+        frame = pd.read_csv(simulation.data_files[broken])
+        frame.drop(columns=["num_medications"]).to_csv(simulation.data_files[broken], index=False)
         config = fed.config("raises", rounds=1, min_hospitals=2, round_timeout=60)
         watcher = CommitWatcher(simulation.store_dir, config.run)
         history = fed.coordinator(config).run()
@@ -202,6 +204,7 @@ def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -
     record = history[0]
     assert sorted(record["participants"]) == [h1, h2]
     assert record["statuses"][broken] == "failed"
+    assert "lacks column(s) num_medications" in record["reasons"][broken]  # the reason reaches the history
     assert record["statuses"][impostor] == "late"
     assert record["rejected"] == []
     assert impostor_fold[0] == "SUCCESS" and impostor_fold[1]["status"] == "noise"

@@ -49,7 +49,8 @@ def node_for(hospital_id: str) -> HospitalNode:
 
 
 class HospitalStartupCheck(bootsteps.Step):  # type: ignore[misc]
-    """Refuse to start a hospital worker whose configuration is incomplete or whose secret key is exposed.
+    """Refuse to start a hospital worker whose configuration is incomplete, whose secret key is exposed or whose
+    data file does not load with its schema.
 
     A bootstep, not a ``worker_init`` receiver: Celery logs and swallows exceptions raised by signal receivers,
     whereas an exception in a bootstep aborts the worker's start-up with a non-zero exit.
@@ -58,9 +59,10 @@ class HospitalStartupCheck(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         if _node_factory is None:
-            from medheaven.federated.nodes import check_hospital_settings
+            from medheaven.federated.nodes import check_hospital_data, check_hospital_settings
 
             check_hospital_settings(settings())
+            check_hospital_data(settings())
 
 
 app.steps["worker"].add(HospitalStartupCheck)
@@ -121,3 +123,31 @@ def evaluate_test(self: Task, run: str, round_number: int, hospital: str) -> dic
 
     _guard(self)
     return score_test_file(node_for(hospital), run, round_number)
+
+
+@app.task(name="medheaven.hospital.layout_propose", bind=True)
+def layout_propose(self: Task, hospital: str, min_patients: int) -> dict[str, Any]:
+    """Layout phase, step 1: column kinds and the levels held for >= k patients (names only, no counts)."""
+    from medheaven.federated.layout_phase import propose_levels
+
+    _guard(self)
+    return propose_levels(node_for(hospital), int(min_patients))
+
+
+@app.task(name="medheaven.hospital.layout_counts", bind=True)
+def layout_counts(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
+    """Layout phase, step 2: encrypt the per-candidate-level patient counts; the receipt goes to the aggregator."""
+    from medheaven.federated.layout_phase import encrypt_level_counts
+    from medheaven.federated.wire import RoundSpec
+
+    _guard(self)
+    return encrypt_level_counts(node_for(hospital), RoundSpec.from_dict(spec)).to_dict()
+
+
+@app.task(name="medheaven.hospital.layout_decide", bind=True)
+def layout_decide(self: Task, layout_run: str, hospital: str, threshold: int) -> dict[str, Any]:
+    """Layout phase, step 3 (a key holder): decrypt the summed counts here and return only the layout."""
+    from medheaven.federated.layout_phase import decide_layout
+
+    _guard(self)
+    return decide_layout(node_for(hospital), layout_run, int(threshold))

@@ -115,6 +115,24 @@ def split_command(
         _stdout.print(_partition_table(summary, title=f"{source} -> {out} ({layout.n_features} features)"))
 
 
+@data_app.command("schema")
+def schema_command(
+    source: Annotated[Path, typer.Option("--from", help="A CSV (or CSV.GZ) of the data set to describe.")],
+    out: Annotated[Path, typer.Option("--out", help="Schema file to write (YAML).")],
+    target: Annotated[str | None, typer.Option("--target", help="The target column; default: guessed.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+) -> None:
+    """Write a starter schema from a CSV's header and values, for a person to check and edit (docs/schema.md).
+
+    Example: medheaven data schema --from riverside.csv --out schema.yaml --target diagnosis
+    """
+    from medheaven.data.starter import write_starter_schema
+
+    with reported_errors():
+        write_starter_schema(source, out, target=target, force=force)
+        _stderr.print(f"wrote {escape(str(out))}: check the guessed target, positive values and column kinds")
+
+
 def _partition_table(summary: dict[str, dict[str, Any]], *, title: str) -> Table:
     table = Table(title=escape(title), title_justify="left")
     for heading in ("partition", "rows", "patients", "positives", "positive rate"):

@@ -101,6 +101,7 @@ def diabetes130_schema(target: str = "30d") -> Schema:
     if target not in TARGETS:
         raise SchemaError(f"diabetes130: target must be one of {', '.join(TARGETS)}, got {target!r}")
     positives = ("<30",) if target == "30d" else ("<30", ">30")
+    negatives = tuple(v for v in ("<30", ">30", "NO") if v not in positives)
     return Schema(
         name="diabetes130",
         target="readmitted",
@@ -110,6 +111,7 @@ def diabetes130_schema(target: str = "30d") -> Schema:
         numeric=NUMERIC,
         identifier_columns=("encounter_id", "patient_nbr"),
         drop_columns=("weight", "payer_code", *CONSTANT_COLUMNS),
+        negative_values=negatives,
     )
 
 

@@ -11,6 +11,7 @@ per column), the encrypted vectors are added, and the :class:`Standardiser` is d
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def encode_features(frame: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
         raise SchemaError(f"cannot encode features: the data lacks column(s) {', '.join(missing)} of the layout")
     out = np.zeros((len(frame), layout.n_features), dtype=np.float64)
     for index, column in enumerate(layout.numeric):
-        out[:, index] = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        out[:, index] = _numeric_column(frame, column)
     offset = len(layout.numeric)
     rows = np.arange(len(frame))
     for column, levels in layout.categorical:
@@ -121,6 +122,41 @@ def encode_features(frame: pd.DataFrame, layout: FeatureLayout) -> np.ndarray:
         out[rows, offset + codes] = 1.0
         offset += len(levels)
     return out
+
+
+def _numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A layout-numeric column; a hospital that read it as text (its cells did not all parse) must not have those
+    cells quietly become missing and then the federation's mean."""
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = values.astype("object")
+    missing = text.isna() | (text.astype(str).str.strip() == MISSING)
+    parsed = pd.to_numeric(text.where(~missing), errors="coerce")
+    bad = parsed.isna() & ~missing
+    if bad.any():
+        from medheaven.data.generic import numeric_error
+
+        source = str(frame.attrs.get("source", "<data>"))
+        message = numeric_error(text, bad, column=column, path=source, decimal=".")
+        raise DataFileError(f"{message} (the feature layout of the run makes {column!r} numeric)")
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+#: The default feature-magnitude bound of a run (MEDHEAVEN_MAX_ABS_FEATURE); a planned bound is never below it, so
+#: data that fits keeps the statistics' precision it had.
+DEFAULT_MAX_ABS_FEATURE = 1000.0
+
+
+def planned_feature_bound(largest: float) -> float:
+    """The smallest of 1, 2, 5 x 10^k at or above twice ``largest`` (headroom for a hospital's larger values), and
+    at least the default: a round number an operator can read and type."""
+    target = max(2.0 * abs(float(largest)), DEFAULT_MAX_ABS_FEATURE)
+    exponent = math.floor(math.log10(target))
+    for mantissa in (1.0, 2.0, 5.0, 10.0):
+        if mantissa * 10.0**exponent >= target:
+            return mantissa * 10.0**exponent
+    return 10.0 ** (exponent + 1)  # unreachable: 10 x 10^k >= target by the choice of k
 
 
 @dataclass(frozen=True)

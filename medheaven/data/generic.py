@@ -11,7 +11,9 @@ detail is refused when the schema lists it as a feature, and dropped with a warn
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medheaven.data.schemas import GROUP, LABEL, Schema, looks_like_identifier
-from medheaven.errors import SchemaError
+from medheaven.errors import DataFileError, SchemaError
 
 
 class _TextYamlLoader(yaml.SafeLoader):
@@ -33,6 +35,8 @@ _TextYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+COMMA_DECIMAL = re.compile(r"^[+-]?\d+,\d+$")
 
 # Integer-valued columns with few distinct values are usually codes (ward, status), not quantities.
 MAX_CODE_LEVELS = 10
@@ -80,7 +84,9 @@ def drop_identifier_columns(raw: pd.DataFrame, schema: Schema, *, path: Path, co
     return raw.drop(columns=suspects)
 
 
-def infer_column_kinds(raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console) -> Schema:
+def infer_column_kinds(
+    raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console, decimal: str = "."
+) -> Schema:
     """Fill in the feature columns the schema file left out, and print what was decided."""
     if schema.categorical and schema.numeric:
         return schema
@@ -96,7 +102,7 @@ def infer_column_kinds(raw: pd.DataFrame, schema: Schema, *, path: Path, console
     for column in raw.columns:
         if column in taken:
             continue
-        kind = _infer_kind(raw[column])
+        kind = _infer_kind(raw[column], column=column, path=path, decimal=decimal)
         (numeric if kind == "numeric" else categorical).append(column)
         inferred.append((column, kind))
     _print_inferred(inferred, path=path, console=console)
@@ -105,15 +111,59 @@ def infer_column_kinds(raw: pd.DataFrame, schema: Schema, *, path: Path, console
     return resolved
 
 
-def _infer_kind(values: pd.Series) -> str:
+#: A column whose present values are at least this share numbers is a quantity with some bad cells, not a code.
+MOSTLY_NUMERIC = 0.8
+
+
+def _infer_kind(values: pd.Series, *, column: str, path: Path, decimal: str = ".") -> str:
     present = values.dropna().astype(str).str.strip()
     present = present[present != ""]
     if present.empty:
         return "categorical"
-    parsed = pd.to_numeric(present, errors="coerce")
-    if parsed.isna().any() or present.nunique() <= MAX_CODE_LEVELS:
+    candidates = present.str.replace(",", ".", regex=False) if decimal == "," else present
+    parsed = pd.to_numeric(candidates, errors="coerce")
+    if parsed.isna().any():
+        numbers = parsed.notna()
+        if numbers.mean() >= MOSTLY_NUMERIC and present[numbers].nunique() > MAX_CODE_LEVELS:
+            # Calling it categorical would give every number its own level here while another hospital, whose
+            # cells all parse, reads it as numeric: an error now is better than imputation or a layout clash later.
+            raise DataFileError(
+                numeric_error(present, ~numbers, column=column, path=path, decimal=decimal).replace(
+                    "must be numeric", "looks numeric (most cells are numbers)"
+                )
+                + "; or list it under `numeric` once fixed"
+            )
+        return "categorical"
+    if present.nunique() <= MAX_CODE_LEVELS:
         return "categorical"
     return "numeric"
+
+
+def numeric_error(text: pd.Series, bad: pd.Series, *, column: str, path: Path | str, decimal: str) -> str:
+    row = bad.index[int(bad.to_numpy().argmax())]
+    counts = text[bad].astype(str).str.strip().value_counts()
+    shown = ", ".join(f"{value!r} ({int(n)} row{'s' if n > 1 else ''})" for value, n in counts.head(8).items())
+    more = f" and {len(counts) - 8} other value(s)" if len(counts) > 8 else ""
+    fixes = ["correct or blank those cells (a blank or '?' cell is missing)"]
+    if decimal == "." and any(COMMA_DECIMAL.fullmatch(str(v)) for v in counts.index):
+        fixes.insert(0, "if ',' is this file's decimal mark, set `decimal: ','` in the schema")
+    fixes.append(f"or list {column!r} under `categorical` in the schema if it is not a quantity")
+    return (
+        f"data file {path}: column {column!r} must be numeric but holds {shown}{more} "
+        f"(first at data row {int(row) + 1}, line {int(row) + 2}; {int(bad.sum())} row(s) in all); "
+        f"MedHeaven never turns such values into missing or the mean: {'; '.join(fixes)}"
+    )
+
+
+def warn_absent_columns(raw: pd.DataFrame, schema: Schema, *, path: Path, console: Console) -> None:
+    """A listed column the file does not have is most often a misspelling; the real column would then be kept."""
+    for key, listed in (("drop_columns", schema.drop_columns), ("identifier_columns", schema.identifier_columns)):
+        for column in listed:
+            if column in raw.columns:
+                continue
+            close = difflib.get_close_matches(column, [str(c) for c in raw.columns], n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            console.print(f"[yellow]warning:[/yellow] {path}: {key} lists {column!r}, which this file lacks{hint}")
 
 
 def _print_inferred(inferred: list[tuple[str, str]], *, path: Path, console: Console) -> None:

@@ -54,6 +54,7 @@ def johns_schema() -> Schema:
         numeric=NUMERIC,
         identifier_columns=IDENTIFIERS,
         drop_columns=("time_slot",),
+        negative_values=("0",),
     )
 
 

@@ -293,4 +293,5 @@ def prepared_schema_for(layout: FeatureLayout) -> Schema:
         numeric=layout.numeric,
         identifier_columns=(),
         drop_columns=(),
+        negative_values=("0",),
     )

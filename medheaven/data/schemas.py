@@ -8,6 +8,8 @@ schema file (:mod:`medheaven.data.generic`).
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,8 +49,20 @@ IDENTIFIER_WORDS = frozenset(
 IDENTIFIER_SUFFIXES = ("_id", "name", "date", "initial", "initials", "email", "phone", "address")
 
 
+#: The delimiters the CSV sniffer chooses from (and the only ones a schema may name).
+DELIMITERS = (",", ";", "\t", "|")
+DECIMAL_MARKS = (".", ",")
+
+
 @dataclass(frozen=True)
 class Schema:
+    """What a data file looks like; every key of a schema file is a field here (see docs/schema.md).
+
+    Labels are never guessed: a target value is 1 when it is in ``positive_values``, 0 when it is in
+    ``negative_values`` (or, only when ``other_values_negative`` says so explicitly, when it is anything else), and
+    any other value is an error naming the file, the value and how often it occurs.
+    """
+
     name: str
     target: str
     positive_values: tuple[str, ...]
@@ -57,6 +71,11 @@ class Schema:
     numeric: tuple[str, ...]
     identifier_columns: tuple[str, ...]
     drop_columns: tuple[str, ...]
+    negative_values: tuple[str, ...] = ()
+    other_values_negative: bool = False
+    delimiter: str | None = None  # None: sniffed from the file
+    decimal: str | None = None  # None: sniffed from the file's numeric-looking cells
+    max_abs_feature: float | None = None  # None: the run's setting (MEDHEAVEN_MAX_ABS_FEATURE / --max-abs-feature)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -70,12 +89,23 @@ class Schema:
     def from_dict(cls, data: dict[str, Any]) -> Schema:
         if not isinstance(data, dict):
             raise SchemaError(f"a schema must be a mapping, got {type(data).__name__}")
+        refuse_unknown_keys(data, SCHEMA_KEYS, what="schema")
         target = data.get("target")
         if not isinstance(target, str) or not target:
             raise SchemaError("schema: 'target' (the name of the target column) is required")
         positives = _string_tuple(data, "positive_values")
         if not positives:
             raise SchemaError(f"schema: 'positive_values' must list the values of {target!r} that mean label 1")
+        negatives = _string_tuple(data, "negative_values")
+        others = _flag(data, "other_values_negative")
+        if not negatives and not others:
+            raise SchemaError(
+                f"schema: say which values of {target!r} mean label 0: list them under 'negative_values', or set "
+                "'other_values_negative: true' to make every value not in 'positive_values' a negative"
+            )
+        overlap = sorted(set(positives) & set(negatives))
+        if overlap:
+            raise SchemaError(f"schema: value(s) {overlap} are listed as both positive and negative")
         group = data.get("group_column")
         if group is not None and not isinstance(group, str):
             raise SchemaError(f"schema: 'group_column' must be a column name or null, got {group!r}")
@@ -88,7 +118,57 @@ class Schema:
             numeric=_string_tuple(data, "numeric"),
             identifier_columns=_string_tuple(data, "identifier_columns"),
             drop_columns=_string_tuple(data, "drop_columns"),
+            negative_values=negatives,
+            other_values_negative=others,
+            delimiter=_choice(data, "delimiter", DELIMITERS),
+            decimal=_choice(data, "decimal", DECIMAL_MARKS),
+            max_abs_feature=_positive_number(data, "max_abs_feature"),
         )
+
+
+#: Every key a schema file may hold; anything else is refused with the nearest of these.
+SCHEMA_KEYS: tuple[str, ...] = tuple(Schema.__dataclass_fields__)
+
+
+def refuse_unknown_keys(data: dict[str, Any], known: tuple[str, ...], *, what: str) -> None:
+    """A misspelled key must not be ignored (a misspelled ``drop_columns`` would keep a column as a feature)."""
+    for key in data:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise SchemaError(f"{what}: unknown key `{key}`; {hint}valid keys: {', '.join(known)}")
+
+
+def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if value == "\\t":  # a literal backslash-t, as people type a tab in YAML or JSON without escapes
+        value = "\t"
+    if value not in allowed:
+        shown = ", ".join(repr(a) for a in allowed)
+        raise SchemaError(f"schema: {key!r} must be one of {shown} (or left out to sniff it), got {value!r}")
+    return str(value)
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    # schema YAML is read without YAML 1.1 booleans (so a target value "yes" stays text): accept true/false as text
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise SchemaError(f"schema: {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _positive_number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SchemaError(f"schema: {key!r} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _string_tuple(data: dict[str, Any], key: str) -> tuple[str, ...]:

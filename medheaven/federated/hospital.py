@@ -185,9 +185,14 @@ class HospitalNode:
         finite = data.train_x[np.isfinite(data.train_x)]
         largest = float(np.max(np.abs(finite))) if finite.size else 0.0
         if largest > cache.description.max_abs_feature:
+            from medheaven.data.encoding import planned_feature_bound
+
             raise PackingError(
-                f"hospital {self.hospital_id!r}: a feature value of magnitude {largest:.4g} exceeds the run's "
-                f"max_abs_feature={cache.description.max_abs_feature}; check the data file for unit errors"
+                f"hospital {self.hospital_id!r}: a feature value of magnitude {largest:.4g} in {self.data_path} "
+                f"exceeds the run's max_abs_feature={cache.description.max_abs_feature:g}; if the value is right, "
+                f"start a new run with `medheaven-coordinator run --max-abs-feature "
+                f"{planned_feature_bound(largest):g}` (or MEDHEAVEN_MAX_ABS_FEATURE, or `max_abs_feature` in the "
+                "demo's schema file), otherwise fix the unit error in the data file"
             )
         vector = SufficientStats.of(data.train_x).to_vector()
         key, digest, size, _ = self._upload(cache.description, spec, vector)

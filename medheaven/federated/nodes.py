@@ -56,6 +56,22 @@ def check_hospital_settings(settings: Settings) -> None:
         raise ConfigurationError(f"MEDHEAVEN_DATA_PATH={settings.data_path} is not a readable file")
 
 
+def check_hospital_data(settings: Settings) -> None:
+    """Read the hospital's data file with its schema once, at start-up: a file that lacks a column, holds target
+    values the schema does not declare or text in a numeric column must stop the worker with that message, not fail
+    every task later with the reason buried in a log."""
+    from medheaven.errors import MedHeavenError
+
+    assert settings.data_path is not None
+    try:
+        schema_reader(settings.schema_name, settings.schema_file)(settings.data_path)
+    except MedHeavenError as exc:
+        raise ConfigurationError(
+            f"hospital {settings.hospital_id!r} refuses to start: its data file does not validate against its schema "
+            f"({settings.schema_name}{f' from {settings.schema_file}' if settings.schema_file else ''}): {exc}"
+        ) from exc
+
+
 def hospital_node_from_settings(settings: Settings, *, expected_hospital: str) -> HospitalNode:
     check_hospital_settings(settings)
     assert settings.hospital_id is not None and settings.data_path is not None and settings.signing_key is not None

@@ -59,6 +59,11 @@ class RunPaths:
         return f"{self.run}/history.json"
 
     @property
+    def failed_attempts(self) -> str:
+        """The coordinator's record of every attempt that failed, with each hospital's reason."""
+        return f"{self.run}/failed-attempts.json"
+
+    @property
     def final_validation(self) -> str:
         return f"{self.run}/final-validation.json"
 
