@@ -87,7 +87,7 @@ def shared_queue(root: Path, *, workers: int, args: argparse.Namespace) -> dict[
     simulation = prepare_simulation(root, hospitals=2, scheme="iid", synthetic_rows=2 * args.rows_per_hospital)
     first, second = simulation.hospitals
     config = simulation_config(
-        simulation, run=f"shared-{workers}", rounds=args.rounds, round_timeout=args.round_timeout, score_test=False
+        simulation, run=f"shared-{workers}", rounds=args.rounds, round_timeout=args.round_timeout, score_test=True
     )
     app = create_app(Settings(broker_url=args.broker_url, store=simulation.store_url()), hospitals=[first, second])
     store = simulation.store()
@@ -99,12 +99,11 @@ def shared_queue(root: Path, *, workers: int, args: argparse.Namespace) -> dict[
         cluster.start_hospital(second, simulation.hospital_env(second, broker_url=args.broker_url))
         cluster.wait_ready(app, timeout=600)
         history = Coordinator(store, CeleryTransport(app), config, poll_interval=0.1).run()
-        test_file = str(simulation.test_file.resolve())
         started = time.perf_counter()
         results = [
             app.send_task(
                 "medheaven.hospital.evaluate_test",
-                args=(config.run, args.rounds, first, test_file),
+                args=(config.run, args.rounds, first),  # the test file's path is read from the run's config
                 queue=f"hospital.{first}",
             )
             for _ in range(args.tasks)

@@ -45,7 +45,7 @@ def test_demo_feature_bound_planned_from_data_above_the_old_default(tmp_path: Pa
     data, schema = write_tumour_data(tmp_path / "in")
     report = _demo(tmp_path / "demo", data, schema)
     assert len(report["rounds"]) == 1 and report["test"] is not None  # type: ignore[arg-type]
-    description = LocalStore(tmp_path / "demo" / "store").get_json(RunPaths("demo").model)
+    description = LocalStore(tmp_path / "demo" / "store").get_json(RunPaths(str(report["run"])).model)
     largest = float(pd.read_csv(data)["area"].max())
     assert largest > 1000.0  # the old hard-coded bound would have failed every hospital
     bound = description["max_abs_feature"]
@@ -68,17 +68,18 @@ def test_demo_failure_names_each_hospitals_reason_and_no_resume(
     assert "Traceback" not in message
 
     store = LocalStore(out / "store")
-    failed = store.get_json(RunPaths("demo").failed_attempts)
+    (run,) = [p.name for p in (out / "store").iterdir() if (p / "model.json").exists()]  # each demo has its own id
+    failed = store.get_json(RunPaths(run).failed_attempts)
     assert [(r["kind"], r["status"]) for r in failed] == [("stats", "failed")]
     assert set(failed[0]["reasons"]) == {"h1", "h2", "h3"}
     assert all("exceeds the run's max_abs_feature=1000" in why for why in failed[0]["reasons"].values())
 
     monkeypatch.setenv("MEDHEAVEN_STORE", f"file://{(out / 'store').resolve()}")
     runner = CliRunner()
-    as_json = runner.invoke(coordinator_app, ["status", "--run-id", "demo", "--json"])
+    as_json = runner.invoke(coordinator_app, ["status", "--run-id", run, "--json"])
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)["failed_attempts"][0]["reasons"] == failed[0]["reasons"]
-    text = runner.invoke(coordinator_app, ["status", "--run-id", "demo"])
+    text = runner.invoke(coordinator_app, ["status", "--run-id", run])
     assert "statistics attempt 1 failed" in text.stdout and "h2: PackingError" in text.stdout
 
 

@@ -66,7 +66,7 @@ def test_docs_schema_example_runs_the_demo_and_export_names_the_target(tmp_path:
     cli.command("predict")(predict_command)
     model = tmp_path / "model.keras"
     store = f"file://{(out / 'store').resolve()}"
-    args = ["export", "demo", "--store", store, "--secret-context", str(out / "keys" / "context.secret")]
+    args = ["export", str(report["run"]), "--store", store, "--secret-context", str(out / "keys" / "context.secret")]
     exported = CliRunner().invoke(cli, [*args, "--out", str(model)])
     assert exported.exit_code == 0, exported.output
     preprocessing = yaml.safe_load(model.with_suffix(".preprocessing.json").read_text(encoding="utf-8"))
