@@ -15,24 +15,18 @@ tests/test_release.py). Screenshots of the pages go to ``$MEDHEAVEN_ARTEFACTS/da
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from fault_support import BackgroundRun, federation, free_port, kill_family, wait_for
+from fault_support import BackgroundRun, federation, kill_family, wait_for
 from federation_support import small_simulation
+from flower_support import PASSWORD, USER, flower, http
 from test_release import COUNT_RATIOS, SEARCH, _metric_dicts, consistent_sizes
 
 from coordinator.queues import queue_depths
@@ -47,7 +41,6 @@ from workers.task_state import WORKER_LOST, live_workers, lost_tasks, mark_worke
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-USER, PASSWORD = "operator", "s3cret-for-browser"
 RUN = "dash"
 #: a released count ratio as any page prints it: 'accuracy': 0.88 (repr), "accuracy": 0.88 (JSON), HTML-escaped
 RATIO_VALUE = re.compile(r"(accuracy|base_rate)(?:'|&#39;|\"|&quot;)\s*:\s*(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)")
@@ -75,49 +68,6 @@ def _artefacts(tmp_path: Path) -> Path:
     return directory
 
 
-def _http(url: str, *, auth: bool = True, method: str = "GET") -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method)  # noqa: S310 - http://127.0.0.1 URLs only
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 - 127.0.0.1 only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
-@contextmanager
-def flower(broker_url: str, hospitals: tuple[str, ...], log_path: Path) -> Iterator[Callable[[], str]]:
-    """Flower started in the background (it starts while the workers do); the yielded call waits until it answers
-    and returns its base URL."""
-    port = free_port()
-    env = {**os.environ, "MEDHEAVEN_BROKER_URL": broker_url, "MEDHEAVEN_HOSPITALS": ",".join(hospitals)}
-    command = [
-        sys.executable, "-m", "celery", "-A", "workers.dashboard", "flower",
-        "--address=127.0.0.1", f"--port={port}", f"--basic-auth={USER}:{PASSWORD}",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"flower exited: {log_path.read_text()[-2000:]}"
-        try:
-            return _http(f"{base}/healthcheck", auth=False)[0] == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    def ready() -> str:
-        wait_for(healthy, timeout=60, what="flower to answer /healthcheck", interval=0.2)
-        return base
-
-    try:
-        yield ready
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
 def _validation_size(simulation: Any, hospital: str) -> int:
     """What the hospital's own node computes: its data file, the run's layout, the settings' validation share."""
     frame = schema_reader("prepared", None)(simulation.data_files[hospital])
@@ -126,7 +76,7 @@ def _validation_size(simulation: Any, hospital: str) -> int:
 
 
 def _tasks(base: str) -> dict[str, dict[str, Any]]:
-    status, body = _http(f"{base}/api/tasks")
+    status, body = http(f"{base}/api/tasks")
     assert status == 200, body
     tasks: dict[str, dict[str, Any]] = json.loads(body)
     return tasks
@@ -240,14 +190,15 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
         assert _by_name(tasks, f"train · {h1} · round 1 · {RUN}")["retries"] == 0
 
         # /metrics: login first, then off; /healthcheck says OK only
-        assert _http(f"{base}/metrics", auth=False)[0] == 401
-        assert _http(f"{base}/metrics")[0] == 404
-        assert _http(f"{base}/healthcheck", auth=False) == (200, "OK")
-        assert _http(f"{base}/api/tasks", auth=False)[0] == 401
+        assert http(f"{base}/metrics", auth=None)[0] == 401
+        assert http(f"{base}/metrics")[0] == 404
+        assert http(f"{base}/healthcheck", auth=None) == (200, "OK")
+        for path in ("/api/tasks", "/api/workers", "/tasks", "/broker"):
+            assert http(f"{base}{path}", auth=None)[0] == 401 and http(f"{base}{path}", auth=(USER, "x"))[0] == 401
 
         # growing the aggregator's pool: Flower refuses (read-only), the worker refuses, and it still runs 1 process
         aggregator = next(name for name in live_workers(fed.app) if name.startswith("aggregator@"))
-        assert _http(f"{base}/api/worker/pool/grow/{aggregator}?n=2", method="POST")[0] == 403
+        assert http(f"{base}/api/worker/pool/grow/{aggregator}?n=2", method="POST")[0] == 403
         refusal = fed.app.control.pool_grow(2, reply=True, destination=[aggregator], timeout=5)
         assert "refuses remote-control command 'pool_grow'" in refusal[0][aggregator]["error"]
         stats = (fed.app.control.inspect(destination=[aggregator], timeout=5).stats() or {})[aggregator]
@@ -255,7 +206,7 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
 
         texts: dict[str, str] = {"/api/tasks": json.dumps(tasks)}
         for path in ("/api/workers?refresh=1", f"/api/task/result/{failed_round['uuid']}"):
-            status, texts[path] = _http(f"{base}{path}")
+            status, texts[path] = http(f"{base}{path}")
             assert status == 200, (path, texts[path][:300])
         results: list[tuple[str | None, Any]] = [
             (_hospital_of(str(t.get("name", "")), simulation.hospitals), ast.literal_eval(t["result"]))

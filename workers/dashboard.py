@@ -39,7 +39,7 @@ __all__ = ["app"]
 log = logging.getLogger(__name__)
 
 #: the task list's columns: what happened (state, exception, retries) beside the shadow name that says to whom
-TASK_COLUMNS = "name,state,exception,retries,received,runtime,worker,uuid"
+TASK_COLUMNS = "name,state,retries,worker,received,runtime,exception"
 
 
 def show_rejection_time(task: Any) -> Any:
