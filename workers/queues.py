@@ -113,6 +113,8 @@ def queue_depths(
     also its live consumers and its stranded messages: unacknowledged both before and after the workers were
     asked, and held by none of them (a message taken or acknowledged while they were asked is not stranded)."""
     names = declared_queue_names(app, hospitals)
+    if live is not None:  # a queue some live worker consumes is listed even where MEDHEAVEN_HOSPITALS is unset
+        names += sorted({q for queues in live.queues.values() for q in queues} - set(names))
     held = unacknowledged(app)
     counts: dict[str, int] = {}
     stranded: dict[str, int] = {}
