@@ -36,7 +36,7 @@ from medheaven.federated.nodes import schema_reader
 from medheaven.federated.release import RELEASE_DECIMALS
 from medheaven.settings import Settings
 from workers.config import hospital_queue
-from workers.task_state import WORKER_LOST, live_workers, lost_tasks, mark_worker_lost
+from workers.task_state import WORKER_LOST, live_workers, lost_tasks, mark_lost_tasks, mark_worker_lost
 
 pytestmark = pytest.mark.slow
 
@@ -155,9 +155,11 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
         wait_for(lambda: training(2, h2), timeout=120, what="h2's round-2 training", interval=0.02)
         lost_id = fed.dispatch(RUN, 2)[h2]["task"]
         kill_family(fed.worker(f"{h2}-0"))
-        lost = lost_tasks(fed.app, [lost_id, fed.dispatch(RUN, 2)[h1]["task"]], live=live_workers(fed.app))
+        round_2 = [lost_id, fed.dispatch(RUN, 2)[h1]["task"]]
+        lost = lost_tasks(fed.app, round_2, live=live_workers(fed.app))
         assert [t.task_id for t in lost] == [lost_id] and lost[0].worker.startswith(f"{h2}-0@"), lost
-        assert mark_worker_lost(fed.app, lost[0], reason="it stopped answering pings")
+        marked = mark_lost_tasks(fed.app, round_2, live=live_workers(fed.app), reason="it stopped answering pings")
+        assert [t.task_id for t in marked] == [lost_id]
         assert not mark_worker_lost(fed.app, lost[0], reason="again"), "a finished task was marked twice"
         with pytest.raises(QuorumNotReachedError, match="round 2"):
             run.result(timeout=120)
