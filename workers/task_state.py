@@ -129,7 +129,9 @@ def report_redelivery(task: Any, deliveries: int) -> None:
         "task %s[%s] delivered %d times (redelivered flag %s): an earlier delivery's worker process was lost",
         task.name, request.id, deliveries, redelivered,
     )  # fmt: skip
-    try:
-        task.send_event(REDELIVERED_EVENT, retries=deliveries - 1, deliveries=deliveries, redelivered=redelivered)
+    try:  # no publish retry: the task must not wait out a broker outage (up to ~2 min) for a monitoring event
+        task.send_event(
+            REDELIVERED_EVENT, retry=False, retries=deliveries - 1, deliveries=deliveries, redelivered=redelivered
+        )
     except Exception:  # a monitoring event must never cost the task itself; the log line above stays
         log.exception("could not send the %s event of task %s", REDELIVERED_EVENT, request.id)
