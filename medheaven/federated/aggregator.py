@@ -39,7 +39,7 @@ from medheaven.errors import (
     UnknownHospitalError,
 )
 from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
-from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
 from medheaven.federated.round_policy import Verdict, decide, lateness
@@ -346,19 +346,23 @@ class AggregatorNode:
         decision = decide(spec, state.ledger, time.time(), closing=True)
         if decision.verdict is not Verdict.COMMIT:
             ledger = state.ledger
-            failure = {
-                "run": run,
-                "kind": kind,
-                "round": round_number,
-                "attempt": attempt,
-                "quorum": spec.quorum,
-                "folded": sorted(ledger.folded_hospitals),
-                "rejected": [entry.to_dict() for entry in ledger.rejected],
-                "missing": list(decision.outstanding),
-                "noise": ledger.noise,
-                "reason": decision.reason,
-                "at": time.time(),
-            }
+            members = spec.cohort or spec.hospitals
+            tombstone = AttemptTombstone(
+                run=run,
+                kind=kind,
+                round=round_number,
+                attempt=attempt,
+                quorum=spec.quorum,
+                reason=decision.reason,
+                at=time.time(),
+                folded=tuple(sorted(ledger.folded_hospitals)),
+                rejected=ledger.rejected,
+                missing=decision.outstanding,
+                cohort=spec.cohort,
+                uploaded=tuple(h for h in members if self.store.exists(paths.update(kind, round_number, attempt, h))),
+                noise=ledger.noise,
+            )
+            failure = tombstone.to_dict()
             self.store.put_json(paths.failure(kind, round_number, attempt), failure)
             self._rounds.pop((run, kind, round_number), None)
             refused = "; ".join(f"{e.hospital}: {e.reason}" for e in ledger.rejected) or "none"

@@ -8,6 +8,19 @@ from medheaven.crypto.envelope import EnvelopeExpectation, EnvelopeLimits
 from medheaven.crypto.packing import stats_scale_bits
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RunDescription
 
+#: Seconds after an attempt's deadline (plus the clock skew) within which an upload that was started on time may still
+#: land in the store (one store write). Hospitals do not start an upload into a masked attempt past its deadline, so
+#: after this the store's set of uploads of a closed attempt is final and the cohort rule can be judged on it.
+UPLOAD_GRACE = 10.0
+#: The scheme whose uploads carry pairwise masks (crypto/codec.py ``Scheme``); its attempts have a cohort.
+MASKED_SCHEME = "bfv-masked"
+
+
+def is_masked(run: RunDescription) -> bool:
+    """Whether the run's uploads are pairwise-masked, so that each attempt fixes a cohort (``RoundSpec.cohort``)."""
+    scheme = getattr(run, "scheme", None)
+    return str(getattr(scheme, "value", scheme)) == MASKED_SCHEME
+
 
 def envelope_limits(run: RunDescription, *, length: int | None = None) -> EnvelopeLimits:
     vector = length if length is not None else run.vector_length

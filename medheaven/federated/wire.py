@@ -123,10 +123,22 @@ class RoundSpec:
     base_sha256: str  # digest of the global model the round starts from ("" for stats)
     training: LocalTraining = field(default_factory=LocalTraining)
     opened_at: float = 0.0
+    # The hospitals masked together in this attempt (pairwise masks cancel only in the sum over all of them), fixed
+    # when the attempt opens and equal to ``hospitals`` then; empty for unmasked schemes (ckks, plaintext) and for
+    # specs written before masking. Every member derives its masks from (run, kind, round, attempt, cohort).
+    cohort: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cohort and (sorted(self.cohort) != sorted(self.hospitals) or len(set(self.cohort)) != len(self.cohort)):
+            raise EnvelopeFormatError(
+                f"{self.kind} round {self.round} attempt {self.attempt}: cohort {list(self.cohort)} is not the "
+                f"attempt's hospitals {list(self.hospitals)} (a masked attempt masks exactly the hospitals it asks)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["hospitals"] = list(self.hospitals)
+        data["cohort"] = list(self.cohort)
         data["training"] = self.training.to_dict()
         return data
 
@@ -143,6 +155,7 @@ class RoundSpec:
             base_sha256=str(data["base_sha256"]),
             training=LocalTraining.from_dict(data["training"]),
             opened_at=float(data.get("opened_at", 0.0)),
+            cohort=tuple(str(h) for h in data.get("cohort", ())),
         )
 
 
