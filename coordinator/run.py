@@ -12,6 +12,7 @@ from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
 from medheaven.errors import ConfigurationError, PackingError, RunStateError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
+from medheaven.federated.protocol import is_masked
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
@@ -121,6 +122,9 @@ def create_run(
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
     )
+    if is_masked(description):
+        # every hospital's X25519 public key must be registered before round 1; old registries lack them
+        registry.require_agreement_keys(config.hospitals)
     store.create_json(paths.config, config.to_dict())
     store.create_json(paths.model, description.to_dict())
     return description

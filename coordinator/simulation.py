@@ -15,6 +15,7 @@ from coordinator.loop import Coordinator, Observer
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.masks import load_agreement_key
 from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
@@ -174,6 +175,7 @@ def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, 
             reader=reader,
             secret=secret,
             signing_key=load_signing_key(simulation.identities[h].signing_key, hospital_id=h),
+            agreement_key=load_agreement_key(simulation.identities[h].agreement_key),
             audit=audit,
         )
         for h in simulation.hospitals

@@ -132,18 +132,41 @@ def keys_show(
 @command
 def hospital_init(
     hospital_id: Annotated[str, typer.Option("--id", help="Hospital id (becomes queue hospital.<id>).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <id>.signing.pem (0600) and <id>.verify.hex.")],
-    force: Annotated[bool, typer.Option("--force")] = False,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder for <id>.signing.pem and <id>.agreement.pem (0600) and their public halves."
+        ),
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace both keys of an existing identity.")] = False,
 ) -> None:
-    """Create a hospital's Ed25519 signing key and its public verification key.
+    """Create a hospital's Ed25519 signing key and X25519 agreement key, with their public halves.
+
+    A hospital that already has a signing key (made before pairwise masking) keeps it: only the missing agreement
+    key is created; register both public halves again.
 
     Example: medheaven hospital init --id stmarys --out keys/
     """
-    from medheaven.crypto.signing import create_hospital_identity
+    from medheaven.crypto.masks import agreement_key_paths, create_agreement_key
+    from medheaven.crypto.signing import create_hospital_identity, validate_hospital_id
+    from medheaven.errors import ConfigurationError
 
-    signing, verify = create_hospital_identity(hospital_id, out, force=force)
-    stdout.print(f"signing key       {signing}  (mode 0600, stays on this hospital's machines)")
-    stdout.print(f"verification key  {verify}  (send it to the operator for `medheaven hospital register`)")
+    signing = out / f"{validate_hospital_id(hospital_id)}.signing.pem"
+    if force or not signing.exists():
+        signing, verify = create_hospital_identity(hospital_id, out, force=force)
+        stdout.print(f"signing key       {signing}  (mode 0600, stays on this hospital's machines)")
+    else:
+        verify = out / f"{hospital_id}.verify.hex"
+        stdout.print(f"signing key       {signing}  (exists, kept)")
+    agreement, agreement_public = agreement_key_paths(hospital_id, out)
+    if force or not agreement.exists():
+        agreement, agreement_public = create_agreement_key(hospital_id, out, force=force)
+        stdout.print(f"agreement key     {agreement}  (mode 0600, stays on this hospital's machines)")
+    else:
+        raise ConfigurationError(f"{signing} and {agreement} exist; pass --force to replace this hospital's identity")
+    stdout.print(
+        f"public halves     {verify} {agreement_public}  (send both to the operator for `medheaven hospital register`)"
+    )
 
 
 @hospital_app.command("register")
@@ -151,16 +174,30 @@ def hospital_init(
 def hospital_register(
     hospital_id: Annotated[str, typer.Option("--id")],
     verify_key: Annotated[Path, typer.Option("--verify-key", help="The hospital's <id>.verify.hex file.")],
+    agreement_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--agreement-key",
+            help="The hospital's <id>.agreement.hex file (default: beside --verify-key, if it exists).",
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
-    """Add (or replace) a hospital's verification key in the store's hospitals.json.
+    """Add (or replace) a hospital's verification and agreement keys in the store's hospitals.json.
+
+    Without an agreement key the hospital can take part in runs of the older `ckks` scheme only.
 
     Example: medheaven hospital register --id stmarys --verify-key stmarys.verify.hex --store file:///srv/fed
     """
     from medheaven.federated.setup import register_hospital
 
-    registry = register_hospital(_store(store), hospital_id, verify_key.read_text())
-    stdout.print(f"registered {hospital_id}; registry now holds {', '.join(sorted(registry.keys))}")
+    if agreement_key is None:
+        beside = verify_key.with_name(f"{hospital_id}.agreement.hex")
+        agreement_key = beside if beside.is_file() else None
+    agreement_hex = agreement_key.read_text() if agreement_key is not None else None
+    registry = register_hospital(_store(store), hospital_id, verify_key.read_text(), agreement_hex)
+    masked = "with its agreement key" if agreement_hex else "WITHOUT an agreement key (ckks runs only)"
+    stdout.print(f"registered {hospital_id} {masked}; registry now holds {', '.join(sorted(registry.keys))}")
 
 
 @hospital_app.command("remove")

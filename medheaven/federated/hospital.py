@@ -21,7 +21,13 @@ from medheaven.crypto.context import SecretContext
 from medheaven.crypto.envelope import Envelope
 from medheaven.crypto.packing import encrypt_chunks, pack_update
 from medheaven.crypto.signing import SigningKey
-from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError, StoreConflictError
+from medheaven.errors import (
+    ConfigurationError,
+    DigestMismatchError,
+    PackingError,
+    RoundClosedError,
+    StoreConflictError,
+)
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
@@ -34,6 +40,7 @@ from medheaven.store.base import Store
 if TYPE_CHECKING:
     import keras
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from medheaven.data import HospitalData, Standardiser
 
@@ -62,6 +69,7 @@ class HospitalNode:
         reader: Callable[[Path], pd.DataFrame],
         secret: SecretContext | None,
         signing_key: SigningKey,
+        agreement_key: X25519PrivateKey | None = None,
         validation_fraction: float = 0.1,
         seed: int = 0,
         audit: bool = False,
@@ -77,6 +85,8 @@ class HospitalNode:
         self._frame: pd.DataFrame | None = None
         self.secret = secret
         self.signing_key = signing_key
+        # X25519, for the pairwise masks of masked runs; like the secret context it never leaves this process
+        self.agreement_key = agreement_key
         self.validation_fraction = validation_fraction
         self.seed = seed
         self._runs: dict[str, _RunCache] = {}
@@ -122,6 +132,57 @@ class HospitalNode:
         scale = stats_scale(run) if kind == "stats" else None
         return encrypt_chunks(self.secret, values, scale_bits=scale)
 
+    def _check_masked_upload(self, spec: RoundSpec) -> None:
+        """Refuse to upload into a masked attempt whose sum could be combined with another to isolate an update.
+
+        A hospital does not rely on the coordinator for this (docs/architecture.md, "Dropouts"): it never uploads
+        into an attempt past its deadline or once the attempt has a tombstone (such an upload could only complete a
+        failed attempt's sum after its survivors moved on), and never into a fresh attempt whose cohort breaks the
+        cohort rule against the round's failed attempts (``round_policy.cohort_violations``).
+        """
+        from medheaven.federated.cohort import earlier_attempts
+        from medheaven.federated.round_policy import cohort_violations
+
+        where = f"{spec.kind} round {spec.round} attempt {spec.attempt} of run {spec.run!r}"
+        if self.hospital_id not in spec.cohort:
+            raise RoundClosedError(f"hospital {self.hospital_id!r} is not in the cohort of {where}")
+        if time.time() > spec.deadline:
+            raise RoundClosedError(
+                f"hospital {self.hospital_id!r} did not upload into {where}: its deadline has passed, and a masked "
+                "upload after it could only complete an attempt its cohort has left (the next attempt asks again)"
+            )
+        if self.store.exists(RunPaths(spec.run).failure(spec.kind, spec.round, spec.attempt)):
+            raise RoundClosedError(f"hospital {self.hospital_id!r} did not upload into {where}: it is closed")
+        earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt)
+        problems = cohort_violations(spec.cohort, earlier)
+        if problems:
+            raise RoundClosedError(
+                f"hospital {self.hospital_id!r} refuses to upload into {where}: its cohort {list(spec.cohort)} "
+                f"would let a key holder isolate an update by combining it with a failed attempt ({'; '.join(problems)})"
+            )
+
+    def _mask(self, spec: RoundSpec, *, length: int, modulus: int) -> np.ndarray:
+        """This hospital's pairwise mask for the attempt: the masks of the cohort sum to 0 mod ``modulus``."""
+        from medheaven.crypto.masks import MaskScope, agreement_public_hex, pairwise_mask
+        from medheaven.federated.setup import load_registry
+
+        if self.agreement_key is None:
+            raise ConfigurationError(
+                f"hospital {self.hospital_id!r} has no agreement key ({self.hospital_id}.agreement.pem beside its "
+                f"signing key) but run {spec.run!r} is pairwise-masked: run `medheaven hospital init --id "
+                f"{self.hospital_id} --out <keys folder>` and register the new agreement key"
+            )
+        registry = load_registry(self.store)
+        mine = registry.require_agreement_keys([self.hospital_id])
+        if mine and registry.agreement[self.hospital_id].strip() != agreement_public_hex(self.agreement_key):
+            raise ConfigurationError(
+                f"hospital {self.hospital_id!r}'s agreement key does not match the one in hospitals.json: re-register "
+                f"{self.hospital_id}.agreement.hex or install the key that was registered"
+            )
+        peers = registry.require_agreement_keys(h for h in spec.cohort if h != self.hospital_id)
+        scope = MaskScope(spec.run, spec.kind, spec.round, spec.attempt, tuple(sorted(spec.cohort)))
+        return pairwise_mask(self.hospital_id, self.agreement_key, peers, scope, length, modulus)
+
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
         """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
         are what the store holds."""
@@ -138,6 +199,8 @@ class HospitalNode:
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
+        if spec.cohort:
+            self._check_masked_upload(spec)
         # Deterministic key, written once: a redelivered task (late ack after a lost worker or broker) must not
         # replace an update the aggregator may already have folded. CKKS encryption is randomised, so a second
         # upload would differ from the digest in the ledger and manifest, breaking verification and a rebuild of the

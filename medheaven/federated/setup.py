@@ -2,8 +2,8 @@
 
 In a real deployment each step runs on a different machine (see docs/deployment.md): one key holder runs
 ``init_keys`` and hands the secret context to the other hospitals out of band; every hospital runs
-``create_hospital_identity`` and sends only its verification key; an operator publishes the public context and
-the registry to the store.
+``create_hospital_identity`` and ``create_agreement_key`` and sends only the two public halves (verification key,
+agreement key); an operator publishes the public context and the registry to the store.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medheaven.crypto.context import SYMMETRIC, PublicContext, create_key_material, load_public_context
+from medheaven.crypto.masks import create_agreement_key
 from medheaven.crypto.planning import CkksParameters
 from medheaven.crypto.signing import HospitalRegistry, create_hospital_identity
 from medheaven.errors import ConfigurationError, StoreConflictError
@@ -64,8 +65,11 @@ def load_registry(store: Store) -> HospitalRegistry:
     return HospitalRegistry.from_dict(store.get_json(REGISTRY_KEY), source=f"{store.location}/{REGISTRY_KEY}")
 
 
-def register_hospital(store: Store, hospital_id: str, verify_key_hex: str) -> HospitalRegistry:
-    registry = load_registry(store).with_hospital(hospital_id, verify_key_hex)
+def register_hospital(
+    store: Store, hospital_id: str, verify_key_hex: str, agreement_key_hex: str | None = None
+) -> HospitalRegistry:
+    """Add or replace a hospital's entry; without an agreement key it can only take part in unmasked runs."""
+    registry = load_registry(store).with_hospital(hospital_id, verify_key_hex, agreement_key_hex)
     store.put_json(REGISTRY_KEY, registry.to_dict())
     return registry
 
@@ -81,6 +85,8 @@ class HospitalFiles:
     hospital_id: str
     signing_key: Path
     verify_key: Path
+    agreement_key: Path  # X25519 private key (0600), beside the signing key
+    agreement_public: Path
 
 
 def set_up_federation(
@@ -92,6 +98,7 @@ def set_up_federation(
     identities: dict[str, HospitalFiles] = {}
     for hospital in hospitals:
         signing, verify = create_hospital_identity(hospital, keys_dir, force=True)
-        register_hospital(store, hospital, verify.read_text())
-        identities[hospital] = HospitalFiles(hospital, signing, verify)
+        agreement, agreement_public = create_agreement_key(hospital, keys_dir, force=True)
+        register_hospital(store, hospital, verify.read_text(), agreement_public.read_text())
+        identities[hospital] = HospitalFiles(hospital, signing, verify, agreement, agreement_public)
     return keys, identities
