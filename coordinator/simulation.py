@@ -14,9 +14,9 @@ from typing import Any
 from coordinator.loop import Coordinator, Observer
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.bfv_planning import plan_bfv_parameters
+from medheaven.crypto.codec import Parameters, load_secret_keys
 from medheaven.crypto.masks import load_agreement_key
-from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
@@ -82,7 +82,7 @@ def prepare_simulation(
     test_fraction: float = 0.2,
     seed: int = 0,
     synthetic_rows: int = 20000,
-    params: CkksParameters | None = None,
+    params: Parameters | None = None,
 ) -> Simulation:
     from medheaven.data import (
         encode_features,
@@ -116,7 +116,7 @@ def prepare_simulation(
     )
     store = LocalStore(root / "store")
     hospital_ids = sorted(parts)
-    keys, identities = set_up_federation(root / "keys", store, hospital_ids, params or plan_ckks_parameters())
+    keys, identities = set_up_federation(root / "keys", store, hospital_ids, params or simulation_parameters())
     return Simulation(
         root=root,
         hospitals=tuple(hospital_ids),
@@ -127,6 +127,18 @@ def prepare_simulation(
         identities=identities,
         max_abs_feature=max_abs_feature,
     )
+
+
+def simulation_parameters() -> Parameters:
+    """bfv-masked planned for a one-machine federation: at most 20 hospitals and 500,000 training rows in all.
+
+    Why not the key ceremony's defaults (100 hospitals, 10^6 rows): the sufficient statistics of the
+    standardisation phase reach rows x max_abs_feature^2 (5e11 at the usual feature bound 1000), and the plain
+    modulus of 100 hospitals (2^47) leaves them fewer than the 10 fraction bits ``stats_scale_bits`` asks for;
+    with 20 hospitals the noise bound allows t = 2^50, which leaves 10 bits for the statistics and a weight step of
+    2^-27 (7.5e-9) for the model.
+    """
+    return plan_bfv_parameters(max_hospitals=20, max_total_samples=500_000)
 
 
 def _planned_bound(features: Any) -> float:
@@ -165,7 +177,7 @@ def default_model(
 
 
 def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, HospitalNode]:
-    secret = load_secret_context(simulation.keys.secret)
+    secret = load_secret_keys(simulation.keys.secret)
     reader = schema_reader("prepared", None)
     return {
         h: HospitalNode(

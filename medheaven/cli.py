@@ -223,10 +223,10 @@ def federation_publish(
 
     Example: medheaven federation publish --public-context keys/context.public --store drive://1AbC...
     """
-    from medheaven.crypto.context import load_public_context
+    from medheaven.crypto.codec import load_public_keys
     from medheaven.federated.setup import publish_public_context
 
-    context = load_public_context(public_context)
+    context = load_public_keys(public_context)
     publish_public_context(_store(store), context)
     stdout.print(f"published public context {context.fingerprint}")
 
@@ -293,10 +293,10 @@ def verify(
 
     Example: medheaven verify --run demo --round 3 --secret-context keys/context.secret
     """
-    from medheaven.crypto.context import load_secret_context
+    from medheaven.crypto.codec import load_secret_keys
     from medheaven.federated.verify import verify_round
 
-    print_json(verify_round(_store(store), load_secret_context(secret_context), run, round_number))
+    print_json(verify_round(_store(store), load_secret_keys(secret_context), run, round_number))
 
 
 def main() -> None:

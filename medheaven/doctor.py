@@ -27,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from medheaven.crypto.context import PublicContext, SecretContext
+from medheaven.crypto.codec import PublicKeys, public_keys_from_bytes, secret_keys_from_bytes
+from medheaven.crypto.context import SecretContext
 from medheaven.crypto.signing import SigningKey, agreement_key_path, load_signing_key, validate_hospital_id
 from medheaven.errors import KeyCustodyError, MedHeavenError
 from medheaven.federated.nodes import check_aggregator_settings
@@ -229,7 +230,7 @@ def check_store(settings: Settings) -> tuple[CheckResult, Store | None]:
     return _ok("store", f"{store.location} reachable ({', '.join(found) or 'empty'})"), store
 
 
-def check_public_context(settings: Settings, store: Store | None) -> tuple[CheckResult, PublicContext | None]:
+def check_public_context(settings: Settings, store: Store | None) -> tuple[CheckResult, PublicKeys | None]:
     name = "public context"
     if store is None:
         return _skip(name, "the store is unreachable"), None
@@ -240,7 +241,7 @@ def check_public_context(settings: Settings, store: Store | None) -> tuple[Check
             "`medheaven federation publish --public-context context.public`",
         ), None
     try:
-        context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
+        context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
     except MedHeavenError as exc:
         return _fail(name, str(exc)), None
     expected = settings.context_fingerprint
@@ -294,7 +295,7 @@ def _mode(path: Path) -> str:
     return f"{path.stat().st_mode & 0o777:o}"
 
 
-def check_secret_context(settings: Settings, public: PublicContext | None) -> CheckResult:
+def check_secret_context(settings: Settings, public: PublicKeys | None) -> CheckResult:
     name = "secret context"
     path = settings.secret_context
     if path is None:
@@ -307,7 +308,7 @@ def check_secret_context(settings: Settings, public: PublicContext | None) -> Ch
         return _fail(name, f"MEDHEAVEN_SECRET_CONTEXT={path} does not exist")
     try:
         check_private_file_mode(path)
-        secret = SecretContext.from_bytes(path.read_bytes(), source=str(path))
+        secret = secret_keys_from_bytes(path.read_bytes(), source=str(path))
     except (MedHeavenError, OSError) as exc:
         return _fail(name, str(exc))
     expected = settings.context_fingerprint
@@ -445,8 +446,8 @@ def secret_material_kind(path: Path) -> str | None:
     except OSError:
         return None  # unreadable by this user is exactly what a node without keys needs
     try:
-        SecretContext.from_bytes(data, source=str(path))
-        return "a secret CKKS context"
+        secret = secret_keys_from_bytes(data, source=str(path))
+        return "a secret CKKS context" if isinstance(secret, SecretContext) else "a secret bfv-masked context"
     except MedHeavenError:
         pass
     if b"PRIVATE KEY-----" in data:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import SecretKeys, secret_keys_from_bytes
 from medheaven.data import FeatureLayout, Standardiser, SufficientStats
 from medheaven.data.partition import prepared_schema_for
 from medheaven.data.schemas import Schema
@@ -162,12 +162,12 @@ def describe_target(source_schema: dict[str, Any] | None) -> str:
 
 
 # -- keys -------------------------------------------------------------------------------------------------
-def load_key_holder_context(path: Path) -> SecretContext:
+def load_key_holder_context(path: Path) -> SecretKeys:
     """The secret context, with a message that says why a public one cannot do."""
     if not path.is_file():
         raise ConfigurationError(f"secret context file {path} does not exist; key holders have keys/context.secret")
     try:
-        secret = SecretContext.from_bytes(path.read_bytes(), source=str(path))
+        secret = secret_keys_from_bytes(path.read_bytes(), source=str(path))
     except KeyCustodyError as exc:
         raise KeyCustodyError(
             f"{path} is not a secret context ({exc}). Exporting decrypts the global model, which only key holders "
@@ -187,7 +187,7 @@ class DecryptedModel:
     total_samples: int
 
 
-def _description(store: Store, run: str, secret: SecretContext | None) -> RunDescription:
+def _description(store: Store, run: str, secret: SecretKeys | None) -> RunDescription:
     paths = RunPaths(run)
     if not store.exists(paths.model):
         raise RunStateError(
@@ -215,7 +215,7 @@ def default_export_round(store: Store, run: str) -> tuple[int | None, str]:
 
 
 def decrypt_global_model(
-    store: Store, secret: SecretContext | None, run: str, round_number: int | None = None
+    store: Store, secret: SecretKeys | None, run: str, round_number: int | None = None
 ) -> DecryptedModel:
     """The averaged weights of a committed round (default: the last one)."""
     description = _description(store, run, secret)
@@ -230,7 +230,7 @@ def decrypt_global_model(
     return DecryptedModel(description, chosen, manifest.result_sha256, weights, total)
 
 
-def decrypt_standardiser(store: Store, secret: SecretContext | None, description: RunDescription) -> Standardiser:
+def decrypt_standardiser(store: Store, secret: SecretKeys | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
     manifest = committed_manifest(store, description.run, kind="stats", round_number=0)
     summed = open_committed(store, description, secret, manifest)
@@ -280,7 +280,7 @@ def default_split_schema(store: Store, run: str) -> Path | None:
 
 def export_model(
     store: Store,
-    secret: SecretContext | None,
+    secret: SecretKeys | None,
     run: str,
     out: Path,
     *,

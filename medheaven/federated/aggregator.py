@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from medheaven.crypto.context import PublicContext
-from medheaven.crypto.envelope import Envelope, check_envelope
+from medheaven.crypto.codec import PublicKeys, aggregator_codec, public_keys_from_bytes
+from medheaven.crypto.envelope import Envelope, check_envelope, read_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import (
     DigestMismatchError,
@@ -38,7 +38,7 @@ from medheaven.errors import (
     StoreKeyNotFoundError,
     UnknownHospitalError,
 )
-from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
+from medheaven.federated.fold import Accumulator, fold_update
 from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
@@ -70,16 +70,14 @@ class AggregatorNode:
         self.store = store
         self.keep_updates = keep_updates
         self.expected_fingerprint = expected_fingerprint
-        self._context: PublicContext | None = None
+        self._context: PublicKeys | None = None
         self._runs: dict[str, RunDescription] = {}
         self._rounds: dict[tuple[str, str, int], _RoundState] = {}
 
     # -- loading -----------------------------------------------------------------------------------------
-    def public_context(self) -> PublicContext:
+    def public_context(self) -> PublicKeys:
         if self._context is None:
-            context = PublicContext.from_bytes(
-                self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}"
-            )
+            context = public_keys_from_bytes(self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}")
             if self.expected_fingerprint and context.fingerprint != self.expected_fingerprint:
                 raise MedHeavenError(
                     f"the store's public context has fingerprint {context.fingerprint[:12]}…, this aggregator was "
@@ -103,26 +101,30 @@ class AggregatorNode:
             raise RoundClosedError(f"run {run!r} has no open {kind} round {round_number}") from exc
 
     def _new_accumulator(self, description: RunDescription, length: int) -> Accumulator:
+        """The scheme's running sum (``crypto/codec.py``): it can add uploads, never decrypt them."""
         if description.plaintext:
-            return PlainAccumulator(slots=description.params.slots, length=length)
+            return aggregator_codec(description.scheme, None, slots=description.params.slots).accumulator(length)
         context = self.public_context()
         if context.fingerprint != description.fingerprint:
             raise MedHeavenError(
                 f"run {description.run!r} was keyed with {description.fingerprint[:12]}…, the store's public context "
                 f"is {context.fingerprint[:12]}…"
             )
-        return EncryptedAccumulator(context, length=length)
+        return aggregator_codec(description.scheme, context).accumulator(length)
 
     def _length(self, description: RunDescription, kind: str) -> int:
         return stats_length(description) if kind == "stats" else description.vector_length
 
     def _load_envelope(self, description: RunDescription, kind: str, key: str, sha256: str) -> Envelope:
-        data = self.store.get(key)
-        if sha256_hex(data) != sha256:
+        # one digest pass: the hasher that yields the file digest also yields the signed body's (envelope format 2)
+        envelope, digest = read_envelope(
+            self.store.get(key), limits=envelope_limits(description, length=self._length(description, kind))
+        )
+        if digest != sha256:
             raise DigestMismatchError(
                 f"{key} does not match the digest in its receipt: the stored envelope was replaced or corrupted"
             )
-        return Envelope.from_bytes(data, limits=envelope_limits(description, length=self._length(description, kind)))
+        return envelope
 
     def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
         spec = state.spec
@@ -413,6 +415,7 @@ class AggregatorNode:
             round=spec.round,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            scheme=description.scheme.value,
             base=spec.base_sha256,
             length=state.accumulator.length,
             scale_bits=expectation(

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import HospitalCodec, SecretKeys, hospital_codec
 from medheaven.crypto.envelope import Envelope
-from medheaven.crypto.packing import encrypt_chunks, pack_update
+from medheaven.crypto.packing import pack_update
 from medheaven.crypto.signing import SigningKey
 from medheaven.errors import (
     ConfigurationError,
@@ -29,7 +29,6 @@ from medheaven.errors import (
     StoreConflictError,
 )
 from medheaven.federated.evaluation import binary_metrics
-from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex, stats_scale
 from medheaven.federated.release import released_metrics
@@ -67,7 +66,7 @@ class HospitalNode:
         store: Store,
         data_path: Path,
         reader: Callable[[Path], pd.DataFrame],
-        secret: SecretContext | None,
+        secret: SecretKeys | None,
         signing_key: SigningKey,
         agreement_key: X25519PrivateKey | None = None,
         validation_fraction: float = 0.1,
@@ -125,12 +124,17 @@ class HospitalNode:
         return cache.data
 
     # -- crypto helpers ----------------------------------------------------------------------------------
-    def _seal(self, run: RunDescription, values: np.ndarray, *, kind: str) -> tuple[bytes, ...]:
-        if run.plaintext:
-            return plain_chunks(values, slots=run.params.slots)
-        assert self.secret is not None
-        scale = stats_scale(run) if kind == "stats" else None
-        return encrypt_chunks(self.secret, values, scale_bits=scale)
+    def _codec(self, run: RunDescription) -> HospitalCodec:
+        return hospital_codec(run.scheme, self.secret, slots=run.params.slots)
+
+    @staticmethod
+    def _scale_bits(run: RunDescription, kind: str) -> int:
+        return 0 if run.plaintext else (stats_scale(run) if kind == "stats" else run.params.scale_bits)
+
+    def _seal(
+        self, run: RunDescription, values: np.ndarray, *, kind: str, mask: np.ndarray | None
+    ) -> tuple[bytes, ...]:
+        return self._codec(run).encode(values, scale_bits=self._scale_bits(run, kind), mask=mask)
 
     def _check_masked_upload(self, spec: RoundSpec) -> None:
         """Refuse to upload into a masked attempt whose sum could be combined with another to isolate an update.
@@ -185,22 +189,31 @@ class HospitalNode:
 
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
         """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
-        are what the store holds."""
+        are what the store holds. A masked run's upload carries this hospital's pairwise mask for the attempt
+        (``_mask``): decrypted alone it is uniform noise, and only the cohort's sum unmasks."""
+        mask = None
+        if spec.cohort:
+            self._check_masked_upload(spec)
+            modulus = self._codec(run).mask_modulus
+            if modulus is None:
+                raise ConfigurationError(
+                    f"round spec of {spec.run!r} names a cohort but scheme {run.scheme} is unmasked"
+                )
+            mask = self._mask(spec, length=values.size, modulus=modulus)
         envelope = Envelope(
             kind=spec.kind,
             run=run.run,
             round=spec.round,
             hospital=self.hospital_id,
             fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
+            scheme=run.scheme.value,
             base=spec.base_sha256,
             length=values.size,
-            scale_bits=0 if run.plaintext else (stats_scale(run) if spec.kind == "stats" else run.params.scale_bits),
-            chunks=self._seal(run, values, kind=spec.kind),
+            scale_bits=self._scale_bits(run, spec.kind),
+            chunks=self._seal(run, values, kind=spec.kind, mask=mask),
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
-        if spec.cohort:
-            self._check_masked_upload(spec)
         # Deterministic key, written once: a redelivered task (late ack after a lost worker or broker) must not
         # replace an update the aggregator may already have folded. CKKS encryption is randomised, so a second
         # upload would differ from the digest in the ledger and manifest, breaking verification and a rebuild of the
@@ -275,10 +288,15 @@ class HospitalNode:
             round=0,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            scheme=description.scheme.value,
             base="",
             length=packed.size,
-            scale_bits=0 if description.plaintext else description.params.scale_bits,
-            chunks=self._seal(description, packed, kind="global"),
+            scale_bits=self._scale_bits(description, "global"),
+            # the initial weights follow from the run's public seed: nothing to hide, so a zero mask (an exact
+            # scheme refuses to encode without one, so that no upload goes out unmasked by accident)
+            chunks=self._seal(
+                description, packed, kind="global", mask=_zero_mask(description, self._codec(description), packed.size)
+            ),
         )
         data = envelope.to_bytes()
         return data, sha256_hex(data)
@@ -418,6 +436,10 @@ class HospitalNode:
             privacy=dict(privacy or {}),
             completed_at=time.time(),  # after the upload: what the round's lateness is judged on
         ).signed_by(self.signing_key)
+
+
+def _zero_mask(run: RunDescription, codec: HospitalCodec, length: int) -> np.ndarray | None:
+    return np.zeros(length, dtype=np.uint64) if codec.mask_modulus is not None else None
 
 
 def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.codec import load_secret_keys
 from medheaven.crypto.signing import agreement_key_path, load_signing_key, validate_hospital_id
 from medheaven.errors import ConfigurationError, KeyCustodyError
 from medheaven.federated.aggregator import AggregatorNode
@@ -83,7 +83,7 @@ def hospital_node_from_settings(settings: Settings, *, expected_hospital: str) -
             f"this worker is hospital {settings.hospital_id!r} but received a task for {expected_hospital!r}: "
             f"start it with -Q hospital.{settings.hospital_id} only"
         )
-    secret = load_secret_context(settings.secret_context) if settings.secret_context else None
+    secret = load_secret_keys(settings.secret_context) if settings.secret_context else None
     return HospitalNode(
         agreement_key=load_agreement_key_beside(settings.signing_key, settings.hospital_id),
         hospital_id=settings.hospital_id,

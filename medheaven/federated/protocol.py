@@ -12,14 +12,11 @@ from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RunDescription
 #: land in the store (one store write). Hospitals do not start an upload into a masked attempt past its deadline, so
 #: after this the store's set of uploads of a closed attempt is final and the cohort rule can be judged on it.
 UPLOAD_GRACE = 10.0
-#: The scheme whose uploads carry pairwise masks (crypto/codec.py ``Scheme``); its attempts have a cohort.
-MASKED_SCHEME = "bfv-masked"
 
 
 def is_masked(run: RunDescription) -> bool:
     """Whether the run's uploads are pairwise-masked, so that each attempt fixes a cohort (``RoundSpec.cohort``)."""
-    scheme = getattr(run, "scheme", None)
-    return str(getattr(scheme, "value", scheme)) == MASKED_SCHEME
+    return run.scheme.masked
 
 
 def envelope_limits(run: RunDescription, *, length: int | None = None) -> EnvelopeLimits:
@@ -39,6 +36,7 @@ def expectation(run: RunDescription, *, kind: str, round_number: int, base: str,
         length=length,
         chunk_count=run.params.chunk_count(length),
         scale_bits=0 if run.plaintext else (stats_scale(run) if kind == "stats" else run.params.scale_bits),
+        scheme=run.scheme.value,
     )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from medheaven.crypto.planning import CkksParameters
+from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
@@ -66,12 +66,19 @@ class RunDescription:
 
     run: str
     model: ModelSpec
-    params: CkksParameters
+    params: Parameters
     fingerprint: str
     layout: dict[str, Any]
     plaintext: bool = False
     max_abs_feature: float = 1000.0
     test_data: str | None = None
+
+    @property
+    def scheme(self) -> Scheme:
+        """Chosen once, by the key set the run was created under (``plaintext`` is the comparison mode)."""
+        if self.plaintext:
+            return Scheme.PLAINTEXT
+        return Scheme.BFV_MASKED if self.params.to_dict().get("scheme") == Scheme.BFV_MASKED.value else Scheme.CKKS
 
     @property
     def vector_length(self) -> int:
@@ -87,7 +94,8 @@ class RunDescription:
             "weight_order": "model.weights in Keras order (per layer: kernel then bias), each C-order flattened",
             "parameter_count": self.model.parameter_count(),
             "vector_length": self.vector_length,
-            "ckks": self.params.to_dict(),
+            "scheme": self.scheme.value,
+            "ckks": self.params.to_dict(),  # the key set's parameters (the name predates bfv-masked)
             "fingerprint": self.fingerprint,
             "layout": self.layout,
             "plaintext": self.plaintext,
@@ -100,7 +108,7 @@ class RunDescription:
         return cls(
             run=str(data["run"]),
             model=ModelSpec.from_dict(data["model"]),
-            params=CkksParameters.from_dict(data["ckks"]),
+            params=parameters_from_dict(dict(data["ckks"])),
             fingerprint=str(data["fingerprint"]),
             layout=dict(data["layout"]),
             plaintext=bool(data.get("plaintext", False)),

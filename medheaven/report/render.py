@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import SecretKeys
 from medheaven.errors import ConfigurationError, StoreKeyNotFoundError
 from medheaven.federated.verify import verify_round
 from medheaven.report.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
@@ -38,7 +38,7 @@ def write_report(
     out_dir: Path,
     *,
     baseline: Baseline | None = None,
-    secret: SecretContext | None = None,
+    secret: SecretKeys | None = None,
     fmt: ReportFormat = "md",
 ) -> ReportFiles:
     """Read the run's records, draw the plots into ``out_dir`` and write ``report.md`` (or ``report.html``)."""
@@ -58,7 +58,7 @@ def write_report(
     return ReportFiles(report=path, plots=plots, verification=verification)
 
 
-def _verification(store: Store, records: RunRecords, secret: SecretContext | None) -> dict[str, Any] | None:
+def _verification(store: Store, records: RunRecords, secret: SecretKeys | None) -> dict[str, Any] | None:
     if records.last_round < 1 or (secret is None and not records.description.plaintext):
         return None
     if (
