@@ -167,7 +167,7 @@ class Coordinator:
             if isinstance(closed, Manifest):
                 self._record(spec, closed, progress)
                 return closed
-            spec = self._retry(spec, closed, dispatch, base)
+            spec = self._retry(spec, closed, dispatch, progress, base)
 
     def _masked(self) -> bool:
         return is_masked(RunDescription.from_dict(self.store.get_json(self.paths.model)))
@@ -209,45 +209,56 @@ class Coordinator:
         )
         self.store.put_json(self.paths.failure(spec.kind, spec.round, spec.attempt), tombstone.to_dict())
 
-    def _retry(self, spec: RoundSpec, tombstone: AttemptTombstone, dispatch: dict[str, Any], base: str) -> RoundSpec:
+    def _retry(
+        self,
+        spec: RoundSpec,
+        tombstone: AttemptTombstone,
+        dispatch: dict[str, Any],
+        progress: RoundProgress,
+        base: str,
+    ) -> RoundSpec:
         """A fresh attempt among the survivors of a failed masked attempt.
 
-        Why a fresh attempt and not recovery of the dropped hospital's masks: the failed attempt's sum is never
-        unmasked (it lacks the dropped hospital's masks, and nobody reconstructs them), the survivors re-train
-        and re-mask with masks of the new attempt, and so no hospital ever reveals a pairwise seed. The price is one
-        more local training per survivor. Survivors are the hospitals whose update of the failed attempt is in the
-        store; the cohort rule (``round_policy.cohort_violations``) forbids leaving out one of those.
+        Why a fresh attempt and not recovery of the dropped hospital's masks (SecAgg's Shamir shares): the failed
+        attempt's sum is never unmasked (it lacks the dropped hospital's masks, and nobody reconstructs them), the
+        survivors re-train and re-mask with masks of the new attempt, so no hospital ever hands out a pairwise
+        seed or a share of one, and there is no threshold of honest hospitals to configure. The price is one more
+        local training per survivor. Dropouts are the members that failed or were refused, and, when the attempt
+        closed at its deadline, those still silent; everyone else stays. The cohort rule
+        (``round_policy.cohort_violations``) forbids leaving out a dropout whose upload of a failed attempt of
+        this round is in the store: then the round stops for the operator instead.
         """
-        self._settle_dropouts(spec, tombstone, dispatch)
+        past_deadline = self.clock() >= spec.deadline
+        gone = {"failed", "budget spent", "rejected"} | ({"late"} if past_deadline else set())
+        dropouts = [h for h in spec.cohort if h not in tombstone.folded and progress.statuses[h].state in gone]
+        if not dropouts:  # closed early for no hospital's fault (e.g. the aggregator's clock): everyone again
+            dropouts = [h for h in tombstone.missing if progress.statuses[h].state in gone]
+        self._settle_dropouts(spec, dropouts, dispatch)
         earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt + 1)
-        uploaded = next(e.uploaded for e in earlier if e.attempt == spec.attempt)
-        candidates = tuple(h for h in spec.cohort if h in uploaded)
-        cohort, problems = safe_cohort(candidates, earlier)
+        cohort, problems = safe_cohort([h for h in spec.cohort if h not in dropouts], earlier)
         why = "; ".join(problems)
-        if not problems and len(cohort) == len(spec.cohort):
-            why = f"every member uploaded but {', '.join(e.hospital for e in tombstone.rejected)} was refused"
-        elif not problems and len(cohort) < spec.quorum:
+        if not why and not dropouts:
+            why = "no hospital could be identified as the one that dropped out"
+        elif not why and len(cohort) < spec.quorum:
             why = f"only {len(cohort)} hospitals ({', '.join(cohort) or 'none'}) are left, quorum {spec.quorum}"
         if why:
             raise QuorumNotReachedError(
                 f"{spec.kind} round {spec.round} of run {spec.run!r} attempt {spec.attempt} lost cohort members "
-                f"({', '.join(tombstone.missing) or 'none'} silent) and no fresh attempt can follow: {why}. The "
-                f"previous global model is untouched; fix the failing hospitals and {self.retry_advice}"
+                f"({', '.join(dropouts) or 'none identified'}) and no fresh attempt can follow: {why}. The previous "
+                f"global model is untouched; fix the failing hospitals and {self.retry_advice}"
             )
-        dropped = [h for h in spec.cohort if h not in cohort]
         self.observer.message(
-            f"{spec.kind} round {spec.round} attempt {spec.attempt} closed without {', '.join(dropped)} (its masked "
+            f"{spec.kind} round {spec.round} attempt {spec.attempt} closed without {', '.join(dropouts)} (its masked "
             f"sum is never unmasked); attempt {spec.attempt + 1} re-trains with fresh masks among {', '.join(cohort)}"
         )
         return self._open(spec.kind, spec.round, base, attempt=spec.attempt + 1, hospitals=cohort)
 
-    def _settle_dropouts(self, spec: RoundSpec, tombstone: AttemptTombstone, dispatch: dict[str, Any]) -> None:
-        """Before judging who uploaded: a silent member's task may still be running (or be redelivered after its
-        worker died) until the deadline. Hospitals refuse to upload into an attempt past its deadline or once it
-        has a tombstone, so after deadline + clock skew + ``UPLOAD_GRACE`` (one store write in flight) the store's
-        uploads of the attempt are final. A member whose task ended in failure will not upload: no wait for it."""
-        silent = [h for h in spec.cohort if h not in tombstone.folded]
-        running = [h for h in silent if self.transport.state(dispatch[h]["task"]).state != "FAILURE"]
+    def _settle_dropouts(self, spec: RoundSpec, dropouts: list[str], dispatch: dict[str, Any]) -> None:
+        """Before judging whether a dropout uploaded: its task may still be running (or be redelivered after its
+        worker died). Hospitals refuse to upload into a masked attempt past its deadline or once it has a tombstone,
+        so after deadline + clock skew + ``UPLOAD_GRACE`` (one store write in flight) the store's uploads of the
+        attempt are final. A dropout whose task ended in failure will not upload: no wait for it."""
+        running = [h for h in dropouts if self.transport.state(dispatch[h]["task"]).state != "FAILURE"]
         if not running:
             return
         until = spec.deadline + CLOCK_SKEW + UPLOAD_GRACE

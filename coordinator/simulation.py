@@ -7,6 +7,7 @@ threads in this process (``memory://``, no services) or on real worker processes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from coordinator.transport import CeleryTransport
 from medheaven.crypto.bfv_planning import plan_bfv_parameters
 from medheaven.crypto.codec import Parameters, load_secret_keys
 from medheaven.crypto.masks import load_agreement_key
+from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
@@ -116,7 +118,12 @@ def prepare_simulation(
     )
     store = LocalStore(root / "store")
     hospital_ids = sorted(parts)
-    keys, identities = set_up_federation(root / "keys", store, hospital_ids, params or simulation_parameters())
+    keys, identities = set_up_federation(
+        root / "keys",
+        store,
+        hospital_ids,
+        params or simulation_parameters(rows=len(frame), max_abs_feature=max_abs_feature),
+    )
     return Simulation(
         root=root,
         hospitals=tuple(hospital_ids),
@@ -129,16 +136,19 @@ def prepare_simulation(
     )
 
 
-def simulation_parameters() -> Parameters:
-    """bfv-masked planned for a one-machine federation: at most 20 hospitals and 500,000 training rows in all.
+def simulation_parameters(*, rows: int = 500_000, max_abs_feature: float = 1000.0) -> Parameters:
+    """bfv-masked planned for a one-machine federation from its data: at most 20 hospitals and ``rows`` patients.
 
     Why not the key ceremony's defaults (100 hospitals, 10^6 rows): the sufficient statistics of the
-    standardisation phase reach rows x max_abs_feature^2 (5e11 at the usual feature bound 1000), and the plain
-    modulus of 100 hospitals (2^47) leaves them fewer than the 10 fraction bits ``stats_scale_bits`` asks for;
-    with 20 hospitals the noise bound allows t = 2^50, which leaves 10 bits for the statistics and a weight step of
-    2^-27 (7.5e-9) for the model.
+    standardisation phase reach rows x max_abs_feature^2, and at t = 2^47 (the plain modulus the noise bound allows
+    for 100 hospitals) they keep fewer than the 10 fraction bits ``stats_scale_bits`` asks for once that passes
+    ~1e11. With 20 hospitals t = 2^50, and the sample bound is the data's own row count (rounded up to a power of
+    ten), which is what the weights' step 2^-s is planned from as well.
     """
-    return plan_bfv_parameters(max_hospitals=20, max_total_samples=500_000)
+    samples = 10 ** max(4, math.ceil(math.log10(max(rows, 1))))
+    planned = plan_bfv_parameters(max_hospitals=20, max_total_samples=samples)
+    stats_scale_bits(planned, max_abs_feature=max_abs_feature)  # raises PackingError naming the bound
+    return planned
 
 
 def _planned_bound(features: Any) -> float:

@@ -12,12 +12,15 @@ import tenseal as ts
 
 from coordinator.simulation import Simulation, prepare_simulation
 from medheaven.crypto.bfv import BfvSecretKeys
-from medheaven.crypto.codec import load_secret_keys
+from medheaven.crypto.codec import Parameters, load_secret_keys
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT
 
 
-def small_simulation(root: Path, *, hospitals: int = 3, rows: int = 3000, seed: int = 0) -> Simulation:
-    return prepare_simulation(root, hospitals=hospitals, synthetic_rows=rows, seed=seed)
+def small_simulation(
+    root: Path, *, hospitals: int = 3, rows: int = 3000, seed: int = 0, params: Parameters | None = None
+) -> Simulation:
+    """A synthetic federation keyed with ``params`` (default: the bfv-masked simulation plan)."""
+    return prepare_simulation(root, hospitals=hospitals, synthetic_rows=rows, seed=seed, params=params)
 
 
 def secret_key_windows(secret_path: Path, *, count: int = 4, width: int = 48) -> list[bytes]:
