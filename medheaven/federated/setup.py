@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medheaven.crypto.context import SYMMETRIC, PublicContext, create_key_material, load_public_context
+from medheaven.crypto.bfv_planning import BfvParameters
+from medheaven.crypto.codec import PublicKeys, create_keys, load_public_keys, public_keys_from_bytes
 from medheaven.crypto.planning import CkksParameters
 from medheaven.crypto.signing import HospitalRegistry, create_hospital_identity
 from medheaven.errors import ConfigurationError, StoreConflictError
@@ -30,25 +31,28 @@ class KeyFiles:
     fingerprint: str
 
 
-def init_keys(out_dir: Path, params: CkksParameters, *, force: bool = False, encryption: str = SYMMETRIC) -> KeyFiles:
-    """Create the federation's CKKS key set: secret context (0600, hospitals only) and public context."""
+def init_keys(
+    out_dir: Path, params: CkksParameters | BfvParameters, *, force: bool = False, encryption: str | None = None
+) -> KeyFiles:
+    """Create the federation's key set (its scheme follows ``params``): secret context (0600, hospitals only) and
+    public context. ``encryption`` (symmetric / public-key) applies to ``ckks`` only; symmetric by default."""
     secret_path = out_dir / SECRET_CONTEXT_FILE
     public_path = out_dir / PUBLIC_CONTEXT_FILE
     if not force:
         for path in (secret_path, public_path):
             if path.exists():
                 raise ConfigurationError(f"{path} exists; pass --force to replace the federation's keys")
-    secret = create_key_material(params, encryption=encryption)
+    secret = create_keys(params, encryption=encryption)
     write_private_file(secret_path, secret.to_bytes(), force=force)
     write_public_file(public_path, secret.public().to_bytes(), force=force)
     return KeyFiles(secret=secret_path, public=public_path, fingerprint=secret.fingerprint)
 
 
-def publish_public_context(store: Store, context: PublicContext) -> None:
-    """Put the public context in the store; an existing, different one is never replaced."""
+def publish_public_context(store: Store, context: PublicKeys) -> None:
+    """Put the public context (of either scheme) in the store; an existing, different one is never replaced."""
     data = context.to_bytes()
     if store.exists(CONTEXT_KEY):
-        current = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
+        current = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
         if current.fingerprint != context.fingerprint:
             raise StoreConflictError(
                 f"{store.location}/{CONTEXT_KEY} holds key set {current.fingerprint[:12]}…; refusing to replace it "
@@ -88,7 +92,7 @@ def set_up_federation(
 ) -> tuple[KeyFiles, dict[str, HospitalFiles]]:
     """Everything a simulation needs in one call: keys, identities, registry and public context in the store."""
     keys = init_keys(keys_dir, params, force=True)
-    publish_public_context(store, load_public_context(keys.public))
+    publish_public_context(store, load_public_keys(keys.public))
     identities: dict[str, HospitalFiles] = {}
     for hospital in hospitals:
         signing, verify = create_hospital_identity(hospital, keys_dir, force=True)
