@@ -276,3 +276,13 @@ def test_quantise_refuses_values_that_could_wrap(codec: BfvMaskedCodec) -> None:
         codec.quantise(np.array([1.0]), scale_bits=PARAMS.scale_bits + 1)
     with pytest.raises(PackingError, match="finite"):
         codec.quantise(np.array([np.nan]), scale_bits=PARAMS.scale_bits)
+
+
+@pytest.mark.parametrize("count", [1, 100, 4096])
+def test_encrypt_decrypt_residues_round_trip(secret: BfvSecretKeys, count: int) -> None:
+    residues = np.random.default_rng(count).integers(0, PARAMS.plain_modulus, count, dtype=np.uint64)
+    residues[-min(count, 7) :] = 0  # SEAL trims trailing zero coefficients; the lanes must still come back
+    chunk = secret.encrypt(residues)
+    assert np.array_equal(secret.decrypt(chunk, count=count), residues)
+    with pytest.raises(CryptoError, match="residues"):
+        secret.encrypt(np.full(4, PARAMS.plain_modulus, dtype=np.uint64))
