@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medheaven.crypto.bfv_planning import BfvParameters
-from medheaven.crypto.codec import PublicKeys, create_keys, load_public_keys, public_keys_from_bytes
-from medheaven.crypto.planning import CkksParameters
+from medheaven.crypto.codec import Parameters, PublicKeys, create_keys, load_public_keys, public_keys_from_bytes
 from medheaven.crypto.signing import HospitalRegistry, create_hospital_identity
 from medheaven.errors import ConfigurationError, StoreConflictError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY
@@ -31,11 +29,9 @@ class KeyFiles:
     fingerprint: str
 
 
-def init_keys(
-    out_dir: Path, params: CkksParameters | BfvParameters, *, force: bool = False, encryption: str | None = None
-) -> KeyFiles:
-    """Create the federation's key set (its scheme follows ``params``): secret context (0600, hospitals only) and
-    public context. ``encryption`` (symmetric / public-key) applies to ``ckks`` only; symmetric by default."""
+def init_keys(out_dir: Path, params: Parameters, *, force: bool = False, encryption: str | None = None) -> KeyFiles:
+    """Create the federation's key set (bfv-masked or ckks, by ``params``): secret context (0600, hospitals only)
+    and public context. ``encryption`` (symmetric / public-key) applies to ``ckks`` only."""
     secret_path = out_dir / SECRET_CONTEXT_FILE
     public_path = out_dir / PUBLIC_CONTEXT_FILE
     if not force:
@@ -49,7 +45,7 @@ def init_keys(
 
 
 def publish_public_context(store: Store, context: PublicKeys) -> None:
-    """Put the public context (of either scheme) in the store; an existing, different one is never replaced."""
+    """Put the public context in the store; an existing, different one is never replaced."""
     data = context.to_bytes()
     if store.exists(CONTEXT_KEY):
         current = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
@@ -88,7 +84,7 @@ class HospitalFiles:
 
 
 def set_up_federation(
-    keys_dir: Path, store: Store, hospitals: list[str], params: CkksParameters
+    keys_dir: Path, store: Store, hospitals: list[str], params: Parameters
 ) -> tuple[KeyFiles, dict[str, HospitalFiles]]:
     """Everything a simulation needs in one call: keys, identities, registry and public context in the store."""
     keys = init_keys(keys_dir, params, force=True)
