@@ -298,7 +298,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         f"{bfv['name']}: upload {bfv['upload_bytes_per_param']:.3f} B/param, global {bfv['global_bytes_per_param']:.3f}"
         f" B/param; encode {bfv['encode_us_per_param']:.3f} us/param; encrypt+mask by K "
         + ", ".join(f"K={k}: {v:.3f}" for k, v in bfv["encrypt_mask_us_per_param_by_hospitals"].items())
-        + f" us/param; fold path {bfv['fold_path_mparams_per_s']:.2f} Mparam/s; decrypt "
+        + f" us/param; fold path {bfv['fold_path_mparams_per_s']:.2f} Mparam/s (SEAL's own load+add "
+        f"{bfv['seal_load_add_mparams_per_s']:.2f}); decrypt "
         f"{bfv['decrypt_us_per_param']:.3f} us/param; max |err| {bfv['max_abs_error']:.2e} (bound "
         f"{bfv['error_bound']:.2e}), exact sum {bfv['sum_exact']}, noise budget {bfv['noise_budget_bits_after_hospitals']}"
         f" bits after {bfv['hospitals']}"

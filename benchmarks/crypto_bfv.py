@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import tenseal.sealapi as seal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -33,6 +34,7 @@ from medheaven.crypto.envelope import Envelope, EnvelopeExpectation, EnvelopeLim
 from medheaven.crypto.masks import MaskScope, pairwise_mask
 from medheaven.crypto.packing import pack_update, unpack_average
 from medheaven.crypto.planning import plan_ckks_parameters
+from medheaven.crypto.seal_files import load_path
 from medheaven.crypto.signing import HospitalRegistry, SigningKey
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.fold import fold_update
@@ -90,6 +92,25 @@ def fold_path_seconds(
     return min(times)
 
 
+def _seal_load_add(secret: BfvSecretKeys, first: tuple[bytes, ...]) -> Callable[[tuple[bytes, ...]], None]:
+    """SEAL's own share of a fold: load (expand the seed, check) and add each chunk; the floor for the fold path."""
+    context = secret.context
+    evaluator = seal.Evaluator(context)
+    sums = []
+    for chunk in first:
+        ciphertext = seal.Ciphertext(context)
+        ciphertext.load(context, load_path(chunk))
+        sums.append(ciphertext)
+
+    def add(second: tuple[bytes, ...]) -> None:
+        for index, chunk in enumerate(second):
+            ciphertext = seal.Ciphertext(context)
+            ciphertext.load(context, load_path(chunk))
+            evaluator.add_inplace(sums[index], ciphertext)
+
+    return add
+
+
 def _signed(envelope: Envelope, key: SigningKey) -> bytes:
     return envelope.signed_by(key).to_bytes()
 
@@ -134,6 +155,7 @@ def measure_bfv_masked(updates: list[tuple[np.ndarray, int]], repeat: int) -> di
         registry=registry,
         repeat=repeat,
     )
+    seal_seconds = _best(partial(_seal_load_add(secret, uploads[0]), uploads[1]), repeat)
     accumulator = aggregator.accumulator(length)
     for index, upload in enumerate(uploads):
         accumulator.add_chunks(upload, source=f"hospital {index}")
@@ -163,6 +185,7 @@ def measure_bfv_masked(updates: list[tuple[np.ndarray, int]], repeat: int) -> di
         },
         "fold_path_us_per_param": fold_seconds * per_param,
         "fold_path_mparams_per_s": parameters / fold_seconds / 1e6,
+        "seal_load_add_mparams_per_s": parameters / seal_seconds / 1e6,
         "decrypt_us_per_param": decrypt_seconds * per_param,
         "max_abs_error": float(np.max(np.abs(average - fedavg(updates)))),
         "sum_exact": bool(exact),
