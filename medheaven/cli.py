@@ -63,33 +63,59 @@ def keys_init(
     max_abs_weight: Annotated[float, typer.Option(help="Bound on |weight| every hospital enforces.")] = 8.0,
     max_total_samples: Annotated[int, typer.Option(help="Bound on the summed sample count of a round.")] = 1_000_000,
     precision: Annotated[float, typer.Option(help="Max absolute error of an averaged weight.")] = 1e-6,
-    encryption: Annotated[
+    scheme: Annotated[
         str,
         typer.Option(
-            help="symmetric: hospitals encrypt with the shared secret key (about 2x faster, and the aggregator's "
-            "context holds no key at all); public-key: with a public key that the public context carries."
+            help="bfv-masked (default): exact, pairwise-masked seeded BFV, 8.05 B/parameter uploads, other key "
+            "holders cannot read one hospital's update; ckks: the older approximate, unmasked scheme (32.2 B/param)."
         ),
-    ] = "symmetric",
+    ] = "bfv-masked",
+    max_hospitals: Annotated[int, typer.Option(help="bfv-masked: most hospitals one round can sum.")] = 100,
+    encryption: Annotated[
+        str | None,
+        typer.Option(
+            help="ckks only. symmetric (default): hospitals encrypt with the shared secret key (about 2x faster, "
+            "and the aggregator's context holds no key at all); public-key: with a public key that the public "
+            "context carries."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Create the federation's CKKS key set (run once, by one key holder).
+    """Create the federation's key set (run once, by one key holder).
 
     Example: medheaven keys init --out keys/
     """
-    from medheaven.crypto.planning import plan_ckks_parameters
+    from medheaven.crypto.bfv_planning import BfvParameters, plan_bfv_parameters
+    from medheaven.crypto.codec import Scheme
+    from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
+    from medheaven.errors import ConfigurationError
     from medheaven.federated.setup import init_keys
 
-    params = plan_ckks_parameters(
-        max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision
-    )
+    if scheme not in (Scheme.BFV_MASKED, Scheme.CKKS):
+        raise ConfigurationError(f"--scheme {scheme!r} is unknown; use bfv-masked (the default) or ckks")
+    params: CkksParameters | BfvParameters
+    if scheme == Scheme.BFV_MASKED:
+        if encryption not in (None, "symmetric"):
+            raise ConfigurationError("--encryption applies to --scheme ckks only; bfv-masked is always symmetric")
+        params = plan_bfv_parameters(
+            max_abs_weight=max_abs_weight,
+            max_total_samples=max_total_samples,
+            max_hospitals=max_hospitals,
+            precision=precision,
+        )
+    else:
+        params = plan_ckks_parameters(
+            max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision
+        )
     files = init_keys(out, params, force=force, encryption=encryption)
     result = {
         "secret_context": str(files.secret),
         "public_context": str(files.public),
-        "encryption": encryption,
+        "scheme": scheme,
+        "encryption": encryption or "symmetric",
         "fingerprint": files.fingerprint,
-        "ckks": params.to_dict(),
+        scheme: params.to_dict(),
     }
     if json_output:
         print_json(result)
@@ -97,7 +123,15 @@ def keys_init(
     stdout.print(f"secret context  {files.secret}  (mode 0600: hand it to hospitals out of band, never to the store)")
     stdout.print(f"public context  {files.public}  (publish with `medheaven federation publish`)")
     stdout.print(f"fingerprint     {files.fingerprint}")
-    stdout.print(f"encryption      {encryption}")
+    stdout.print(f"scheme          {scheme}")
+    if isinstance(params, BfvParameters):
+        stdout.print(
+            f"BFV             N={params.poly_modulus_degree} q={list(params.coeff_mod_bit_sizes)} bits "
+            f"t=2^{params.plain_modulus_bits} step=2^-{params.scale_bits} up to {params.max_hospitals} hospitals, "
+            f"error bound {params.error_bound:.2e}"
+        )
+        return
+    stdout.print(f"encryption      {encryption or 'symmetric'}")
     stdout.print(
         f"CKKS            N={params.poly_modulus_degree} chain={list(params.coeff_mod_bit_sizes)} "
         f"scale=2^{params.scale_bits} error bound {params.error_bound:.2e}"
@@ -114,12 +148,12 @@ def keys_show(
 
     Example: medheaven keys show keys/context.public --json
     """
-    from medheaven.crypto.context import describe_context_file
+    from medheaven.crypto.codec import describe_key_file
     from medheaven.errors import ConfigurationError
 
     if not path.is_file():
         raise ConfigurationError(f"{path} does not exist")
-    info = describe_context_file(path)
+    info = describe_key_file(path)
     if json_output:
         print_json(info)
         return

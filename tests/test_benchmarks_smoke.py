@@ -58,3 +58,18 @@ def test_scaling_benchmark_emits_rows(tmp_path: Path, redis_url: str, capsys: py
     assert {"median_round_seconds_after_first", "critical_path_median_after_first"} <= result["hospitals"][0].keys()
     assert [row["processes_on_queue"] for row in result["shared_queue"]] == [1, 2]
     assert {"shared_queue_speedup_drain", "shared_queue_round_ratio"} <= result.keys()
+
+
+def test_crypto_bfv_rows_emit_sizes_costs_and_fold_path() -> None:
+    import numpy as np
+
+    from benchmarks.crypto_bfv import MASK_COHORTS, measure_bfv_masked, measure_ckks_fold_path
+
+    rng = np.random.default_rng(0)
+    updates = [(rng.uniform(-1, 1, 5000), n) for n in (50, 70, 30)]
+    row = measure_bfv_masked(updates, repeat=1)
+    assert row["sum_exact"] and row["max_abs_error"] <= row["error_bound"]
+    assert row["upload_bytes_per_param"] < row["global_bytes_per_param"]
+    assert set(row["encrypt_mask_us_per_param_by_hospitals"]) == {str(k) for k in MASK_COHORTS}
+    assert row["fold_path_mparams_per_s"] > 0 and row["noise_budget_bits_after_hospitals"] > 0
+    assert set(measure_ckks_fold_path(updates, repeat=1)) == {"format_2_mparams_per_s", "format_1_mparams_per_s"}

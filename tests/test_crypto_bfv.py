@@ -276,3 +276,33 @@ def test_quantise_refuses_values_that_could_wrap(codec: BfvMaskedCodec) -> None:
         codec.quantise(np.array([1.0]), scale_bits=PARAMS.scale_bits + 1)
     with pytest.raises(PackingError, match="finite"):
         codec.quantise(np.array([np.nan]), scale_bits=PARAMS.scale_bits)
+
+
+@pytest.mark.parametrize("count", [1, 100, 4096])
+def test_encrypt_decrypt_residues_round_trip(secret: BfvSecretKeys, count: int) -> None:
+    residues = np.random.default_rng(count).integers(0, PARAMS.plain_modulus, count, dtype=np.uint64)
+    residues[-min(count, 7) :] = 0  # SEAL trims trailing zero coefficients; the lanes must still come back
+    chunk = secret.encrypt(residues)
+    assert np.array_equal(secret.decrypt(chunk, count=count), residues)
+    with pytest.raises(CryptoError, match="residues"):
+        secret.encrypt(np.full(4, PARAMS.plain_modulus, dtype=np.uint64))
+
+
+def test_statistics_phase_scale_and_masked_sum(secret: BfvSecretKeys, codec: BfvMaskedCodec) -> None:
+    """Counts, sums and sums of squares need range: a coarser step from the same wrap bound, and they are masked too."""
+    from medheaven.crypto.packing import stats_scale_bits
+
+    bits = stats_scale_bits(PARAMS, max_abs_feature=10.0)
+    assert 10 <= bits < PARAMS.scale_bits
+    assert PARAMS.max_total_samples * 100.0 * 2**bits + PARAMS.max_hospitals / 2 < PARAMS.plain_modulus / 2
+    cohort = Cohort(["a", "b"])
+    stats_scope = MaskScope(run="run-1", phase="stats", round=0, attempt=0, cohort=cohort.scope.cohort)
+    rows = {"a": np.array([3.0, 12.5, 80.25]), "b": np.array([5.0, -2.0, 40.0])}
+    accumulator = aggregator_codec(Scheme.BFV_MASKED, secret.public()).accumulator(3)
+    for hospital, values in rows.items():
+        mask = cohort.mask(hospital, 3, stats_scope)
+        accumulator.add_chunks(codec.encode(values, scale_bits=bits, mask=mask), source=hospital)
+    summed = codec.decode_sum(accumulator.to_chunks(), length=3, scale_bits=bits)
+    assert np.array_equal(summed, rows["a"] + rows["b"])  # dyadic values: exact
+    with pytest.raises(PackingError, match="do not fit"):
+        stats_scale_bits(PARAMS, max_abs_feature=1e6)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 import tenseal.sealapi as seal
+import zstandard
 
 from medheaven.crypto.bfv_planning import COEFF_MODULUS, SCHEME_NAME, BfvParameters
 from medheaven.crypto.seal_files import load_bytes, save_bytes
@@ -81,20 +83,29 @@ def plaintext_bytes(residues: np.ndarray) -> bytes:
 def plaintext_residues(plain: seal.Plaintext, count: int) -> np.ndarray:
     """The first ``count`` coefficients of a decrypted plaintext, as uint64.
 
-    ``Plaintext.save`` compresses with zstd, which the standard library cannot read, so the coefficients come from
-    SEAL's own text form ("1Fx^3 + 2"), which lists the non-zero terms with their exponents.
+    ``Plaintext.save`` frames SEAL's serialisation (the inverse of ``plaintext_bytes``; SEAL trims trailing zero
+    coefficients) and compresses it with zstd in TenSEAL's build; the frame is opened here, bounded by the size of a
+    full plaintext.
     """
+    data = save_bytes(plain)
+    _, _, _, _, compression, _, declared = _HEADER.unpack_from(data)
+    body = memoryview(data)[_HEADER.size : declared]
+    limit = 32 + 16 + _HEADER.size + 8 + 8 * 4096
+    if compression == 2:
+        members = zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
+    elif compression == 1:
+        members = zlib.decompress(body, bufsize=limit)
+    else:
+        members = bytes(body)
+    coefficients, _ = struct.unpack_from("<Qd", members, 32)
+    (stored,) = struct.unpack_from("<Q", members, 48 + _HEADER.size)
+    if stored != coefficients or coefficients > 4096 or len(members) != 48 + _HEADER.size + 8 + 8 * stored:
+        raise CiphertextError(f"decrypted plaintext has an unexpected layout ({coefficients} / {stored} coefficients)")
+    values = np.frombuffer(members, dtype="<u8", count=stored, offset=48 + _HEADER.size + 8)
+    if stored > count and np.any(values[count:]):
+        raise CiphertextError(f"decrypted chunk has values beyond its {count} lanes")
     out = np.zeros(count, dtype=np.uint64)
-    text = plain.to_string()
-    if text == "0":
-        return out
-    for term in text.split(" + "):
-        coefficient, _, exponent = term.partition("x^")
-        index = int(exponent) if exponent else 0
-        if index < count:
-            out[index] = int(coefficient, 16)
-        elif int(coefficient, 16):
-            raise CiphertextError(f"decrypted chunk has a value beyond its {count} lanes (coefficient {index})")
+    out[: min(count, stored)] = values[:count]
     return out
 
 

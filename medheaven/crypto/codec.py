@@ -28,6 +28,7 @@ always derives one. A mask from another attempt or cohort breaks the sum the sam
 
 from __future__ import annotations
 
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from enum import StrEnum
@@ -39,7 +40,7 @@ import numpy as np
 from medheaven.crypto.accumulators import Accumulator, BfvAccumulator, CkksAccumulator, PlainAccumulator, plain_chunks
 from medheaven.crypto.bfv import BfvPublicKeys, BfvSecretKeys, create_bfv_key_material
 from medheaven.crypto.bfv_planning import BfvParameters
-from medheaven.crypto.context import PublicContext, SecretContext, create_key_material
+from medheaven.crypto.context import PublicContext, SecretContext, create_key_material, describe_context_file
 from medheaven.crypto.envelope import Chunk
 from medheaven.crypto.packing import decrypt_chunks, encrypt_chunks
 from medheaven.crypto.planning import CkksParameters
@@ -307,3 +308,33 @@ def parameters_from_dict(data: dict[str, object]) -> Parameters:
     if data.get("scheme") == Scheme.BFV_MASKED.value:
         return BfvParameters.from_dict(dict(data))
     return CkksParameters.from_dict(dict(data))
+
+
+def describe_key_file(path: Path) -> dict[str, object]:
+    """What `medheaven keys show` prints, for a key file of either scheme."""
+    data = path.read_bytes()
+    if key_file_scheme(data, source=str(path)) is not Scheme.BFV_MASKED:
+        return {"scheme": Scheme.CKKS.value, **describe_context_file(path)}
+    secret = key_file_kind(data) == "secret-context"
+    keys: SecretKeys | PublicKeys = (
+        BfvSecretKeys.from_bytes(data, source=str(path)) if secret else BfvPublicKeys.from_bytes(data, source=str(path))
+    )
+    params = keys.params
+    assert isinstance(params, BfvParameters)
+    return {
+        "path": str(path),
+        "scheme": Scheme.BFV_MASKED.value,
+        "kind": "secret-context" if secret else "public-context",
+        "fingerprint": keys.fingerprint,
+        "file_bytes": len(data),
+        "has_secret_key": secret,
+        **params.to_dict(),
+        "plain_modulus": params.plain_modulus,
+        "error_bound": params.error_bound,
+        "mode": f"{stat.S_IMODE(path.stat().st_mode):o}",
+    }
+
+
+def key_file_kind(data: bytes) -> str:
+    payload = msgpack.unpackb(data, raw=False, max_bin_len=len(data), max_str_len=4096)
+    return str(payload.get("kind", "")) if isinstance(payload, dict) else ""

@@ -51,6 +51,21 @@ def _scratch(*, fresh: bool) -> Path:
     return _private_folder() / name
 
 
+_open_files: dict[tuple[int, int], tuple[Path, int]] = {}  # (pid, thread) -> this thread's public scratch file
+
+
+def _public_file() -> tuple[Path, int]:
+    """This thread's public scratch file, kept open: a fold writes and SEAL reads it once per chunk, and reusing one
+    descriptor saves an open and a close each time (SEAL opens the path itself and sees the same inode)."""
+    slot = (os.getpid(), threading.get_ident())
+    entry = _open_files.get(slot)
+    if entry is None or not entry[0].exists():
+        path = _scratch(fresh=False)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        entry = _open_files[slot] = (path, fd)
+    return entry
+
+
 def _write(path: Path, data: bytes | memoryview) -> None:
     # O_NOFOLLOW: the folder is ours (0700), so nobody can plant a link; refuse one anyway
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -59,27 +74,36 @@ def _write(path: Path, data: bytes | memoryview) -> None:
 
 
 def save_bytes(obj: _Saveable, *, secret: bool = False) -> bytes:
-    path = _scratch(fresh=secret)
+    if not secret:
+        path, fd = _public_file()
+        obj.save(str(path))  # SEAL truncates and rewrites the same inode
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    path = _scratch(fresh=True)
     try:
         obj.save(str(path))
         return path.read_bytes()
     finally:
-        if secret:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def load_bytes(obj: _Loadable, context: object, data: bytes | memoryview, *, secret: bool = False) -> None:
-    path = _scratch(fresh=secret)
+    if not secret:
+        obj.load(context, load_path(data))
+        return
+    path = _scratch(fresh=True)
     try:
         _write(path, data)
         obj.load(context, str(path))
     finally:
-        if secret:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def load_path(data: bytes | memoryview) -> str:
     """Write public bytes to this thread's scratch file and return its path (for loaders with other signatures)."""
-    path = _scratch(fresh=False)
-    _write(path, data)
+    path, fd = _public_file()
+    written = os.pwrite(fd, data, 0)
+    if written != len(data):
+        raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+    if os.fstat(fd).st_size != written:
+        os.ftruncate(fd, written)
     return str(path)
