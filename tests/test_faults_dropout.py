@@ -7,7 +7,7 @@ Why it is not recoverable (the argument of docs/architecture.md, "Dropouts", che
   nothing derived from its update; and hospitals refuse to upload into an attempt past its deadline or once it has
   a tombstone, so nothing can arrive later either;
 * attempt 1's uploads of the survivors still carry their pairwise masks with the killed hospital: their sum (all a
-  key holder can form from attempt 1) does not unmask: its sample-count lane is not an integer;
+  key holder can form from attempt 1) does not unmask: its sample-count lane is a uniform residue, refused;
 * attempt 2 re-trains and re-masks with masks of attempt 2 (the scope names the attempt and the cohort), so its
   uploads share no mask with attempt 1's and the two attempts cannot be combined to cancel one;
 * the tombstone records attempt 1's cohort, who was missing and who had uploaded, and the committed round verifies
@@ -41,7 +41,7 @@ def test_fault_hospital_killed_after_the_others_uploaded_round_commits_by_a_fres
     simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=1800)
     h1, h2, victim = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
-        config = fed.config("dropout", rounds=1, min_hospitals=2, round_timeout=45)
+        config = fed.config("dropout", rounds=1, min_hospitals=2, round_timeout=60)
         run = BackgroundRun(fed.coordinator(config))
 
         # stop the victim the moment its round-1 training starts, let the others upload and be folded, then kill it
@@ -59,7 +59,7 @@ def test_fault_hospital_killed_after_the_others_uploaded_round_commits_by_a_fres
             what="the survivors' attempt-1 updates to be folded",
         )
         kill_family(fed.worker(f"{victim}-0"))
-        history = run.result(timeout=120)
+        history = run.result(timeout=300)
 
     store = simulation.store()
     paths = RunPaths(config.run)
@@ -89,7 +89,7 @@ def test_fault_hospital_killed_after_the_others_uploaded_round_commits_by_a_fres
     failed_sum = (residues(1, h1) + residues(1, h2)) & t_mask
     half = np.uint64(codec.params.plain_modulus // 2)
     signed = ((failed_sum + half) & t_mask).astype(np.int64) - np.int64(half)
-    with pytest.raises(PackingError, match="masks did not cancel"):
+    with pytest.raises(PackingError, match=r"masks did not cancel|empty or corrupt"):
         unpack_average(np.ldexp(signed.astype(np.float64), -codec.params.scale_bits), exact=True)
     # attempt 2 masked afresh: each survivor's two uploads differ in (nearly) every lane
     assert np.mean(residues(1, h1) == residues(2, h1)) < 0.01
