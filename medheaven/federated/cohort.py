@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from medheaven.federated.ledger import AttemptTombstone
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.round_policy import EarlierAttempt
 from medheaven.store.base import Store
 
 
 def earlier_attempts(
-    store: Store, run: str, kind: str, round_number: int, *, before: int
+    store: Store, run: str, kind: Phase, round_number: int, *, before: int
 ) -> tuple[EarlierAttempt, ...]:
     """Every failed attempt of the round numbered below ``before``, with who has an upload of it in the store *now*
     (a straggler's upload that landed after the attempt was closed counts: the store holds it)."""

@@ -30,7 +30,8 @@ from medheaven.errors import (
 )
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import sha256_hex, stats_scale
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
@@ -128,13 +129,13 @@ class HospitalNode:
         return hospital_codec(run.scheme, self.secret, slots=run.params.slots)
 
     @staticmethod
-    def _scale_bits(run: RunDescription, kind: str) -> int:
-        return 0 if run.plaintext else (stats_scale(run) if kind == "stats" else run.params.scale_bits)
+    def _scale_bits(run: RunDescription, phase: Phase) -> int:
+        return 0 if run.plaintext else phase.scale_bits(run)
 
     def _seal(
-        self, run: RunDescription, values: np.ndarray, *, kind: str, mask: np.ndarray | None
+        self, run: RunDescription, values: np.ndarray, *, phase: Phase, mask: np.ndarray | None
     ) -> tuple[bytes, ...]:
-        return self._codec(run).encode(values, scale_bits=self._scale_bits(run, kind), mask=mask)
+        return self._codec(run).encode(values, scale_bits=self._scale_bits(run, phase), mask=mask)
 
     def _check_masked_upload(self, spec: RoundSpec) -> None:
         """Refuse to upload into a masked attempt whose sum could be combined with another to isolate an update.
@@ -184,7 +185,7 @@ class HospitalNode:
                 f"{self.hospital_id}.agreement.hex or install the key that was registered"
             )
         peers = registry.require_agreement_keys(h for h in spec.cohort if h != self.hospital_id)
-        scope = MaskScope(spec.run, spec.kind, spec.round, spec.attempt, tuple(sorted(spec.cohort)))
+        scope = MaskScope(spec.run, Phase(spec.kind).value, spec.round, spec.attempt, tuple(sorted(spec.cohort)))
         return pairwise_mask(self.hospital_id, self.agreement_key, peers, scope, length, modulus)
 
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
@@ -201,7 +202,7 @@ class HospitalNode:
                 )
             mask = self._mask(spec, length=values.size, modulus=modulus)
         envelope = Envelope(
-            kind=spec.kind,
+            kind=spec.kind.upload_kind,
             run=run.run,
             round=spec.round,
             hospital=self.hospital_id,
@@ -210,7 +211,7 @@ class HospitalNode:
             base=spec.base_sha256,
             length=values.size,
             scale_bits=self._scale_bits(run, spec.kind),
-            chunks=self._seal(run, values, kind=spec.kind, mask=mask),
+            chunks=self._seal(run, values, phase=spec.kind, mask=mask),
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
@@ -232,7 +233,7 @@ class HospitalNode:
         if cache.standardiser is None:
             from medheaven.data import Standardiser, SufficientStats
 
-            manifest = committed_manifest(self.store, run, kind="stats", round_number=0)
+            manifest = committed_manifest(self.store, run, kind=Phase.STATS, round_number=0)
             summed = open_committed(self.store, cache.description, self.secret, manifest)
             # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
             cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
@@ -283,7 +284,7 @@ class HospitalNode:
         weights = get_flat_weights(build_model(description.model))
         packed = pack_update(weights, 1, params=description.params)
         envelope = Envelope(
-            kind="global",
+            kind=Phase.UPDATE.result_kind,  # round 0 is a global model like any committed round's
             run=run,
             round=0,
             hospital="",
@@ -291,11 +292,14 @@ class HospitalNode:
             scheme=description.scheme.value,
             base="",
             length=packed.size,
-            scale_bits=self._scale_bits(description, "global"),
+            scale_bits=self._scale_bits(description, Phase.UPDATE),
             # the initial weights follow from the run's public seed: nothing to hide, so a zero mask (an exact
             # scheme refuses to encode without one, so that no upload goes out unmasked by accident)
             chunks=self._seal(
-                description, packed, kind="global", mask=_zero_mask(description, self._codec(description), packed.size)
+                description,
+                packed,
+                phase=Phase.UPDATE,
+                mask=_zero_mask(description, self._codec(description), packed.size),
             ),
         )
         data = envelope.to_bytes()

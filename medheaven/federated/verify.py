@@ -22,6 +22,7 @@ from medheaven.crypto.envelope import Envelope
 from medheaven.crypto.packing import unpack_average
 from medheaven.errors import DigestMismatchError
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, sha256_hex
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.store.base import Store
@@ -38,7 +39,7 @@ def verify_round(store: Store, secret: SecretKeys | None, run: str, round_number
     """Compare the committed (homomorphically summed) global model with the sum of the folded updates."""
     paths = RunPaths(run)
     description = RunDescription.from_dict(store.get_json(paths.model))
-    manifest = Manifest.from_dict(store.get_json(paths.manifest("update", round_number)))
+    manifest = Manifest.from_dict(store.get_json(paths.manifest(Phase.UPDATE, round_number)))
     codec = hospital_codec(description.scheme, secret, slots=description.params.slots)
     if isinstance(codec, BfvMaskedCodec):
         return _verify_exact(store, codec, description, manifest)
