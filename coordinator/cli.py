@@ -240,7 +240,7 @@ def status(
     run_id: Annotated[str, typer.Option("--run-id")],
     json_output: Annotated[bool, typer.Option("--json")] = False,
     queues: Annotated[
-        bool, typer.Option("--queues", help="also read each queue's waiting and unacknowledged messages (broker)")
+        bool, typer.Option("--queues", help="also read each queue's depth, stranded messages and consumers (broker)")
     ] = False,
 ) -> None:
     """Show a run's committed rounds and metrics from the store (no broker needed unless --queues).
@@ -274,7 +274,7 @@ def status(
     stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
     ProgressObserver.print_summary(stdout, history, None, failed)
     for depth in depths:
-        stdout.print(f"queue {depth.queue}: {depth.waiting} waiting, {depth.unacknowledged} unacknowledged")
+        stdout.print(depth.describe())
 
 
 def _queue_depths(settings: Settings, hospitals: list[str]) -> list[QueueDepth]:
