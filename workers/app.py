@@ -9,6 +9,7 @@ from celery import Celery
 from medheaven.settings import Settings
 from workers import readonly  # noqa: F401 - every worker refuses deployment-changing remote control
 from workers.config import celery_config, register_bounded_msgpack
+from workers.lease import WorkerLease
 
 
 @lru_cache(maxsize=1)
@@ -20,6 +21,8 @@ def create_app(current: Settings, *, hospitals: list[str] | None = None) -> Cele
     register_bounded_msgpack()
     celery = Celery("medheaven")
     celery.conf.update(celery_config(current, hospitals=current.hospital_ids() + list(hospitals or [])))
+    # every worker renews a liveness lease, so the coordinator knows within seconds that one died with its task
+    celery.steps["worker"].add(WorkerLease)
     return celery
 
 
