@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from coordinator.messaging import TaskState
 from medheaven.errors import BrokerUnreachableError
 from workers.config import AGGREGATE_QUEUE, hospital_queue
+from workers.config import OUTAGE_TOLERANCE as WORKERS_OUTAGE_TOLERANCE
 from workers.lease import LEASE_TTL, LeaseState, lease_state, redis_client
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     BackendGetMetaError,
     BackendStoreError,
 )
-#: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed).
-OUTAGE_TOLERANCE = 300.0
+#: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed): the one
+#: tolerance of every MedHeaven process, defined with the workers' retry budgets (``workers.config``).
+OUTAGE_TOLERANCE = WORKERS_OUTAGE_TOLERANCE
 
 
 class CeleryTransport:
@@ -163,7 +165,9 @@ class CeleryTransport:
             if meta.get("status") != "STARTED" or not isinstance(info, dict) or not info.get("hostname"):
                 return None
             hostname = str(info["hostname"])
-            return hostname if lease_state(client, hostname) is LeaseState.EXPIRED else None
+            pid = info.get("worker_pid")
+            state = lease_state(client, hostname, int(pid) if isinstance(pid, int) else None)
+            return hostname if state is LeaseState.EXPIRED else None
 
         return self._retrying(f"reading the liveness lease of task {task_id}'s worker", read)
 

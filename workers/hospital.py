@@ -16,6 +16,7 @@ from celery import Task, bootsteps
 
 from workers.app import app, settings
 from workers.guard import count_delivery
+from workers.lease import announce
 
 if TYPE_CHECKING:
     from medheaven.federated.hospital import HospitalNode
@@ -70,6 +71,7 @@ app.steps["worker"].add(HospitalStartupCheck)
 
 def _guard(task: Task) -> None:
     count_delivery(task, limit=settings().max_deliveries)
+    announce(task)  # the worker's main pid joins the STARTED meta: see workers.lease
 
 
 @app.task(name="medheaven.hospital.stats", bind=True)

@@ -13,6 +13,9 @@ duplicate.
   ``RENEW_EVERY`` seconds by a thread of the main process (the main process runs no task code, so the renewal never
   waits for training or encryption to release the GIL). Expiry is judged by Redis' own clock: no clock skew
   between machines enters.
+* A worker restarted under the same hostname (a service manager restarts it within a second) renews the same key
+  from a new main process: each hospital task therefore adds its worker's main pid to its STARTED meta
+  (``announce``), and a lease held by another pid means the worker that ran the task is gone.
 * ``medheaven:leased-workers`` is the set of hostnames that hold leases. Only a registered worker whose lease is
   gone counts as lost: a worker without this step (an older version, the in-process demo) is never taken for dead.
   A worker that stops cleanly deregisters (its current task has finished by then or is finished by the warm
@@ -52,11 +55,35 @@ class LeaseState(enum.Enum):
     UNKNOWN = "unknown"  # the worker never registered a lease (or stopped cleanly): never taken for lost
 
 
-def lease_state(client: Any, hostname: str) -> LeaseState:
-    """Read ``hostname``'s lease with a Redis client (raises the client's connection errors)."""
-    if client.exists(lease_key(hostname)):
-        return LeaseState.LIVE
-    return LeaseState.EXPIRED if client.sismember(REGISTRY_KEY, hostname) else LeaseState.UNKNOWN
+def lease_state(client: Any, hostname: str, worker_pid: int | None = None) -> LeaseState:
+    """Read ``hostname``'s lease with a Redis client (raises the client's connection errors); with ``worker_pid``
+    (the main pid a task announced), a lease renewed by another main process is a restarted worker: EXPIRED."""
+    holder = client.get(lease_key(hostname))
+    if holder is None:
+        return LeaseState.EXPIRED if client.sismember(REGISTRY_KEY, hostname) else LeaseState.UNKNOWN
+    if worker_pid is not None and int(holder) != worker_pid:
+        return LeaseState.EXPIRED
+    return LeaseState.LIVE
+
+
+#: the pid of the process whose thread renews the lease (set at the step's start; inherited by pool children forked
+#: after it, which is how a child tells a thread pool in the main process from a prefork child)
+_MAIN_PID: int | None = None
+
+
+def worker_pid() -> int:
+    """The pid of this worker's main process (the lease holder): our own in a thread pool, the parent's in a prefork
+    pool child."""
+    return os.getpid() if os.getpid() == _MAIN_PID else os.getppid()
+
+
+def announce(task: Any) -> None:
+    """Add the worker's main pid to the task's STARTED meta (Celery's own holds the pool pid and hostname), so the
+    coordinator can tell the worker that runs the task from one restarted under the same name."""
+    if task.request.called_directly or not task.request.id:
+        return
+    meta = {"pid": os.getpid(), "hostname": task.request.hostname, "worker_pid": worker_pid()}
+    task.update_state(state="STARTED", meta=meta)
 
 
 def redis_client(app: Any) -> Any | None:
@@ -132,9 +159,11 @@ class WorkerLease(bootsteps.StartStopStep):  # type: ignore[misc]
         self.renewer: LeaseRenewer | None = None
 
     def start(self, worker: Any) -> None:
+        global _MAIN_PID
         client = redis_client(worker.app)
         if client is None:
             return
+        _MAIN_PID = os.getpid()
         self.renewer = LeaseRenewer(client, str(worker.hostname))
         self.renewer.start()
         log.info("liveness lease of %s renewed every %.0fs (ttl %ss)", worker.hostname, RENEW_EVERY, LEASE_TTL)
