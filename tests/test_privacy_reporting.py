@@ -119,3 +119,21 @@ def test_exported_model_metadata_carries_epsilon_of_its_round(
     assert "privacy: patient-level DP-SGD" in scored.stderr
     assert all(f"{h} ε={e:.3f}" in scored.stderr for h, e in first.items())
     assert simulation.store().exists(RunPaths(RUN).config)
+
+
+def test_no_dp_metrics_withholds_every_validation_metric_of_the_hospitals(tmp_path: Path) -> None:
+    simulation = small_simulation(tmp_path, hospitals=2, rows=800)
+    quiet = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0, release_metrics=False)
+    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=quiet, planned_rounds=1)
+    assert not training.releases_metrics and LocalTraining().releases_metrics
+    config = simulation_config(simulation, run="quiet", rounds=1, round_timeout=120, training=training)
+    result, _ = run_in_threads(simulation, config, model=default_model(simulation, hidden=(8,)))
+    store, paths = simulation.store(), RunPaths("quiet")
+    manifest = store.get_json(paths.manifest("update", 1))
+    assert sorted(e["hospital"] for e in manifest["folded"]) == list(simulation.hospitals)
+    assert all(not e.get("metrics") for e in manifest["folded"])  # the receipts carried none
+    assert all(not m for m in result.history[0]["metrics"].values())
+    final = store.get_json(paths.final_validation)  # nor does validating the final model release any
+    assert set(final["metrics"]) == set(simulation.hospitals) and not any(final["metrics"].values())
+    # with no validation signal the selected model is the last one; the held-out test file is not hospital data
+    assert result.test is not None and result.test["round"] == 1
