@@ -435,7 +435,7 @@ class Coordinator:
                 f"{spec.round} (its liveness lease expired); the coordinator gave the task back to {hospital}'s "
                 f"queue as task {new['task']}",
             )
-            status.state, status.detail = "queued", f"worker {worker} lost; task given back to its queue"
+            status.state, status.detail = HospitalState.QUEUED, f"worker {worker} lost; task given back to its queue"
             self.observer.message(
                 f"{hospital}'s worker {worker} was lost while running its {task_name} task for {spec.kind} round "
                 f"{spec.round}: gave the task back to {hospital}'s queue"

@@ -342,7 +342,7 @@ def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy 
     rounds = [
         (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
         for r in range(1, round_number + 1)
-        for manifest in (committed_manifest(store, run, kind="update", round_number=r),)
+        for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
     ]
     return model_privacy(dp, rounds, up_to=round_number)
 
