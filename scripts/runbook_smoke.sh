@@ -76,10 +76,10 @@ cp keys/context.public "$work/operator/context.public"
 # -- 2. hospital identities: each hospital, on its own machine ---------------------------------------------
 cd "$work/h1"
 medheaven hospital init --id h1 --out keys/
-cp keys/h1.verify.hex "$work/operator/"
+cp keys/h1.verify.hex keys/h1.agreement.hex "$work/operator/"
 cd "$work/h2"
 medheaven hospital init --id h2 --out keys/
-cp keys/h2.verify.hex "$work/operator/"
+cp keys/h2.verify.hex keys/h2.agreement.hex "$work/operator/"
 
 # -- 3. operator: publish the public context, register the hospitals, split the simulation data -----------
 cd "$work/operator"
