@@ -35,7 +35,7 @@ from coordinator.options import (
 from coordinator.progress import ProgressObserver
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
+from medheaven.cli.support import command, print_json, set_debug, stderr, stdout
 from medheaven.errors import BrokerUnreachableError, QuorumNotReachedError
 from medheaven.model import ModelSpec
 from medheaven.settings import Settings

@@ -24,7 +24,7 @@ from coordinator.options import (
     DpNoiseOption,
     dp_config,
 )
-from medheaven.cli_support import command, print_json
+from medheaven.cli.support import command, print_json
 
 
 @command

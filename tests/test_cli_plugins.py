@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import medheaven.cli_plugins as plugins
 from coordinator.cli import app as coordinator_app
-from medheaven.cli import app
+from medheaven.cli import plugins
+from medheaven.cli.root import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_cli_plugins_demo_and_coordinator_run_validate_dp_options_alike(
 
 def test_cli_plugins_library_commands_do_not_load_the_coordinator() -> None:
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom medheaven.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom medheaven.cli.root import app\n"
         "assert CliRunner().invoke(app, ['keys', '--help']).exit_code == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'coordinator', 'workers', 'celery'}))\n"
     )

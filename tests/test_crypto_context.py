@@ -399,7 +399,7 @@ def test_context_secret_round_trip_through_file_decrypts(
 def test_context_keys_init_command_writes_the_chosen_mode(encryption: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from medheaven.cli import app
+    from medheaven.cli.root import app
 
     result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path), "--encryption", encryption, "--json"])
     assert result.exit_code == 0, result.output
@@ -416,7 +416,7 @@ def test_context_keys_init_command_writes_the_chosen_mode(encryption: str, tmp_p
 def test_context_keys_init_command_refuses_an_unknown_mode(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from medheaven.cli import app
+    from medheaven.cli.root import app
 
     result = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path), "--encryption", "rot13"])
     assert result.exit_code == 2, result.output

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from medheaven.cli_support import command, print_json, stderr, stdout
+from medheaven.cli.support import command, print_json, stderr, stdout
 from medheaven.errors import ConfigurationError
 
 StoreOption = Annotated[

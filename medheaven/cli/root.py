@@ -1,7 +1,7 @@
 """The ``medheaven`` command: key ceremony, data preparation, verification and the store.
 
 Commands that need the application side (``demo``, from ``coordinator/``) are plugins declared in the
-``medheaven.commands`` entry-point group and loaded on demand (``medheaven.cli_plugins``).
+``medheaven.commands`` entry-point group and loaded on demand (``medheaven.cli.plugins``).
 
 Every command has ``--help`` with an example. Errors print one line (``error: ...``) and exit 2; ``--debug``
 shows tracebacks and debug logs. Results go to stdout, logs and progress to stderr.
@@ -14,11 +14,11 @@ from typing import Annotated
 
 import typer
 
-from medheaven.cli_doctor import doctor_command
-from medheaven.cli_plugins import PluginGroup
-from medheaven.cli_results import export_command, predict_command, report_command
-from medheaven.cli_support import command, print_json, set_debug, stdout
-from medheaven.data.cli import baseline_command, data_app
+from medheaven.cli.data import baseline_command, data_app
+from medheaven.cli.doctor import doctor_command
+from medheaven.cli.plugins import PluginGroup
+from medheaven.cli.results import export_command, predict_command, report_command
+from medheaven.cli.support import command, print_json, set_debug, stdout
 
 app = typer.Typer(
     help="MedHeaven: federated readmission models trained across hospitals with CKKS-encrypted FedAvg.",

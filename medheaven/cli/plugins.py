@@ -27,11 +27,11 @@ import typer
 import typer.core
 import typer.main
 
-from medheaven.cli_support import reported_errors
+from medheaven.cli.support import reported_errors
 from medheaven.errors import ConfigurationError
 
 GROUP = "medheaven.commands"
-_CHECKOUT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+_CHECKOUT_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def declared_commands() -> dict[str, str]:
