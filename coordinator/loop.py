@@ -19,14 +19,15 @@ from typing import Any, Protocol
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
+from medheaven.federated.cohort import earlier_attempts
 from medheaven.federated.fedavg import mean_metrics
-from medheaven.federated.ledger import EntryStatus, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
-from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
-from medheaven.federated.round_policy import Verdict, decide, on_time
-from medheaven.federated.wire import Manifest, RoundSpec
+from medheaven.federated.round_policy import CLOCK_SKEW, Verdict, decide, on_time, safe_cohort
+from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.privacy.local import BUDGET_MARKER
 from medheaven.store.base import Store
 
@@ -163,38 +164,149 @@ class Coordinator:
         return self.history()
 
     def _phase(self, kind: Phase, round_number: int, *, base: str) -> Manifest:
-        """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one."""
+        """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one; a masked attempt
+        that loses a cohort member is followed by a fresh attempt among the survivors (``_retry``)."""
         spec = self._open_spec(kind, round_number)
         # no dispatch record: the coordinator died between writing the spec and recording its tasks' ids, so the
-        # attempt cannot be watched; a fresh attempt is safe (the old one's updates live under another attempt)
+        # attempt cannot be watched; a fresh attempt is safe (the old one's updates live under another attempt, and
+        # it is closed with a tombstone first so that nothing can be folded into it or masked against it)
         if (
             spec is None
             or self._failed(spec)
             or spec.base_sha256 != base
             or not self.store.exists(self.paths.dispatch(kind, round_number, spec.attempt))
         ):
-            spec = self._open(kind, round_number, base, attempt=1 if spec is None else spec.attempt + 1)
+            if spec is not None and not self._failed(spec):
+                self._abandon(spec)
+            attempt = 1 if spec is None else spec.attempt + 1
+            spec = self._open(
+                kind, round_number, base, attempt=attempt, hospitals=self._cohort_for(kind, round_number, attempt)
+            )
         else:
             self.observer.message(f"re-attaching to {kind} round {round_number} attempt {spec.attempt}")
-        dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
-        progress = self._wait(spec, dispatch)
-        manifest = self._finalise(spec, progress, dispatch)
-        self._record(spec, manifest, progress)
-        return manifest
+        while True:
+            dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
+            progress = self._wait(spec, dispatch)
+            closed = self._finalise(spec, progress, dispatch)
+            if isinstance(closed, Manifest):
+                self._record(spec, closed, progress)
+                return closed
+            spec = self._retry(spec, closed, dispatch, progress, base)
 
-    def _open(self, kind: Phase, round_number: int, base: str, *, attempt: int) -> RoundSpec:
+    def _masked(self) -> bool:
+        return is_masked(RunDescription.from_dict(self.store.get_json(self.paths.model)))
+
+    def _cohort_for(self, kind: Phase, round_number: int, attempt: int) -> tuple[str, ...]:
+        """The hospitals of a new attempt: everyone configured, or, for a masked run with failed attempts in this
+        round, the largest set the cohort rule allows (``round_policy.safe_cohort``)."""
+        if attempt == 1 or not self._masked():
+            return self.config.hospitals
+        earlier = earlier_attempts(self.store, self.config.run, kind, round_number, before=attempt)
+        cohort, problems = safe_cohort(self.config.hospitals, earlier)
+        if problems or len(cohort) < self.config.min_hospitals:
+            raise QuorumNotReachedError(
+                f"{kind} round {round_number} of run {self.config.run!r} cannot be retried without revealing an "
+                f"individual update: {'; '.join(problems) or f'only {len(cohort)} hospitals remain eligible'} "
+                f"(quorum {self.config.min_hospitals}). A failed masked attempt whose uploads are in the store may "
+                "be unmasked by anyone holding the left-out hospitals' masks, so its hospitals must stay together: "
+                "bring the missing hospitals back and resume, or start a new run"
+            )
+        return cohort
+
+    def _abandon(self, spec: RoundSpec) -> None:
+        """Close an attempt that was never watched (no dispatch record) with a tombstone naming its cohort."""
+        tombstone = AttemptTombstone(
+            run=spec.run,
+            kind=spec.kind.value,
+            round=spec.round,
+            attempt=spec.attempt,
+            quorum=spec.quorum,
+            reason="abandoned: the coordinator stopped before recording its tasks",
+            at=self.clock(),
+            missing=spec.hospitals,
+            cohort=spec.cohort,
+            uploaded=tuple(
+                h
+                for h in spec.hospitals
+                if self.store.exists(self.paths.update(spec.kind, spec.round, spec.attempt, h))
+            ),
+        )
+        self.store.put_json(self.paths.failure(spec.kind, spec.round, spec.attempt), tombstone.to_dict())
+
+    def _retry(
+        self,
+        spec: RoundSpec,
+        tombstone: AttemptTombstone,
+        dispatch: dict[str, Any],
+        progress: RoundProgress,
+        base: str,
+    ) -> RoundSpec:
+        """A fresh attempt among the survivors of a failed masked attempt.
+
+        Why a fresh attempt and not recovery of the dropped hospital's masks (SecAgg's Shamir shares): the failed
+        attempt's sum is never unmasked (it lacks the dropped hospital's masks, and nobody reconstructs them), the
+        survivors re-train and re-mask with masks of the new attempt, so no hospital ever hands out a pairwise
+        seed or a share of one, and there is no threshold of honest hospitals to configure. The price is one more
+        local training per survivor. Dropouts are the members that failed or were refused, and, when the attempt
+        closed at its deadline, those still silent; everyone else stays. The cohort rule
+        (``round_policy.cohort_violations``) forbids leaving out a dropout whose upload of a failed attempt of
+        this round is in the store: then the round stops for the operator instead.
+        """
+        past_deadline = self.clock() >= spec.deadline
+        gone = {HospitalState.FAILED, HospitalState.BUDGET_SPENT, HospitalState.REJECTED}
+        if past_deadline:
+            gone.add(HospitalState.LATE)
+        dropouts = [h for h in spec.cohort if h not in tombstone.folded and progress.statuses[h].state in gone]
+        if not dropouts:  # closed early for no hospital's fault (e.g. the aggregator's clock): everyone again
+            dropouts = [h for h in tombstone.missing if progress.statuses[h].state in gone]
+        self._settle_dropouts(spec, dropouts, dispatch)
+        earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt + 1)
+        cohort, problems = safe_cohort([h for h in spec.cohort if h not in dropouts], earlier)
+        why = "; ".join(problems)
+        if not why and not dropouts:
+            why = "no hospital could be identified as the one that dropped out"
+        elif not why and len(cohort) < spec.quorum:
+            why = f"only {len(cohort)} hospitals ({', '.join(cohort) or 'none'}) are left, quorum {spec.quorum}"
+        if why:
+            raise QuorumNotReachedError(
+                f"{spec.kind} round {spec.round} of run {spec.run!r} attempt {spec.attempt} lost cohort members "
+                f"({', '.join(dropouts) or 'none identified'}) and no fresh attempt can follow: {why}. The previous "
+                f"global model is untouched; fix the failing hospitals and {self.retry_advice}"
+            )
+        self.observer.message(
+            f"{spec.kind} round {spec.round} attempt {spec.attempt} closed without {', '.join(dropouts)} (its masked "
+            f"sum is never unmasked); attempt {spec.attempt + 1} re-trains with fresh masks among {', '.join(cohort)}"
+        )
+        return self._open(spec.kind, spec.round, base, attempt=spec.attempt + 1, hospitals=cohort)
+
+    def _settle_dropouts(self, spec: RoundSpec, dropouts: list[str], dispatch: dict[str, Any]) -> None:
+        """Before judging whether a dropout uploaded: its task may still be running (or be redelivered after its
+        worker died). Hospitals refuse to upload into a masked attempt past its deadline or once it has a tombstone,
+        so after deadline + clock skew + ``UPLOAD_GRACE`` (one store write in flight) the store's uploads of the
+        attempt are final. A dropout whose task ended in failure will not upload: no wait for it."""
+        running = [h for h in dropouts if self.transport.state(dispatch[h]["task"]).state != "FAILURE"]
+        if not running:
+            return
+        until = spec.deadline + CLOCK_SKEW + UPLOAD_GRACE
+        while self.clock() < until:
+            time.sleep(self.poll_interval)
+
+    def _open(
+        self, kind: Phase, round_number: int, base: str, *, attempt: int, hospitals: tuple[str, ...]
+    ) -> RoundSpec:
         now = self.clock()
         spec = RoundSpec(
             run=self.config.run,
             round=round_number,
             attempt=attempt,
             kind=kind,
-            hospitals=self.config.hospitals,
+            hospitals=hospitals,
             quorum=self.config.min_hospitals,
             deadline=now + self.config.round_timeout,
             base_sha256=base,
             training=self.config.training,
             opened_at=now,
+            cohort=hospitals if self._masked() else (),
         )
         self.store.put_json(self.paths.spec(kind, round_number), spec.to_dict())
         task = self.HOSPITAL_TASKS[kind]
@@ -258,6 +370,7 @@ class Coordinator:
             ledger = self._ledger(spec)
             progress = self._statuses(spec, dispatch, ledger)
             self._resend_unanswered_folds(spec, dispatch, progress, uploaded_since)
+            self._give_back_lost_tasks(spec, dispatch, progress)
             self.observer.round_progress(progress)
             # a hospital whose task failed will not answer this attempt: treat it like a refusal for the policy
             failed = tuple(
@@ -298,6 +411,36 @@ class Coordinator:
                 f"{self.resend_after:.0f}s of its upload: sent its receipt to the aggregator again"
             )
 
+    def _give_back_lost_tasks(self, spec: RoundSpec, dispatch: dict[str, Any], progress: RoundProgress) -> None:
+        """Send a hospital's task again to its queue when the worker running it died (its liveness lease expired,
+        ``workers.lease``), so that another worker of that hospital does the work in this round instead of the round
+        waiting for Redis' visibility timeout (hours). The new task is recorded before the old one is marked lost
+        (FAILURE, ``WorkerLostError``), so a coordinator killed in between only sends it once more on resume. A false
+        alarm (a frozen, not dead, worker) costs a duplicate: updates are create-only per attempt and each hospital is
+        folded at most once."""
+        task_name = self.HOSPITAL_TASKS[spec.kind]
+        for hospital, status in progress.statuses.items():
+            if status.state != "training":
+                continue
+            old = dispatch[hospital]
+            worker = self.transport.lost_worker(old["task"])
+            if worker is None:
+                continue
+            new = self.transport.send_hospital_task(task_name, (spec.to_dict(), hospital), hospital, fold=True)
+            dispatch[hospital] = {**new, "lost": [*old.get("lost", []), old["task"]]}
+            self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
+            self.transport.mark_lost(
+                old["task"],
+                f"worker {worker} was lost while running {hospital}'s {task_name} task for {spec.kind} round "
+                f"{spec.round} (its liveness lease expired); the coordinator gave the task back to {hospital}'s "
+                f"queue as task {new['task']}",
+            )
+            status.state, status.detail = HospitalState.QUEUED, f"worker {worker} lost; task given back to its queue"
+            self.observer.message(
+                f"{hospital}'s worker {worker} was lost while running its {task_name} task for {spec.kind} round "
+                f"{spec.round}: gave the task back to {hospital}'s queue"
+            )
+
     def _settled(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
         """The round's statuses once its unfinished hospitals have finished or REASON_GRACE has passed: a round
         fails as soon as its quorum is out of reach, and the reasons of hospitals still running then are wanted."""
@@ -311,7 +454,9 @@ class Coordinator:
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
-    ) -> Manifest:
+    ) -> Manifest | AttemptTombstone:
+        """The commit (the manifest), or the tombstone of a masked attempt that may be retried among its
+        survivors; any other failure raises ``QuorumNotReachedError`` with each hospital's reason."""
         args = (spec.run, spec.kind.value, spec.round, spec.attempt)
         task_id = self.transport.send_aggregate_task("finalise", args)
         sent_at = self.clock()
@@ -327,6 +472,9 @@ class Coordinator:
                     progress = self._settled(spec, dispatch)
                 reasons = failure_reasons(progress) if progress is not None else {}
                 self._record_failure(spec, failure, progress, reasons)
+                tombstone = AttemptTombstone.from_dict(failure)
+                if spec.cohort and len(tombstone.folded) >= spec.quorum:
+                    return tombstone  # enough survivors for a fresh attempt: ``_retry`` decides
                 why = "".join(f"\n  {hospital}: {reason}" for hospital, reason in reasons.items())
                 raise QuorumNotReachedError(
                     f"{spec.kind} round {spec.round} of run {spec.run!r} failed: {len(failure['folded'])} of "

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from medheaven.crypto.context import PublicContext
-from medheaven.crypto.envelope import Envelope, check_envelope
+from medheaven.crypto.codec import PublicKeys, aggregator_codec, public_keys_from_bytes
+from medheaven.crypto.envelope import Envelope, check_envelope, read_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import (
     DigestMismatchError,
@@ -38,8 +38,8 @@ from medheaven.errors import (
     StoreKeyNotFoundError,
     UnknownHospitalError,
 )
-from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
-from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.fold import Accumulator, fold_update
+from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
@@ -71,16 +71,14 @@ class AggregatorNode:
         self.store = store
         self.keep_updates = keep_updates
         self.expected_fingerprint = expected_fingerprint
-        self._context: PublicContext | None = None
+        self._context: PublicKeys | None = None
         self._runs: dict[str, RunDescription] = {}
         self._rounds: dict[tuple[str, str, int], _RoundState] = {}
 
     # -- loading -----------------------------------------------------------------------------------------
-    def public_context(self) -> PublicContext:
+    def public_context(self) -> PublicKeys:
         if self._context is None:
-            context = PublicContext.from_bytes(
-                self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}"
-            )
+            context = public_keys_from_bytes(self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}")
             if self.expected_fingerprint and context.fingerprint != self.expected_fingerprint:
                 raise MedHeavenError(
                     f"the store's public context has fingerprint {context.fingerprint[:12]}…, this aggregator was "
@@ -104,23 +102,27 @@ class AggregatorNode:
             raise RoundClosedError(f"run {run!r} has no open {kind} round {round_number}") from exc
 
     def _new_accumulator(self, description: RunDescription, length: int) -> Accumulator:
+        """The scheme's running sum (``crypto/codec.py``): it can add uploads, never decrypt them."""
         if description.plaintext:
-            return PlainAccumulator(slots=description.params.slots, length=length)
+            return aggregator_codec(description.scheme, None, slots=description.params.slots).accumulator(length)
         context = self.public_context()
         if context.fingerprint != description.fingerprint:
             raise MedHeavenError(
                 f"run {description.run!r} was keyed with {description.fingerprint[:12]}…, the store's public context "
                 f"is {context.fingerprint[:12]}…"
             )
-        return EncryptedAccumulator(context, length=length)
+        return aggregator_codec(description.scheme, context).accumulator(length)
 
     def _load_envelope(self, description: RunDescription, kind: Phase, key: str, sha256: str) -> Envelope:
-        data = self.store.get(key)
-        if sha256_hex(data) != sha256:
+        # one digest pass: the hasher that yields the file digest also yields the signed body's (envelope format 2)
+        envelope, digest = read_envelope(
+            self.store.get(key), limits=envelope_limits(description, length=kind.vector_length(description))
+        )
+        if digest != sha256:
             raise DigestMismatchError(
                 f"{key} does not match the digest in its receipt: the stored envelope was replaced or corrupted"
             )
-        return Envelope.from_bytes(data, limits=envelope_limits(description, length=kind.vector_length(description)))
+        return envelope
 
     def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
         spec = state.spec
@@ -345,19 +347,23 @@ class AggregatorNode:
         decision = decide(spec, state.ledger, time.time(), closing=True)
         if decision.verdict is not Verdict.COMMIT:
             ledger = state.ledger
-            failure = {
-                "run": run,
-                "kind": kind.value,
-                "round": round_number,
-                "attempt": attempt,
-                "quorum": spec.quorum,
-                "folded": sorted(ledger.folded_hospitals),
-                "rejected": [entry.to_dict() for entry in ledger.rejected],
-                "missing": list(decision.outstanding),
-                "noise": ledger.noise,
-                "reason": decision.reason,
-                "at": time.time(),
-            }
+            members = spec.cohort or spec.hospitals
+            tombstone = AttemptTombstone(
+                run=run,
+                kind=kind.value,
+                round=round_number,
+                attempt=attempt,
+                quorum=spec.quorum,
+                reason=decision.reason,
+                at=time.time(),
+                folded=tuple(sorted(ledger.folded_hospitals)),
+                rejected=ledger.rejected,
+                missing=decision.outstanding,
+                cohort=spec.cohort,
+                uploaded=tuple(h for h in members if self.store.exists(paths.update(kind, round_number, attempt, h))),
+                noise=ledger.noise,
+            )
+            failure = tombstone.to_dict()
             self.store.put_json(paths.failure(kind, round_number, attempt), failure)
             self._rounds.pop((run, kind, round_number), None)
             refused = "; ".join(f"{e.hospital}: {e.reason}" for e in ledger.rejected) or "none"
@@ -408,6 +414,7 @@ class AggregatorNode:
             round=spec.round,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            scheme=description.scheme.value,
             base=spec.base_sha256,
             length=state.accumulator.length,
             scale_bits=expectation(

@@ -8,6 +8,16 @@ from medheaven.crypto.envelope import EnvelopeExpectation, EnvelopeLimits
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RunDescription
 
+#: Seconds after an attempt's deadline (plus the clock skew) within which an upload that was started on time may still
+#: land in the store (one store write). Hospitals do not start an upload into a masked attempt past its deadline, so
+#: after this the store's set of uploads of a closed attempt is final and the cohort rule can be judged on it.
+UPLOAD_GRACE = 10.0
+
+
+def is_masked(run: RunDescription) -> bool:
+    """Whether the run's uploads are pairwise-masked, so that each attempt fixes a cohort (``RoundSpec.cohort``)."""
+    return run.scheme.masked
+
 
 def envelope_limits(run: RunDescription, *, length: int | None = None) -> EnvelopeLimits:
     vector = length if length is not None else run.vector_length
@@ -29,6 +39,7 @@ def expectation(
         length=length,
         chunk_count=run.params.chunk_count(length),
         scale_bits=0 if run.plaintext else phase.scale_bits(run),
+        scheme=run.scheme.value,
     )
 
 

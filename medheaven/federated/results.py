@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import SecretKeys, hospital_codec
 from medheaven.crypto.envelope import Envelope, check_envelope
-from medheaven.crypto.packing import decrypt_chunks, unpack_average
+from medheaven.crypto.packing import unpack_average
 from medheaven.errors import DigestMismatchError, KeyCustodyError, RunStateError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
@@ -54,7 +54,7 @@ def committed_manifest(store: Store, run: str, *, kind: Phase, round_number: int
 
 
 def open_committed(
-    store: Store, description: RunDescription, secret: SecretContext | None, manifest: Manifest
+    store: Store, description: RunDescription, secret: SecretKeys | None, manifest: Manifest
 ) -> np.ndarray:
     """Fetch a committed result, check it against its manifest and envelope header, and decrypt it."""
     length = manifest.kind.vector_length(description)
@@ -77,17 +77,17 @@ def open_committed(
         ),
         registry=None,
     )
-    if description.plaintext:
-        return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
-    if secret is None:
+    if secret is None and not description.plaintext:
         raise KeyCustodyError(f"run {description.run!r} is encrypted: decrypting it needs the secret context")
-    return decrypt_chunks(secret, envelope.chunks, length=envelope.length)
+    codec = hospital_codec(description.scheme, secret, slots=description.params.slots)
+    return codec.decode_sum(envelope.chunks, length=envelope.length, scale_bits=envelope.scale_bits)
 
 
 def committed_average(
-    store: Store, description: RunDescription, secret: SecretContext | None, round_number: int
+    store: Store, description: RunDescription, secret: SecretKeys | None, round_number: int
 ) -> tuple[np.ndarray, int, Manifest]:
     """The averaged weights of a committed round, the total sample count, and the round's manifest."""
     manifest = committed_manifest(store, description.run, kind=Phase.UPDATE, round_number=round_number)
-    weights, total = unpack_average(open_committed(store, description, secret, manifest))
+    summed = open_committed(store, description, secret, manifest)
+    weights, total = unpack_average(summed, exact=description.scheme.exact)
     return weights, total, manifest

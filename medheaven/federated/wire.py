@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from medheaven.crypto.planning import CkksParameters
+from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.federated.phase import Phase
 from medheaven.model import ModelSpec
@@ -43,6 +43,12 @@ class LocalTraining:
     def rate_for(self, round_number: int) -> float:
         return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
 
+    @property
+    def releases_metrics(self) -> bool:
+        """Whether hospitals report validation metrics (per round and of the final model): off under DP-SGD with
+        ``--no-dp-metrics``, since the accountant does not cover them."""
+        return self.dp is None or self.dp.release_metrics
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dp"] = self.dp.to_dict() if self.dp is not None else None
@@ -67,12 +73,19 @@ class RunDescription:
 
     run: str
     model: ModelSpec
-    params: CkksParameters
+    params: Parameters
     fingerprint: str
     layout: dict[str, Any]
     plaintext: bool = False
     max_abs_feature: float = 1000.0
     test_data: str | None = None
+
+    @property
+    def scheme(self) -> Scheme:
+        """Chosen once, by the key set the run was created under (``plaintext`` is the comparison mode)."""
+        if self.plaintext:
+            return Scheme.PLAINTEXT
+        return Scheme.BFV_MASKED if self.params.to_dict().get("scheme") == Scheme.BFV_MASKED.value else Scheme.CKKS
 
     @property
     def vector_length(self) -> int:
@@ -88,7 +101,8 @@ class RunDescription:
             "weight_order": "model.weights in Keras order (per layer: kernel then bias), each C-order flattened",
             "parameter_count": self.model.parameter_count(),
             "vector_length": self.vector_length,
-            "ckks": self.params.to_dict(),
+            "scheme": self.scheme.value,
+            "ckks": self.params.to_dict(),  # the key set's parameters (the name predates bfv-masked)
             "fingerprint": self.fingerprint,
             "layout": self.layout,
             "plaintext": self.plaintext,
@@ -101,7 +115,7 @@ class RunDescription:
         return cls(
             run=str(data["run"]),
             model=ModelSpec.from_dict(data["model"]),
-            params=CkksParameters.from_dict(data["ckks"]),
+            params=parameters_from_dict(dict(data["ckks"])),
             fingerprint=str(data["fingerprint"]),
             layout=dict(data["layout"]),
             plaintext=bool(data.get("plaintext", False)),
@@ -124,14 +138,24 @@ class RoundSpec:
     base_sha256: str  # digest of the global model the round starts from ("" for stats)
     training: LocalTraining = field(default_factory=LocalTraining)
     opened_at: float = 0.0
+    # The hospitals masked together in this attempt (pairwise masks cancel only in the sum over all of them), fixed
+    # when the attempt opens and equal to ``hospitals`` then; empty for unmasked schemes (ckks, plaintext) and for
+    # specs written before masking. Every member derives its masks from (run, kind, round, attempt, cohort).
+    cohort: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Phase(self.kind))
+        if self.cohort and (sorted(self.cohort) != sorted(self.hospitals) or len(set(self.cohort)) != len(self.cohort)):
+            raise EnvelopeFormatError(
+                f"{self.kind} round {self.round} attempt {self.attempt}: cohort {list(self.cohort)} is not the "
+                f"attempt's hospitals {list(self.hospitals)} (a masked attempt masks exactly the hospitals it asks)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
         data["hospitals"] = list(self.hospitals)
+        data["cohort"] = list(self.cohort)
         data["training"] = self.training.to_dict()
         return data
 
@@ -148,6 +172,7 @@ class RoundSpec:
             base_sha256=str(data["base_sha256"]),
             training=LocalTraining.from_dict(data["training"]),
             opened_at=float(data.get("opened_at", 0.0)),
+            cohort=tuple(str(h) for h in data.get("cohort", ())),
         )
 
 

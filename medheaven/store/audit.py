@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medheaven.crypto.context import PublicContext
+from medheaven.crypto.codec import public_keys_from_bytes
 from medheaven.errors import StoreKeyNotFoundError
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.phase import Phase
@@ -51,7 +51,7 @@ def check_run(store: Store, run: str) -> list[Check]:
     model = store.get_json(paths.model)
     if not model.get("plaintext"):
         try:
-            context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=CONTEXT_KEY)
+            context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=CONTEXT_KEY)
             same = context.fingerprint == model["fingerprint"]
             checks.append(
                 Check(
