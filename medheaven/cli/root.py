@@ -18,7 +18,7 @@ from medheaven.cli.data import baseline_command, data_app
 from medheaven.cli.doctor import doctor_command
 from medheaven.cli.plugins import PluginGroup
 from medheaven.cli.results import export_command, predict_command, report_command
-from medheaven.cli.support import command, print_json, set_debug, stdout
+from medheaven.cli.support import StoreOption, command, open_store_option, print_json, set_debug, stdout
 
 app = typer.Typer(
     help="MedHeaven: federated readmission models trained across hospitals with CKKS-encrypted FedAvg.",
@@ -47,17 +47,7 @@ def main_options(
     set_debug(debug)
 
 
-def _store(store_url: str | None):  # type: ignore[no-untyped-def]
-    from medheaven.settings import Settings
-    from medheaven.store import open_store
-
-    settings = Settings() if store_url is None else Settings(store=store_url)
-    return open_store(settings.store, settings=settings)
-
-
-StoreOption = Annotated[
-    str | None, typer.Option("--store", help="file:///path or drive://<folder-id>; default MEDHEAVEN_STORE.")
-]
+_store = open_store_option
 
 
 # -- keys -------------------------------------------------------------------------------------------------
