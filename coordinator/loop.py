@@ -13,18 +13,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
+from medheaven.federated.cohort import earlier_attempts
 from medheaven.federated.fedavg import mean_metrics
-from medheaven.federated.ledger import EntryStatus, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import sha256_hex
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
-from medheaven.federated.round_policy import Verdict, decide, on_time
-from medheaven.federated.wire import Manifest, RoundSpec
+from medheaven.federated.round_policy import CLOCK_SKEW, Verdict, decide, on_time, safe_cohort
+from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.privacy.local import BUDGET_MARKER
 from medheaven.store.base import Store
 
@@ -41,10 +44,32 @@ RESEND_AFTER = 30.0
 REASON_GRACE = 15.0
 
 
+class HospitalState(StrEnum):
+    """Where one hospital stands in an attempt, as the coordinator sees it. The values are what history records,
+    failed-attempts records and the report read (``medheaven.report.records.STATES``)."""
+
+    QUEUED = "queued"  # dispatched, not yet picked up by its worker
+    TRAINING = "training"  # its task has started
+    UPLOADED = "uploaded"  # its task finished; the ledger has not yet said folded or rejected
+    FOLDED = "folded"
+    REJECTED = "rejected"
+    FAILED = "failed"  # its task raised
+    BUDGET_SPENT = "budget spent"  # refused to train: its DP budget is spent (its own state, not a crash)
+    LATE = "late"  # no folded update before the deadline
+
+    @property
+    def unfinished(self) -> bool:
+        """Still expected to answer."""
+        return self in _UNFINISHED
+
+
+_UNFINISHED = frozenset({HospitalState.QUEUED, HospitalState.TRAINING, HospitalState.UPLOADED})
+
+
 @dataclass
 class HospitalStatus:
     hospital: str
-    state: str = "queued"  # queued, training, uploaded, folded, rejected, failed, late
+    state: HospitalState = HospitalState.QUEUED
     detail: str = ""
 
 
@@ -54,7 +79,7 @@ class RoundProgress:
     statuses: dict[str, HospitalStatus] = field(default_factory=dict)
     on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
 
-    def count(self, state: str) -> int:
+    def count(self, state: HospitalState) -> int:
         return sum(1 for s in self.statuses.values() if s.state == state)
 
 
@@ -80,8 +105,8 @@ class LogObserver:
 
 
 class Coordinator:
-    #: the hospital task that answers each phase kind (the layout phase's coordinator answers "stats" otherwise)
-    HOSPITAL_TASKS: dict[str, str] = {"stats": "stats", "update": "train"}  # noqa: RUF012 - read-only class table
+    #: the hospital task that answers each phase (the layout phase's coordinator answers the statistics otherwise)
+    HOSPITAL_TASKS: dict[Phase, str] = {phase: phase.hospital_task for phase in Phase}  # noqa: RUF012 - read-only
 
     def __init__(
         self,
@@ -107,14 +132,14 @@ class Coordinator:
         self.retry_advice = retry_advice or f"run `medheaven-coordinator resume --run-id {config.run}`"
 
     # -- store queries -----------------------------------------------------------------------------------
-    def manifest(self, kind: str, round_number: int) -> Manifest | None:
+    def manifest(self, kind: Phase, round_number: int) -> Manifest | None:
         key = self.paths.manifest(kind, round_number)
         return Manifest.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
 
     def last_committed_round(self) -> int:
         return last_committed_round(self.store, self.config.run)
 
-    def _open_spec(self, kind: str, round_number: int) -> RoundSpec | None:
+    def _open_spec(self, kind: Phase, round_number: int) -> RoundSpec | None:
         key = self.paths.spec(kind, round_number)
         return RoundSpec.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
 
@@ -124,53 +149,164 @@ class Coordinator:
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """Run (or continue) the whole federation; returns the per-round history."""
-        if self.manifest("stats", 0) is None:
-            self._phase("stats", 0, base="")
-        if self.manifest("update", 0) is None:
+        if self.manifest(Phase.STATS, 0) is None:
+            self._phase(Phase.STATS, 0, base="")
+        if self.manifest(Phase.UPDATE, 0) is None:
             self._initial_model()
         start = self.last_committed_round() + 1
         for round_number in range(start, self.config.rounds + 1):
-            base = self.manifest("update", round_number - 1)
+            base = self.manifest(Phase.UPDATE, round_number - 1)
             assert base is not None
-            self._phase("update", round_number, base=base.result_sha256)
+            self._phase(Phase.UPDATE, round_number, base=base.result_sha256)
         self._validate_final()
         if self.config.test_path:
             self._score_test()
         return self.history()
 
-    def _phase(self, kind: str, round_number: int, *, base: str) -> Manifest:
-        """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one."""
+    def _phase(self, kind: Phase, round_number: int, *, base: str) -> Manifest:
+        """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one; a masked attempt
+        that loses a cohort member is followed by a fresh attempt among the survivors (``_retry``)."""
         spec = self._open_spec(kind, round_number)
         # no dispatch record: the coordinator died between writing the spec and recording its tasks' ids, so the
-        # attempt cannot be watched; a fresh attempt is safe (the old one's updates live under another attempt)
+        # attempt cannot be watched; a fresh attempt is safe (the old one's updates live under another attempt, and
+        # it is closed with a tombstone first so that nothing can be folded into it or masked against it)
         if (
             spec is None
             or self._failed(spec)
             or spec.base_sha256 != base
             or not self.store.exists(self.paths.dispatch(kind, round_number, spec.attempt))
         ):
-            spec = self._open(kind, round_number, base, attempt=1 if spec is None else spec.attempt + 1)
+            if spec is not None and not self._failed(spec):
+                self._abandon(spec)
+            attempt = 1 if spec is None else spec.attempt + 1
+            spec = self._open(
+                kind, round_number, base, attempt=attempt, hospitals=self._cohort_for(kind, round_number, attempt)
+            )
         else:
             self.observer.message(f"re-attaching to {kind} round {round_number} attempt {spec.attempt}")
-        dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
-        progress = self._wait(spec, dispatch)
-        manifest = self._finalise(spec, progress, dispatch)
-        self._record(spec, manifest, progress)
-        return manifest
+        while True:
+            dispatch = self.store.get_json(self.paths.dispatch(kind, round_number, spec.attempt))
+            progress = self._wait(spec, dispatch)
+            closed = self._finalise(spec, progress, dispatch)
+            if isinstance(closed, Manifest):
+                self._record(spec, closed, progress)
+                return closed
+            spec = self._retry(spec, closed, dispatch, progress, base)
 
-    def _open(self, kind: str, round_number: int, base: str, *, attempt: int) -> RoundSpec:
+    def _masked(self) -> bool:
+        return is_masked(RunDescription.from_dict(self.store.get_json(self.paths.model)))
+
+    def _cohort_for(self, kind: Phase, round_number: int, attempt: int) -> tuple[str, ...]:
+        """The hospitals of a new attempt: everyone configured, or, for a masked run with failed attempts in this
+        round, the largest set the cohort rule allows (``round_policy.safe_cohort``)."""
+        if attempt == 1 or not self._masked():
+            return self.config.hospitals
+        earlier = earlier_attempts(self.store, self.config.run, kind, round_number, before=attempt)
+        cohort, problems = safe_cohort(self.config.hospitals, earlier)
+        if problems or len(cohort) < self.config.min_hospitals:
+            raise QuorumNotReachedError(
+                f"{kind} round {round_number} of run {self.config.run!r} cannot be retried without revealing an "
+                f"individual update: {'; '.join(problems) or f'only {len(cohort)} hospitals remain eligible'} "
+                f"(quorum {self.config.min_hospitals}). A failed masked attempt whose uploads are in the store may "
+                "be unmasked by anyone holding the left-out hospitals' masks, so its hospitals must stay together: "
+                "bring the missing hospitals back and resume, or start a new run"
+            )
+        return cohort
+
+    def _abandon(self, spec: RoundSpec) -> None:
+        """Close an attempt that was never watched (no dispatch record) with a tombstone naming its cohort."""
+        tombstone = AttemptTombstone(
+            run=spec.run,
+            kind=spec.kind.value,
+            round=spec.round,
+            attempt=spec.attempt,
+            quorum=spec.quorum,
+            reason="abandoned: the coordinator stopped before recording its tasks",
+            at=self.clock(),
+            missing=spec.hospitals,
+            cohort=spec.cohort,
+            uploaded=tuple(
+                h
+                for h in spec.hospitals
+                if self.store.exists(self.paths.update(spec.kind, spec.round, spec.attempt, h))
+            ),
+        )
+        self.store.put_json(self.paths.failure(spec.kind, spec.round, spec.attempt), tombstone.to_dict())
+
+    def _retry(
+        self,
+        spec: RoundSpec,
+        tombstone: AttemptTombstone,
+        dispatch: dict[str, Any],
+        progress: RoundProgress,
+        base: str,
+    ) -> RoundSpec:
+        """A fresh attempt among the survivors of a failed masked attempt.
+
+        Why a fresh attempt and not recovery of the dropped hospital's masks (SecAgg's Shamir shares): the failed
+        attempt's sum is never unmasked (it lacks the dropped hospital's masks, and nobody reconstructs them), the
+        survivors re-train and re-mask with masks of the new attempt, so no hospital ever hands out a pairwise
+        seed or a share of one, and there is no threshold of honest hospitals to configure. The price is one more
+        local training per survivor. Dropouts are the members that failed or were refused, and, when the attempt
+        closed at its deadline, those still silent; everyone else stays. The cohort rule
+        (``round_policy.cohort_violations``) forbids leaving out a dropout whose upload of a failed attempt of
+        this round is in the store: then the round stops for the operator instead.
+        """
+        past_deadline = self.clock() >= spec.deadline
+        gone = {HospitalState.FAILED, HospitalState.BUDGET_SPENT, HospitalState.REJECTED}
+        if past_deadline:
+            gone.add(HospitalState.LATE)
+        dropouts = [h for h in spec.cohort if h not in tombstone.folded and progress.statuses[h].state in gone]
+        if not dropouts:  # closed early for no hospital's fault (e.g. the aggregator's clock): everyone again
+            dropouts = [h for h in tombstone.missing if progress.statuses[h].state in gone]
+        self._settle_dropouts(spec, dropouts, dispatch)
+        earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt + 1)
+        cohort, problems = safe_cohort([h for h in spec.cohort if h not in dropouts], earlier)
+        why = "; ".join(problems)
+        if not why and not dropouts:
+            why = "no hospital could be identified as the one that dropped out"
+        elif not why and len(cohort) < spec.quorum:
+            why = f"only {len(cohort)} hospitals ({', '.join(cohort) or 'none'}) are left, quorum {spec.quorum}"
+        if why:
+            raise QuorumNotReachedError(
+                f"{spec.kind} round {spec.round} of run {spec.run!r} attempt {spec.attempt} lost cohort members "
+                f"({', '.join(dropouts) or 'none identified'}) and no fresh attempt can follow: {why}. The previous "
+                f"global model is untouched; fix the failing hospitals and {self.retry_advice}"
+            )
+        self.observer.message(
+            f"{spec.kind} round {spec.round} attempt {spec.attempt} closed without {', '.join(dropouts)} (its masked "
+            f"sum is never unmasked); attempt {spec.attempt + 1} re-trains with fresh masks among {', '.join(cohort)}"
+        )
+        return self._open(spec.kind, spec.round, base, attempt=spec.attempt + 1, hospitals=cohort)
+
+    def _settle_dropouts(self, spec: RoundSpec, dropouts: list[str], dispatch: dict[str, Any]) -> None:
+        """Before judging whether a dropout uploaded: its task may still be running (or be redelivered after its
+        worker died). Hospitals refuse to upload into a masked attempt past its deadline or once it has a tombstone,
+        so after deadline + clock skew + ``UPLOAD_GRACE`` (one store write in flight) the store's uploads of the
+        attempt are final. A dropout whose task ended in failure will not upload: no wait for it."""
+        running = [h for h in dropouts if self.transport.state(dispatch[h]["task"]).state != "FAILURE"]
+        if not running:
+            return
+        until = spec.deadline + CLOCK_SKEW + UPLOAD_GRACE
+        while self.clock() < until:
+            time.sleep(self.poll_interval)
+
+    def _open(
+        self, kind: Phase, round_number: int, base: str, *, attempt: int, hospitals: tuple[str, ...]
+    ) -> RoundSpec:
         now = self.clock()
         spec = RoundSpec(
             run=self.config.run,
             round=round_number,
             attempt=attempt,
             kind=kind,
-            hospitals=self.config.hospitals,
+            hospitals=hospitals,
             quorum=self.config.min_hospitals,
             deadline=now + self.config.round_timeout,
             base_sha256=base,
             training=self.config.training,
             opened_at=now,
+            cohort=hospitals if self._masked() else (),
         )
         self.store.put_json(self.paths.spec(kind, round_number), spec.to_dict())
         task = self.HOSPITAL_TASKS[kind]
@@ -198,18 +334,18 @@ class Coordinator:
             status = HospitalStatus(hospital)
             ids = dispatch.get(hospital, {})
             if hospital in ledger.folded_hospitals:
-                status.state = "folded"
+                status.state = HospitalState.FOLDED
             elif hospital in rejected:
-                status.state, status.detail = "rejected", rejected[hospital]
+                status.state, status.detail = HospitalState.REJECTED, rejected[hospital]
             else:
                 task: TaskState = self.transport.state(ids["task"])
                 if task.state == "FAILURE":
                     error = task.error or ""
                     # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
-                    status.state = "budget spent" if BUDGET_MARKER in error else "failed"
+                    status.state = HospitalState.BUDGET_SPENT if BUDGET_MARKER in error else HospitalState.FAILED
                     status.detail = error
                 elif task.state == "SUCCESS":
-                    status.state = "uploaded"  # until the ledger says folded or rejected
+                    status.state = HospitalState.UPLOADED  # until the ledger says folded or rejected
                     fold = self.transport.state(ids["fold"])
                     outcome = fold.result if fold.state == "SUCCESS" and isinstance(fold.result, dict) else {}
                     if outcome.get("status") == FoldStatus.NOISE.value:
@@ -219,7 +355,7 @@ class Coordinator:
                     elif self._completed_on_time(spec, task.result):
                         progress.on_time.add(hospital)
                 elif task.state == "STARTED":
-                    status.state = "training"
+                    status.state = HospitalState.TRAINING
             progress.statuses[hospital] = status
         return progress
 
@@ -240,7 +376,7 @@ class Coordinator:
             failed = tuple(
                 LedgerEntry(h, EntryStatus.REJECTED, at=0.0, reason="failed")
                 for h, status in progress.statuses.items()
-                if status.state == "failed"
+                if status.state is HospitalState.FAILED
             )
             view = replace(ledger, rejected=(*ledger.rejected, *failed))
             decision = decide(spec, view, self.clock(), on_time_pending=progress.on_time)
@@ -249,8 +385,8 @@ class Coordinator:
                 continue
             if self.clock() >= spec.deadline:
                 for status in progress.statuses.values():
-                    if status.state in {"queued", "training", "uploaded"}:
-                        status.state, status.detail = "late", "no folded update before the deadline"
+                    if status.state.unfinished:
+                        status.state, status.detail = HospitalState.LATE, "no folded update before the deadline"
             log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
             return progress
 
@@ -261,7 +397,7 @@ class Coordinator:
         RESEND_AFTER); the receipt is the hospital task's result, still in the result backend."""
         now = self.clock()
         for hospital, status in progress.statuses.items():
-            if status.state != "uploaded":
+            if status.state is not HospitalState.UPLOADED:
                 since.pop(hospital, None)
                 continue
             if now - since.setdefault(hospital, now) < self.resend_after:
@@ -299,7 +435,7 @@ class Coordinator:
                 f"{spec.round} (its liveness lease expired); the coordinator gave the task back to {hospital}'s "
                 f"queue as task {new['task']}",
             )
-            status.state, status.detail = "queued", f"worker {worker} lost; task given back to its queue"
+            status.state, status.detail = HospitalState.QUEUED, f"worker {worker} lost; task given back to its queue"
             self.observer.message(
                 f"{hospital}'s worker {worker} was lost while running its {task_name} task for {spec.kind} round "
                 f"{spec.round}: gave the task back to {hospital}'s queue"
@@ -311,15 +447,17 @@ class Coordinator:
         limit = min(self.clock() + REASON_GRACE, max(spec.deadline, self.clock()))
         while True:
             progress = self._statuses(spec, dispatch, self._ledger(spec))
-            unfinished = any(s.state in {"queued", "training", "uploaded"} for s in progress.statuses.values())
+            unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
             time.sleep(self.poll_interval)
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
-    ) -> Manifest:
-        args = (spec.run, spec.kind, spec.round, spec.attempt)
+    ) -> Manifest | AttemptTombstone:
+        """The commit (the manifest), or the tombstone of a masked attempt that may be retried among its
+        survivors; any other failure raises ``QuorumNotReachedError`` with each hospital's reason."""
+        args = (spec.run, spec.kind.value, spec.round, spec.attempt)
         task_id = self.transport.send_aggregate_task("finalise", args)
         sent_at = self.clock()
         limit = self.clock() + FINALISE_TIMEOUT
@@ -334,6 +472,9 @@ class Coordinator:
                     progress = self._settled(spec, dispatch)
                 reasons = failure_reasons(progress) if progress is not None else {}
                 self._record_failure(spec, failure, progress, reasons)
+                tombstone = AttemptTombstone.from_dict(failure)
+                if spec.cohort and len(tombstone.folded) >= spec.quorum:
+                    return tombstone  # enough survivors for a fresh attempt: ``_retry`` decides
                 why = "".join(f"\n  {hospital}: {reason}" for hospital, reason in reasons.items())
                 raise QuorumNotReachedError(
                     f"{spec.kind} round {spec.round} of run {spec.run!r} failed: {len(failure['folded'])} of "
@@ -367,7 +508,7 @@ class Coordinator:
             run=self.config.run,
             round=0,
             attempt=1,
-            kind="update",
+            kind=Phase.UPDATE,
             base_sha256="",
             result_key=self.paths.global_model(0),
             result_sha256=result["sha256"],
@@ -380,7 +521,7 @@ class Coordinator:
             deadline=now,
             finalised_at=now,
         )
-        self.store.create_json(self.paths.manifest("update", 0), manifest.to_dict())
+        self.store.create_json(self.paths.manifest(Phase.UPDATE, 0), manifest.to_dict())
 
     def _await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
         limit = self.clock() + timeout
@@ -459,14 +600,14 @@ class Coordinator:
     # -- records -----------------------------------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
         reasons = failure_reasons(progress)
-        if spec.kind != "update":
+        if not spec.kind.trains:
             missing = "".join(f"; not folded: {h} ({why})" for h, why in reasons.items())
             self.observer.message(
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
         record = round_record(manifest)
-        record["statuses"] = {h: s.state for h, s in progress.statuses.items()}
+        record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
         record["reasons"] = reasons
         history = self.history()
         history = [r for r in history if r["round"] != spec.round] + [record]
@@ -478,13 +619,13 @@ class Coordinator:
     ) -> None:
         """Keep why an attempt failed where ``status`` and ``--json`` read it, not only in the workers' logs."""
         record = {
-            "kind": spec.kind,
+            "kind": spec.kind.value,
             "round": spec.round,
             "attempt": spec.attempt,
             "status": "failed",
             "quorum": spec.quorum,
             "folded": list(failure.get("folded", [])),
-            "statuses": {h: s.state for h, s in progress.statuses.items()} if progress is not None else {},
+            "statuses": {h: s.state.value for h, s in progress.statuses.items()} if progress is not None else {},
             "reasons": reasons,
             "at": self.clock(),
         }
@@ -507,9 +648,9 @@ def failure_reasons(progress: RoundProgress) -> dict[str, str]:
     """Why each hospital that was not folded was not: the task's exception type and message, or the aggregator's
     rejection, or the deadline (never a traceback; that stays in the worker's log)."""
     return {
-        hospital: status.detail or status.state
+        hospital: status.detail or status.state.value
         for hospital, status in progress.statuses.items()
-        if status.state != "folded"
+        if status.state is not HospitalState.FOLDED
     }
 
 

@@ -6,12 +6,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medheaven.crypto.context import PublicContext
+from medheaven.crypto.codec import Parameters, public_keys_from_bytes
 from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
 from medheaven.errors import ConfigurationError, PackingError, RunStateError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
+from medheaven.federated.protocol import is_masked
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
@@ -87,6 +88,7 @@ def create_run(
         )
     if not math.isfinite(max_abs_feature) or max_abs_feature <= 0:
         raise ConfigurationError(f"--max-abs-feature must be a positive number, got {max_abs_feature}")
+    params: Parameters
     if config.plaintext:
         params, fingerprint = plan_ckks_parameters(), PLAINTEXT_FINGERPRINT
     else:
@@ -95,7 +97,7 @@ def create_run(
                 f"{store.location} has no {CONTEXT_KEY}: publish the federation's public context with "
                 "`medheaven federation publish --public-context keys/context.public`"
             )
-        context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
+        context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
         params, fingerprint = context.params, context.fingerprint
     try:
         stats_scale_bits(params, max_abs_feature=max_abs_feature)
@@ -121,6 +123,9 @@ def create_run(
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
     )
+    if is_masked(description):
+        # every hospital's X25519 public key must be registered before round 1; old registries lack them
+        registry.require_agreement_keys(config.hospitals)
     store.create_json(paths.config, config.to_dict())
     store.create_json(paths.model, description.to_dict())
     return description

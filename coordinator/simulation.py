@@ -7,6 +7,7 @@ threads in this process (``memory://``, no services) or on real worker processes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 from coordinator.loop import Coordinator, Observer
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.context import load_secret_context
-from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
+from medheaven.crypto.bfv_planning import plan_bfv_parameters
+from medheaven.crypto.codec import Parameters, load_secret_keys
+from medheaven.crypto.masks import load_agreement_key
+from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
@@ -81,7 +84,7 @@ def prepare_simulation(
     test_fraction: float = 0.2,
     seed: int = 0,
     synthetic_rows: int = 20000,
-    params: CkksParameters | None = None,
+    params: Parameters | None = None,
 ) -> Simulation:
     from medheaven.data import (
         encode_features,
@@ -115,7 +118,12 @@ def prepare_simulation(
     )
     store = LocalStore(root / "store")
     hospital_ids = sorted(parts)
-    keys, identities = set_up_federation(root / "keys", store, hospital_ids, params or plan_ckks_parameters())
+    keys, identities = set_up_federation(
+        root / "keys",
+        store,
+        hospital_ids,
+        params or simulation_parameters(rows=len(frame), max_abs_feature=max_abs_feature),
+    )
     return Simulation(
         root=root,
         hospitals=tuple(hospital_ids),
@@ -126,6 +134,21 @@ def prepare_simulation(
         identities=identities,
         max_abs_feature=max_abs_feature,
     )
+
+
+def simulation_parameters(*, rows: int = 500_000, max_abs_feature: float = 1000.0) -> Parameters:
+    """bfv-masked planned for a one-machine federation from its data: at most 20 hospitals and ``rows`` patients.
+
+    Why not the key ceremony's defaults (100 hospitals, 10^6 rows): the sufficient statistics of the
+    standardisation phase reach rows x max_abs_feature^2, and at t = 2^47 (the plain modulus the noise bound allows
+    for 100 hospitals) they keep fewer than the 10 fraction bits ``stats_scale_bits`` asks for once that passes
+    ~1e11. With 20 hospitals t = 2^50, and the sample bound is the data's own row count (rounded up to a power of
+    ten), which is what the weights' step 2^-s is planned from as well.
+    """
+    samples = 10 ** max(4, math.ceil(math.log10(max(rows, 1))))
+    planned = plan_bfv_parameters(max_hospitals=20, max_total_samples=samples)
+    stats_scale_bits(planned, max_abs_feature=max_abs_feature)  # raises PackingError naming the bound
+    return planned
 
 
 def _planned_bound(features: Any) -> float:
@@ -164,7 +187,7 @@ def default_model(
 
 
 def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, HospitalNode]:
-    secret = load_secret_context(simulation.keys.secret)
+    secret = load_secret_keys(simulation.keys.secret)
     reader = schema_reader("prepared", None)
     return {
         h: HospitalNode(
@@ -174,6 +197,7 @@ def hospital_nodes(simulation: Simulation, *, audit: bool = False) -> dict[str, 
             reader=reader,
             secret=secret,
             signing_key=load_signing_key(simulation.identities[h].signing_key, hospital_id=h),
+            agreement_key=load_agreement_key(simulation.identities[h].agreement_key),
             audit=audit,
         )
         for h in simulation.hospitals

@@ -63,33 +63,59 @@ def keys_init(
     max_abs_weight: Annotated[float, typer.Option(help="Bound on |weight| every hospital enforces.")] = 8.0,
     max_total_samples: Annotated[int, typer.Option(help="Bound on the summed sample count of a round.")] = 1_000_000,
     precision: Annotated[float, typer.Option(help="Max absolute error of an averaged weight.")] = 1e-6,
-    encryption: Annotated[
+    scheme: Annotated[
         str,
         typer.Option(
-            help="symmetric: hospitals encrypt with the shared secret key (about 2x faster, and the aggregator's "
-            "context holds no key at all); public-key: with a public key that the public context carries."
+            help="bfv-masked (default): exact, pairwise-masked seeded BFV, 8.05 B/parameter uploads, other key "
+            "holders cannot read one hospital's update; ckks: the older approximate, unmasked scheme (32.2 B/param)."
         ),
-    ] = "symmetric",
+    ] = "bfv-masked",
+    max_hospitals: Annotated[int, typer.Option(help="bfv-masked: most hospitals one round can sum.")] = 100,
+    encryption: Annotated[
+        str | None,
+        typer.Option(
+            help="ckks only. symmetric (default): hospitals encrypt with the shared secret key (about 2x faster, "
+            "and the aggregator's context holds no key at all); public-key: with a public key that the public "
+            "context carries."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing key files.")] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Create the federation's CKKS key set (run once, by one key holder).
+    """Create the federation's key set (run once, by one key holder).
 
     Example: medheaven keys init --out keys/
     """
-    from medheaven.crypto.planning import plan_ckks_parameters
+    from medheaven.crypto.bfv_planning import BfvParameters, plan_bfv_parameters
+    from medheaven.crypto.codec import Scheme
+    from medheaven.crypto.planning import CkksParameters, plan_ckks_parameters
+    from medheaven.errors import ConfigurationError
     from medheaven.federated.setup import init_keys
 
-    params = plan_ckks_parameters(
-        max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision
-    )
+    if scheme not in (Scheme.BFV_MASKED, Scheme.CKKS):
+        raise ConfigurationError(f"--scheme {scheme!r} is unknown; use bfv-masked (the default) or ckks")
+    params: CkksParameters | BfvParameters
+    if scheme == Scheme.BFV_MASKED:
+        if encryption not in (None, "symmetric"):
+            raise ConfigurationError("--encryption applies to --scheme ckks only; bfv-masked is always symmetric")
+        params = plan_bfv_parameters(
+            max_abs_weight=max_abs_weight,
+            max_total_samples=max_total_samples,
+            max_hospitals=max_hospitals,
+            precision=precision,
+        )
+    else:
+        params = plan_ckks_parameters(
+            max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision
+        )
     files = init_keys(out, params, force=force, encryption=encryption)
     result = {
         "secret_context": str(files.secret),
         "public_context": str(files.public),
-        "encryption": encryption,
+        "scheme": scheme,
+        "encryption": encryption or "symmetric",
         "fingerprint": files.fingerprint,
-        "ckks": params.to_dict(),
+        scheme: params.to_dict(),
     }
     if json_output:
         print_json(result)
@@ -97,7 +123,15 @@ def keys_init(
     stdout.print(f"secret context  {files.secret}  (mode 0600: hand it to hospitals out of band, never to the store)")
     stdout.print(f"public context  {files.public}  (publish with `medheaven federation publish`)")
     stdout.print(f"fingerprint     {files.fingerprint}")
-    stdout.print(f"encryption      {encryption}")
+    stdout.print(f"scheme          {scheme}")
+    if isinstance(params, BfvParameters):
+        stdout.print(
+            f"BFV             N={params.poly_modulus_degree} q={list(params.coeff_mod_bit_sizes)} bits "
+            f"t=2^{params.plain_modulus_bits} step=2^-{params.scale_bits} up to {params.max_hospitals} hospitals, "
+            f"error bound {params.error_bound:.2e}"
+        )
+        return
+    stdout.print(f"encryption      {encryption or 'symmetric'}")
     stdout.print(
         f"CKKS            N={params.poly_modulus_degree} chain={list(params.coeff_mod_bit_sizes)} "
         f"scale=2^{params.scale_bits} error bound {params.error_bound:.2e}"
@@ -114,12 +148,12 @@ def keys_show(
 
     Example: medheaven keys show keys/context.public --json
     """
-    from medheaven.crypto.context import describe_context_file
+    from medheaven.crypto.codec import describe_key_file
     from medheaven.errors import ConfigurationError
 
     if not path.is_file():
         raise ConfigurationError(f"{path} does not exist")
-    info = describe_context_file(path)
+    info = describe_key_file(path)
     if json_output:
         print_json(info)
         return
@@ -132,18 +166,41 @@ def keys_show(
 @command
 def hospital_init(
     hospital_id: Annotated[str, typer.Option("--id", help="Hospital id (becomes queue hospital.<id>).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for <id>.signing.pem (0600) and <id>.verify.hex.")],
-    force: Annotated[bool, typer.Option("--force")] = False,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder for <id>.signing.pem and <id>.agreement.pem (0600) and their public halves."
+        ),
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace both keys of an existing identity.")] = False,
 ) -> None:
-    """Create a hospital's Ed25519 signing key and its public verification key.
+    """Create a hospital's Ed25519 signing key and X25519 agreement key, with their public halves.
+
+    A hospital that already has a signing key (made before pairwise masking) keeps it: only the missing agreement
+    key is created; register both public halves again.
 
     Example: medheaven hospital init --id stmarys --out keys/
     """
-    from medheaven.crypto.signing import create_hospital_identity
+    from medheaven.crypto.masks import agreement_key_paths, create_agreement_key
+    from medheaven.crypto.signing import create_hospital_identity, validate_hospital_id
+    from medheaven.errors import ConfigurationError
 
-    signing, verify = create_hospital_identity(hospital_id, out, force=force)
-    stdout.print(f"signing key       {signing}  (mode 0600, stays on this hospital's machines)")
-    stdout.print(f"verification key  {verify}  (send it to the operator for `medheaven hospital register`)")
+    signing = out / f"{validate_hospital_id(hospital_id)}.signing.pem"
+    if force or not signing.exists():
+        signing, verify = create_hospital_identity(hospital_id, out, force=force)
+        stdout.print(f"signing key       {signing}  (mode 0600, stays on this hospital's machines)")
+    else:
+        verify = out / f"{hospital_id}.verify.hex"
+        stdout.print(f"signing key       {signing}  (exists, kept)")
+    agreement, agreement_public = agreement_key_paths(hospital_id, out)
+    if force or not agreement.exists():
+        agreement, agreement_public = create_agreement_key(hospital_id, out, force=force)
+        stdout.print(f"agreement key     {agreement}  (mode 0600, stays on this hospital's machines)")
+    else:
+        raise ConfigurationError(f"{signing} and {agreement} exist; pass --force to replace this hospital's identity")
+    stdout.print(
+        f"public halves     {verify} {agreement_public}  (send both to the operator for `medheaven hospital register`)"
+    )
 
 
 @hospital_app.command("register")
@@ -151,16 +208,30 @@ def hospital_init(
 def hospital_register(
     hospital_id: Annotated[str, typer.Option("--id")],
     verify_key: Annotated[Path, typer.Option("--verify-key", help="The hospital's <id>.verify.hex file.")],
+    agreement_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--agreement-key",
+            help="The hospital's <id>.agreement.hex file (default: beside --verify-key, if it exists).",
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
-    """Add (or replace) a hospital's verification key in the store's hospitals.json.
+    """Add (or replace) a hospital's verification and agreement keys in the store's hospitals.json.
+
+    Without an agreement key the hospital can take part in runs of the older `ckks` scheme only.
 
     Example: medheaven hospital register --id stmarys --verify-key stmarys.verify.hex --store file:///srv/fed
     """
     from medheaven.federated.setup import register_hospital
 
-    registry = register_hospital(_store(store), hospital_id, verify_key.read_text())
-    stdout.print(f"registered {hospital_id}; registry now holds {', '.join(sorted(registry.keys))}")
+    if agreement_key is None:
+        beside = verify_key.with_name(f"{hospital_id}.agreement.hex")
+        agreement_key = beside if beside.is_file() else None
+    agreement_hex = agreement_key.read_text() if agreement_key is not None else None
+    registry = register_hospital(_store(store), hospital_id, verify_key.read_text(), agreement_hex)
+    masked = "with its agreement key" if agreement_hex else "WITHOUT an agreement key (ckks runs only)"
+    stdout.print(f"registered {hospital_id} {masked}; registry now holds {', '.join(sorted(registry.keys))}")
 
 
 @hospital_app.command("remove")
@@ -186,10 +257,10 @@ def federation_publish(
 
     Example: medheaven federation publish --public-context keys/context.public --store drive://1AbC...
     """
-    from medheaven.crypto.context import load_public_context
+    from medheaven.crypto.codec import load_public_keys
     from medheaven.federated.setup import publish_public_context
 
-    context = load_public_context(public_context)
+    context = load_public_keys(public_context)
     publish_public_context(_store(store), context)
     stdout.print(f"published public context {context.fingerprint}")
 
@@ -256,10 +327,10 @@ def verify(
 
     Example: medheaven verify --run demo --round 3 --secret-context keys/context.secret
     """
-    from medheaven.crypto.context import load_secret_context
+    from medheaven.crypto.codec import load_secret_keys
     from medheaven.federated.verify import verify_round
 
-    print_json(verify_round(_store(store), load_secret_context(secret_context), run, round_number))
+    print_json(verify_round(_store(store), load_secret_keys(secret_context), run, round_number))
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ Every check is a plain function over ``Settings`` (plus what an earlier check pr
 * every role: the settings parse, the broker answers (``memory://`` is refused: it is not a deployment broker),
   the store is reachable and holds the federation's public context with the pinned fingerprint;
 * hospital: a valid hospital id, the secret context (owner-only mode, same key set as the store), the signing key
-  (owner-only mode, registered in ``hospitals.json`` with the same verification key) and a readable data file;
+  (owner-only mode, registered in ``hospitals.json`` with the same verification key), the X25519 agreement key
+  beside it (owner-only, its public half registered: pairwise-masked runs need it) and a readable data file;
 * aggregator and coordinator: no secret context and no signing key, neither configured nor readable in the
   secret folders (``/run/secrets``), and a non-empty hospital registry.
 
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from medheaven.crypto.context import PublicContext, SecretContext
-from medheaven.crypto.signing import SigningKey, load_signing_key, validate_hospital_id
+from medheaven.crypto.codec import PublicKeys, public_keys_from_bytes, secret_keys_from_bytes
+from medheaven.crypto.context import SecretContext
+from medheaven.crypto.signing import SigningKey, agreement_key_path, load_signing_key, validate_hospital_id
 from medheaven.errors import KeyCustodyError, MedHeavenError
 from medheaven.federated.nodes import check_aggregator_settings
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY
@@ -228,7 +230,7 @@ def check_store(settings: Settings) -> tuple[CheckResult, Store | None]:
     return _ok("store", f"{store.location} reachable ({', '.join(found) or 'empty'})"), store
 
 
-def check_public_context(settings: Settings, store: Store | None) -> tuple[CheckResult, PublicContext | None]:
+def check_public_context(settings: Settings, store: Store | None) -> tuple[CheckResult, PublicKeys | None]:
     name = "public context"
     if store is None:
         return _skip(name, "the store is unreachable"), None
@@ -239,7 +241,7 @@ def check_public_context(settings: Settings, store: Store | None) -> tuple[Check
             "`medheaven federation publish --public-context context.public`",
         ), None
     try:
-        context = PublicContext.from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
+        context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
     except MedHeavenError as exc:
         return _fail(name, str(exc)), None
     expected = settings.context_fingerprint
@@ -293,7 +295,7 @@ def _mode(path: Path) -> str:
     return f"{path.stat().st_mode & 0o777:o}"
 
 
-def check_secret_context(settings: Settings, public: PublicContext | None) -> CheckResult:
+def check_secret_context(settings: Settings, public: PublicKeys | None) -> CheckResult:
     name = "secret context"
     path = settings.secret_context
     if path is None:
@@ -306,7 +308,7 @@ def check_secret_context(settings: Settings, public: PublicContext | None) -> Ch
         return _fail(name, f"MEDHEAVEN_SECRET_CONTEXT={path} does not exist")
     try:
         check_private_file_mode(path)
-        secret = SecretContext.from_bytes(path.read_bytes(), source=str(path))
+        secret = secret_keys_from_bytes(path.read_bytes(), source=str(path))
     except (MedHeavenError, OSError) as exc:
         return _fail(name, str(exc))
     expected = settings.context_fingerprint
@@ -365,6 +367,49 @@ def check_signing_key(settings: Settings, store: Store | None) -> CheckResult:
     return _ok(name, f"{path} (mode {_mode(path)}) is registered for {hospital}")
 
 
+def check_agreement_key(settings: Settings, store: Store | None) -> CheckResult:
+    """The X25519 agreement key beside the signing key: present, owner-only, its public half registered."""
+    name = "agreement key"
+    if settings.signing_key is None or not settings.hospital_id:
+        return _skip(name, "MEDHEAVEN_SIGNING_KEY or MEDHEAVEN_HOSPITAL_ID is not set")
+    hospital = settings.hospital_id
+    fix = (
+        f"run `medheaven hospital init --id {hospital} --out {settings.signing_key.parent}` (keeps the signing key) "
+        f"and have the operator run `medheaven hospital register --id {hospital} --verify-key {hospital}.verify.hex "
+        f"--agreement-key {hospital}.agreement.hex`"
+    )
+    try:
+        from medheaven.crypto.masks import agreement_public_hex, load_agreement_key
+
+        path = agreement_key_path(settings.signing_key, hospital)
+        if not path.exists():
+            return _fail(name, f"{path} does not exist: pairwise-masked runs need it; {fix}")
+        public = agreement_public_hex(load_agreement_key(path))  # refuses a group- or world-readable file
+    except (MedHeavenError, OSError) as exc:
+        return _fail(name, str(exc))
+    if store is None:
+        return _skip(name, f"{path} loads, but the store is unreachable, so its registration is unknown")
+    problem = _agreement_registration_problem(store, hospital, public, path, fix)
+    if problem:
+        return _fail(name, problem)
+    return _ok(name, f"{path} (mode {_mode(path)}) is registered for {hospital}")
+
+
+def _agreement_registration_problem(store: Store, hospital: str, public: str, path: Path, fix: str) -> str | None:
+    try:
+        registered = load_registry(store).agreement.get(hospital)
+    except MedHeavenError as exc:
+        return str(exc)
+    if registered is None:
+        return f"{REGISTRY_KEY} holds no agreement key for {hospital}: {fix}"
+    if registered.strip() != public:
+        return (
+            f"{path} does not match the agreement key registered for {hospital} (registered {registered.strip()[:16]}…, "
+            f"this key {public[:16]}…): re-register {hospital}.agreement.hex, or install the key that was registered"
+        )
+    return None
+
+
 def check_data(settings: Settings) -> CheckResult:
     name = "data"
     path = settings.data_path
@@ -392,7 +437,8 @@ def check_data(settings: Settings) -> CheckResult:
 
 # -- nodes that must hold no secret -----------------------------------------------------------------------
 def secret_material_kind(path: Path) -> str | None:
-    """'a secret CKKS context' or 'an Ed25519 signing key' if ``path`` is readable and holds one, else None."""
+    """'a secret CKKS context', 'an Ed25519 signing key' or 'an X25519 agreement key' if ``path`` is readable and
+    holds one, else None."""
     try:
         if not path.is_file() or path.stat().st_size > _MAX_PROBED_FILE:
             return None
@@ -400,19 +446,21 @@ def secret_material_kind(path: Path) -> str | None:
     except OSError:
         return None  # unreadable by this user is exactly what a node without keys needs
     try:
-        SecretContext.from_bytes(data, source=str(path))
-        return "a secret CKKS context"
+        secret = secret_keys_from_bytes(data, source=str(path))
+        return "a secret CKKS context" if isinstance(secret, SecretContext) else "a secret bfv-masked context"
     except MedHeavenError:
         pass
     if b"PRIVATE KEY-----" in data:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         try:
-            if isinstance(load_pem_private_key(data, password=None), Ed25519PrivateKey):
-                return "an Ed25519 signing key"
+            key = load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
-            return None
+            key = None
+        kinds = {Ed25519PrivateKey: "an Ed25519 signing key", X25519PrivateKey: "an X25519 agreement key"}
+        return next((kind for cls, kind in kinds.items() if isinstance(key, cls)), None)
     return None
 
 
@@ -491,6 +539,7 @@ def run_checks(
     if role == "hospital":
         results.append(check_secret_context(settings, public))
         results.append(check_signing_key(settings, store))
+        results.append(check_agreement_key(settings, store))
         results.append(check_data(settings))
     else:
         results.append(check_no_secret_material(settings, role=role, secret_dirs=secret_dirs))

@@ -6,7 +6,8 @@ hospital does), rebuilds the federated standardiser by decrypting ``<run>/stats/
 * ``<name>.keras``: the architecture of ``model.json`` with the decrypted weights;
 * ``<name>.preprocessing.json``: the feature layout, the standardiser, the schema of the prepared files, what the
   score means, and where the model came from (run, round, digest of the encrypted global model, digest of the
-  Keras file, so a model and someone else's preprocessing can never be paired by mistake).
+  Keras file, so a model and someone else's preprocessing can never be paired by mistake), and, for a run trained
+  with DP-SGD, each hospital's spent (ε, δ) behind this model (``privacy``; null without DP).
 
 Both files are the plaintext model the federation's encryption protected: they are written owner-only (0600).
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import SecretKeys, secret_keys_from_bytes
 from medheaven.data import FeatureLayout, Standardiser, SufficientStats
 from medheaven.data.partition import prepared_schema_for
 from medheaven.data.schemas import Schema
@@ -38,9 +39,11 @@ from medheaven.errors import (
     SchemaError,
 )
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
+from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
 from medheaven.private_files import check_private_file_mode, private_staging_dir, write_private_file
 from medheaven.store.base import Store
 
@@ -68,6 +71,8 @@ class Preprocessing:
     # the source data's target column and the values that were label 1 ("label"/["1"] when the split is unknown)
     target_column: str = "label"
     positive_values: tuple[str, ...] = ("1",)
+    # patient-level DP-SGD: the run's setting and each hospital's spent (ε, δ) behind this model; None without DP
+    privacy: ModelPrivacy | None = None
 
     @property
     def score_meaning(self) -> str:
@@ -91,6 +96,7 @@ class Preprocessing:
             "target_column": self.target_column,
             "positive_values": list(self.positive_values),
             "exported_at": self.exported_at,
+            "privacy": self.privacy.to_dict() if self.privacy is not None else None,
         }
 
     @classmethod
@@ -112,6 +118,7 @@ class Preprocessing:
                 model_sha256=str(data.get("model_sha256", "")),
                 exported_at=float(data.get("exported_at", 0.0)),
                 **target_fields(data.get("source_schema"), data),
+                privacy=ModelPrivacy.from_dict(data["privacy"]) if data.get("privacy") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"{source} is malformed ({exc!r}); export the model again") from exc
@@ -162,12 +169,12 @@ def describe_target(source_schema: dict[str, Any] | None) -> str:
 
 
 # -- keys -------------------------------------------------------------------------------------------------
-def load_key_holder_context(path: Path) -> SecretContext:
+def load_key_holder_context(path: Path) -> SecretKeys:
     """The secret context, with a message that says why a public one cannot do."""
     if not path.is_file():
         raise ConfigurationError(f"secret context file {path} does not exist; key holders have keys/context.secret")
     try:
-        secret = SecretContext.from_bytes(path.read_bytes(), source=str(path))
+        secret = secret_keys_from_bytes(path.read_bytes(), source=str(path))
     except KeyCustodyError as exc:
         raise KeyCustodyError(
             f"{path} is not a secret context ({exc}). Exporting decrypts the global model, which only key holders "
@@ -187,7 +194,7 @@ class DecryptedModel:
     total_samples: int
 
 
-def _description(store: Store, run: str, secret: SecretContext | None) -> RunDescription:
+def _description(store: Store, run: str, secret: SecretKeys | None) -> RunDescription:
     paths = RunPaths(run)
     if not store.exists(paths.model):
         raise RunStateError(
@@ -215,7 +222,7 @@ def default_export_round(store: Store, run: str) -> tuple[int | None, str]:
 
 
 def decrypt_global_model(
-    store: Store, secret: SecretContext | None, run: str, round_number: int | None = None
+    store: Store, secret: SecretKeys | None, run: str, round_number: int | None = None
 ) -> DecryptedModel:
     """The averaged weights of a committed round (default: the last one)."""
     description = _description(store, run, secret)
@@ -230,9 +237,9 @@ def decrypt_global_model(
     return DecryptedModel(description, chosen, manifest.result_sha256, weights, total)
 
 
-def decrypt_standardiser(store: Store, secret: SecretContext | None, description: RunDescription) -> Standardiser:
+def decrypt_standardiser(store: Store, secret: SecretKeys | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
-    manifest = committed_manifest(store, description.run, kind="stats", round_number=0)
+    manifest = committed_manifest(store, description.run, kind=Phase.STATS, round_number=0)
     summed = open_committed(store, description, secret, manifest)
     return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
 
@@ -280,7 +287,7 @@ def default_split_schema(store: Store, run: str) -> Path | None:
 
 def export_model(
     store: Store,
-    secret: SecretContext | None,
+    secret: SecretKeys | None,
     run: str,
     out: Path,
     *,
@@ -302,6 +309,7 @@ def export_model(
         # best effort: the test file's folder may hold another split's schema.json; it only records the target
         with contextlib.suppress(MedHeavenError):
             source_schema = read_split_schema(default, layout)
+    privacy = exported_privacy(store, run, decrypted.round)
     model_sha256 = _save_keras(description.model, decrypted.weights, out)
     preprocessing = Preprocessing(
         run=run,
@@ -317,10 +325,26 @@ def export_model(
         model_sha256=model_sha256,
         exported_at=time.time(),
         **target_fields(source_schema),
+        privacy=privacy,
     )
     side = preprocessing_path(out)
     write_private_file(side, (json.dumps(preprocessing.to_dict(), indent=2) + "\n").encode("utf-8"), force=True)
     return ExportResult(out, side, preprocessing, decrypted.total_samples, reason)
+
+
+def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy | None:
+    """Each hospital's spent (ε, δ) behind the model of ``round_number``, from the committed manifests' signed
+    receipts (None when the run did not use DP-SGD)."""
+    key = RunPaths(run).config
+    dp = run_dp(store.get_json(key)) if store.exists(key) else None
+    if dp is None:
+        return None
+    rounds = [
+        (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
+        for r in range(1, round_number + 1)
+        for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
+    ]
+    return model_privacy(dp, rounds, up_to=round_number)
 
 
 def _save_keras(spec: ModelSpec, weights: np.ndarray, out: Path) -> str:

@@ -32,7 +32,7 @@ from coordinator.loop import Coordinator
 from coordinator.run import RunConfig, create_run
 from coordinator.simulation import Simulation, default_model, simulation_config
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.codec import load_secret_keys
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.verify import verify_round
 from medheaven.federated.wire import Manifest
@@ -409,7 +409,7 @@ def assert_run_sound(
     updates (max abs error <= 1e-6, same total sample count), every hospital is folded at most once, nothing committed
     changed since it was committed, and the store audit is all ok. Returns verify_round's report per round."""
     store = simulation.store()
-    secret = load_secret_context(simulation.keys.secret)
+    secret = load_secret_keys(simulation.keys.secret)
     assert committed_rounds(store, run) == list(range(rounds + 1)), f"run {run} did not commit rounds 0..{rounds}"
     reports: dict[int, dict[str, Any]] = {}
     for round_number in range(1, rounds + 1):

@@ -11,17 +11,27 @@ import numpy as np
 import tenseal as ts
 
 from coordinator.simulation import Simulation, prepare_simulation
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.bfv import BfvSecretKeys
+from medheaven.crypto.codec import Parameters, load_secret_keys
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT
 
 
-def small_simulation(root: Path, *, hospitals: int = 3, rows: int = 3000, seed: int = 0) -> Simulation:
-    return prepare_simulation(root, hospitals=hospitals, synthetic_rows=rows, seed=seed)
+def small_simulation(
+    root: Path, *, hospitals: int = 3, rows: int = 3000, seed: int = 0, params: Parameters | None = None
+) -> Simulation:
+    """A synthetic federation keyed with ``params`` (default: the bfv-masked simulation plan)."""
+    return prepare_simulation(root, hospitals=hospitals, synthetic_rows=rows, seed=seed, params=params)
 
 
 def secret_key_windows(secret_path: Path, *, count: int = 4, width: int = 48) -> list[bytes]:
     """Byte windows taken from the serialised secret key alone: they must never appear in the store."""
-    context = load_secret_context(secret_path).tenseal
+    secret = load_secret_keys(secret_path)
+    if isinstance(secret, BfvSecretKeys):
+        raw = secret.secret_raw  # SEAL's saved secret key (compressed): windows of it must not appear anywhere
+        assert len(raw) > count * width
+        step = (len(raw) - width) // count
+        return [raw[i * step : i * step + width] for i in range(count)]
+    context = secret.tenseal
     only_secret: bytes = context.serialize(
         save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
     )
@@ -60,7 +70,10 @@ def assert_files_are_public_only(
         elif name == "context.public":
             payload = msgpack.unpackb(data, raw=False)
             assert payload["kind"] == "public-context"
-            assert not ts.context_from(payload["tenseal"]).has_secret_key()
+            if payload.get("scheme") == "bfv-masked":
+                assert "seal" not in payload  # the public half of a symmetric BFV key set carries no key at all
+            else:
+                assert not ts.context_from(payload["tenseal"]).has_secret_key()
         else:
             assert name.endswith(".ckks"), f"unexpected file {name}"
             envelope = msgpack.unpackb(data, raw=False)

@@ -145,9 +145,9 @@ def test_envelope_unsigned_global_model_accepted_without_registry(envelope: Enve
 # -- version and kind ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 255, "1", None, True, b"\x01", [1]])
+@pytest.mark.parametrize("version", [0, 3, -1, 255, "2", None, True, b"\x02", [2]])
 def test_envelope_wrong_version_refused(version: object) -> None:
-    with pytest.raises(EnvelopeVersionError, match=r"envelope format .* is not supported \(expected 1\)"):
+    with pytest.raises(EnvelopeVersionError, match=r"envelope format .* is not supported \(expected 2, or 1\)"):
         _decode(_with(v=version))
 
 
@@ -652,3 +652,72 @@ def test_envelope_cut_at_a_chunk_boundary_is_incomplete_input(into_header: int) 
     assert data[start] == 0xC6
     with pytest.raises(EnvelopeFormatError, match="incomplete input"):
         _decode(data[: start + into_header])
+
+
+# -- format 2: one digest pass, scheme field; format 1 still read ---------------------------------------------
+
+
+def test_envelope_v2_one_digest_pass_covers_receipt_and_signature(
+    envelope: Envelope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from medheaven.crypto import envelope as envelope_module
+
+    data = envelope.to_bytes()
+    hashed: list[int] = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, first: bytes | memoryview = b"") -> None:
+            self.inner = real()
+            self.update(first)
+
+        def update(self, part: bytes | memoryview) -> None:
+            hashed.append(len(part))
+            self.inner.update(part)
+
+        def copy(self) -> Any:
+            return self.inner.copy()
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+
+        def digest(self) -> bytes:
+            return self.inner.digest()
+
+    monkeypatch.setattr(envelope_module.hashlib, "sha256", Counting)
+    decoded, digest = envelope_module.read_envelope(data, limits=SETUP.limits())
+    check_envelope(decoded, expect=SETUP.expectation(), registry=_registry())
+    monkeypatch.undo()
+    assert digest == hashlib.sha256(data).hexdigest()  # what receipts and manifests carry
+    assert sum(hashed) == len(data)  # every byte hashed exactly once, signature check included
+    assert decoded.version == 2 and decoded.scheme == "ckks"
+
+
+def test_envelope_v2_sig_must_be_last_and_body_is_signed(envelope: Envelope) -> None:
+    payload = _payload()
+    reordered = {"sig": payload.pop("sig"), **payload}
+    with pytest.raises(EnvelopeFormatError, match="must end with its 'sig' field"):
+        _decode(_pack(reordered))
+    data = bytearray(envelope.to_bytes())
+    data[data.index(b"st-mary")] ^= 0x20  # the hospital id, inside the signed body
+    with pytest.raises((SignatureError, UnknownHospitalError)):
+        _receive(bytes(data))
+
+
+def test_envelope_v2_scheme_checked(envelope: Envelope) -> None:
+    with pytest.raises(EnvelopeVersionError, match="scheme 'bfv' is unknown"):
+        _decode(_with(scheme="bfv"))
+    with pytest.raises(ContextMismatchError, match="scheme 'ckks'"):
+        check_envelope(envelope, expect=replace(SETUP.expectation(), scheme="bfv-masked"), registry=_registry())
+
+
+def test_envelope_v1_still_read_and_verified(envelope: Envelope) -> None:
+    legacy = replace(envelope, version=1, signature=b"").signed_by(signing_key(HOSPITAL))
+    data = legacy.to_bytes()
+    assert b"scheme" not in data[:200]
+    decoded = _receive(data)
+    assert decoded.version == 1 and decoded.scheme == "ckks"
+    with pytest.raises(EnvelopeFormatError, match="unexpected"):
+        _decode(_pack({**msgpack.unpackb(data, raw=False), "scheme": "ckks"}))

@@ -124,3 +124,20 @@ def test_signing_load_refuses_non_key_file(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(ConfigurationError, match="not a PEM Ed25519 signing key"):
         load_signing_key(path, hospital_id="st-mary")
+
+
+def test_registry_carries_agreement_keys_and_old_registries_load_without_them(tmp_path: Path) -> None:
+    from medheaven.crypto.masks import create_agreement_key
+
+    _, public = create_agreement_key("st-mary", tmp_path)
+    old = registry_of("st-mary", "general")  # written before masking: verify keys only
+    assert HospitalRegistry.from_dict(old.to_dict()).agreement == {}
+    with pytest.raises(ConfigurationError, match=r"no agreement key for st-mary, general.*medheaven hospital init"):
+        old.require_agreement_keys(["st-mary", "general"])
+    registry = old.with_hospital("st-mary", signing_key("st-mary").verify_key_hex(), public.read_text())
+    again = HospitalRegistry.from_dict(registry.to_dict())
+    assert again.agreement == {"st-mary": public.read_text().strip()}
+    assert set(again.require_agreement_keys(["st-mary"])) == {"st-mary"}
+    with pytest.raises(ConfigurationError, match="not a hex X25519 agreement key"):
+        old.with_hospital("general", signing_key("general").verify_key_hex(), "00" * 5)
+    assert "st-mary" not in again.without_hospital("st-mary").agreement

@@ -67,7 +67,7 @@ def _closed_port() -> int:
 def test_doctor_passes_a_correctly_configured_hospital(simulation: Simulation, redis_url: str) -> None:
     results = run_checks("hospital", _hospital(simulation, redis_url))
     assert [r.name for r in results] == [
-        "hospital id", "broker", "store", "public context", "secret context", "signing key", "data",
+        "hospital id", "broker", "store", "public context", "secret context", "signing key", "agreement key", "data",
     ]  # fmt: skip
     assert all(r.status == "ok" for r in results), results
     details = _by_name(results)
@@ -189,6 +189,26 @@ def test_doctor_fails_on_an_unregistered_or_replaced_signing_key(
     assert "does not match the verification key registered for h1" in _failure(results, "signing key")
 
 
+def test_doctor_fails_on_a_missing_loose_or_unregistered_agreement_key(
+    simulation: Simulation, redis_url: str, tmp_path: Path
+) -> None:
+    from medheaven.crypto.masks import create_agreement_key
+
+    # an identity made before masking: signing key only, so no agreement key beside it
+    signing, _ = create_hospital_identity("h1", tmp_path)
+    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
+    detail = _failure(results, "agreement key")
+    assert f"{tmp_path / 'h1.agreement.pem'} does not exist" in detail and "medheaven hospital init --id h1" in detail
+    # present but not registered (the registry holds h1's original agreement key)
+    agreement, _ = create_agreement_key("h1", tmp_path)
+    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
+    assert "does not match the agreement key registered for h1" in _failure(results, "agreement key")
+    # readable by others: refused before anything else
+    agreement.chmod(0o644)
+    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
+    assert "0644" in _failure(results, "agreement key") or "mode" in _failure(results, "agreement key")
+
+
 def test_doctor_fails_on_a_missing_store_folder_without_creating_it(simulation: Simulation, tmp_path: Path) -> None:
     absent = tmp_path / "not-mounted"
     results = run_checks("coordinator", _aggregator(simulation, "memory://", store=f"file://{absent}"))
@@ -268,7 +288,7 @@ def test_doctor_command_prints_one_line_per_check(simulation: Simulation, redis_
     )
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 8 and all(line.startswith("ok ") for line in lines), result.output
+    assert len(lines) == 9 and all(line.startswith("ok ") for line in lines), result.output
     assert lines[0] == "ok   settings: MEDHEAVEN_* variables parse"
 
 

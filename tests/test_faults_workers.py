@@ -31,6 +31,7 @@ from federation_support import small_simulation
 
 from coordinator.loop import LogObserver
 from coordinator.transport import CeleryTransport
+from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.federated.protocol import sha256_hex
 
 pytestmark = pytest.mark.slow
@@ -185,8 +186,11 @@ def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_onc
 def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: Path) -> None:
     """A hospital frozen mid-training misses the deadline: the round commits without it, its late update is rejected
     and never reaches the next round. While the round is open, the same receipt delivered twice more is a no-op;
-    after the commit it is rejected as closed. Every hospital appears at most once in every manifest."""
-    simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=2400)
+    after the commit it is rejected as closed. Every hospital appears at most once in every manifest.
+
+    On the older ``ckks`` scheme, whose rounds commit with the quorum at the deadline; under the masked default a
+    straggler ends the attempt instead (test_faults_dropout.py)."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=2400, params=plan_ckks_parameters())
     h1, h2, h3 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("straggler", rounds=2, min_hospitals=2, round_timeout=35)
@@ -241,8 +245,11 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
 def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -> None:
     """One hospital's data file lacks a column (its task raises), another signs with a key that is not the one
     registered for it (its messages are unverifiable noise, never its answer, so the round waits for it until the
-    deadline): the stats phase and the round commit with the two healthy ones."""
-    simulation = small_simulation(tmp_path / "sim", hospitals=4, rows=3200)
+    deadline): the stats phase and the round commit with the two healthy ones.
+
+    On the older ``ckks`` scheme (quorum at the deadline); the masked default's answer to a failing member is a
+    fresh attempt among the others (test_faults_dropout.py, test_round_policy.py)."""
+    simulation = small_simulation(tmp_path / "sim", hospitals=4, rows=3200, params=plan_ckks_parameters())
     h1, h2, broken, impostor = simulation.hospitals
     with (
         redis_server(tmp_path / "redis") as redis,

@@ -286,3 +286,59 @@ def test_fold_update_checks_the_envelope_before_adding() -> None:
     fresh = update_envelope(secret, weights, 10, hospital="st-mary")
     fold_update(accumulator, fresh, expect=setup.expectation(), registry=registry_of("st-mary"))
     assert accumulator.count == 1
+
+
+# -- bfv-masked through the same fold: signed format 2 envelopes, one digest pass, exact FedAvg ----------------------
+
+
+def test_fold_bfv_masked_round_is_exact_and_digests_once() -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from medheaven.crypto.bfv_planning import plan_bfv_parameters
+    from medheaven.crypto.codec import BfvMaskedCodec, Scheme, aggregator_codec, create_keys, hospital_codec
+    from medheaven.crypto.envelope import EnvelopeExpectation, EnvelopeLimits, read_envelope
+    from medheaven.crypto.masks import MaskScope, pairwise_mask
+    from medheaven.federated.fold import BfvAccumulator
+
+    params = plan_bfv_parameters()
+    secret = create_keys(params)
+    codec = hospital_codec(Scheme.BFV_MASKED, secret)
+    assert isinstance(codec, BfvMaskedCodec)
+    aggregator = aggregator_codec(Scheme.BFV_MASKED, secret.public())
+    hospitals = ["h00", "h01", "h02"]
+    agreement = {h: X25519PrivateKey.generate() for h in hospitals}
+    scope = MaskScope(run="run-1", phase="update", round=ROUND, attempt=0, cohort=tuple(hospitals))
+    registry = registry_of(*hospitals)
+    updates = [(_weights(seed, params.slots + 5, "uniform", 8.0), n) for seed, n in enumerate((500, 3000, 70))]
+    length = params.slots + 6  # two chunks, the second with 6 lanes
+    expect = EnvelopeExpectation(
+        "update", "run-1", ROUND, secret.fingerprint, "ab" * 32, length, 2, params.scale_bits, scheme="bfv-masked"
+    )
+    limits = EnvelopeLimits(max_chunks=2, max_chunk_bytes=aggregator.max_upload_chunk_bytes(), max_length=length)
+    accumulator = aggregator.accumulator(length)
+    assert isinstance(accumulator, BfvAccumulator)
+    for hospital, (weights, n_samples) in zip(hospitals, updates, strict=True):
+        peers = {p: agreement[p].public_key() for p in hospitals if p != hospital}
+        mask = pairwise_mask(hospital, agreement[hospital], peers, scope, length, codec.mask_modulus)
+        packed = pack_update(weights, n_samples, params=params)
+        chunks = codec.encode(packed, scale_bits=params.scale_bits, mask=mask)
+        envelope = Envelope(
+            "update", "run-1", ROUND, hospital, secret.fingerprint, "ab" * 32, length, params.scale_bits, chunks,
+            scheme="bfv-masked",
+        )  # fmt: skip
+        sent = envelope.signed_by(signing_key_for(hospital)).to_bytes()
+        received, digest = read_envelope(sent, limits=limits)
+        assert digest == hashlib.sha256(sent).hexdigest()
+        fold_update(accumulator, received, expect=expect, registry=registry)
+    summed = codec.decode_sum(accumulator.to_chunks(), length=length, scale_bits=params.scale_bits)
+    average, total = unpack_average(summed, exact=True)
+    assert total == 3570
+    assert np.max(np.abs(average - fedavg(updates))) <= params.error_bound
+
+
+def signing_key_for(hospital: str) -> Any:
+    from crypto_fixtures import signing_key
+
+    return signing_key(hospital)

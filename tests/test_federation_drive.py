@@ -14,6 +14,7 @@ from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
 from coordinator.transport import CeleryTransport
 from medheaven.crypto.context import load_public_context, load_secret_context
+from medheaven.crypto.masks import load_agreement_key
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
@@ -46,7 +47,7 @@ def test_drive_store_carries_a_whole_federation(tmp_path: Path, monkeypatch: pyt
         operator = drive()
         publish_public_context(operator, load_public_context(simulation.keys.public))
         for hospital, files in simulation.identities.items():
-            register_hospital(operator, hospital, files.verify_key.read_text())
+            register_hospital(operator, hospital, files.verify_key.read_text(), files.agreement_public.read_text())
         config = simulation_config(simulation, run="drive", rounds=2, round_timeout=300)
         create_run(operator, config, model=default_model(simulation), layout=simulation.layout)
         secret = load_secret_context(simulation.keys.secret)
@@ -58,6 +59,7 @@ def test_drive_store_carries_a_whole_federation(tmp_path: Path, monkeypatch: pyt
                 reader=schema_reader("prepared", None),
                 secret=secret,
                 signing_key=load_signing_key(simulation.identities[h].signing_key, hospital_id=h),
+                agreement_key=load_agreement_key(simulation.identities[h].agreement_key),
             )
             for h in simulation.hospitals
         }

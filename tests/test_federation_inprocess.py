@@ -9,7 +9,8 @@ import pytest
 from federation_support import assert_store_is_public_only, small_simulation
 
 from coordinator.simulation import default_model, run_in_threads, simulation_config
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.codec import hospital_codec, load_secret_keys
+from medheaven.crypto.envelope import Envelope
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.verify import verify_round
@@ -48,10 +49,34 @@ def test_inprocess_global_equals_plaintext_fedavg_of_encrypted_weights(finished,
 
 def test_inprocess_verify_round_reports_agreement(finished) -> None:  # type: ignore[no-untyped-def]
     simulation, result, _ = finished
-    report = verify_round(simulation.store(), load_secret_context(simulation.keys.secret), result.run, 2)
-    assert report["total_samples_match"]
+    report = verify_round(simulation.store(), load_secret_keys(simulation.keys.secret), result.run, 2)
+    assert report["scheme"] == "bfv-masked"  # the default for new key sets
+    assert report["total_samples_match"] and report["mismatched_lanes"] == 0  # exact: the masks cancel bit for bit
     assert report["max_abs_error"] <= 1e-6
     assert report["hospitals"] == sorted(report["hospitals"]) or len(report["hospitals"]) == 3
+
+
+def test_inprocess_key_holder_decrypting_one_upload_sees_its_mask_not_its_update(finished) -> None:  # type: ignore[no-untyped-def]
+    """Every hospital holds the secret key; what it can read of another hospital's stored upload is noise."""
+    from medheaven.federated.protocol import envelope_limits
+    from medheaven.federated.wire import RoundSpec, RunDescription
+
+    simulation, result, nodes = finished
+    store = simulation.store()
+    paths = RunPaths(result.run)
+    description = RunDescription.from_dict(store.get_json(paths.model))
+    spec = RoundSpec.from_dict(store.get_json(paths.spec("update", 2)))
+    assert spec.cohort == spec.hospitals == simulation.hospitals  # fixed when the attempt opened
+    assert RoundSpec.from_dict(store.get_json(paths.spec("stats", 0))).cohort == simulation.hospitals  # stats too
+    codec = hospital_codec(description.scheme, load_secret_keys(simulation.keys.secret))
+    victim = simulation.hospitals[1]
+    envelope = Envelope.from_bytes(
+        store.get(paths.update("update", 2, spec.attempt, victim)), limits=envelope_limits(description)
+    )
+    seen = codec.decode_sum(envelope.chunks, length=envelope.length, scale_bits=envelope.scale_bits)
+    update = nodes[victim].audit_updates[(result.run, 2)]
+    assert np.max(np.abs(seen - update)) > 1e3  # not the update plus noise: the mask is uniform mod t
+    assert abs(float(np.corrcoef(seen, update)[0, 1])) < 0.1  # a few thousand parameters: loose, still decisive
 
 
 def test_inprocess_store_holds_only_public_material(finished) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import Simulation, default_model, simulation_config
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.codec import load_secret_keys
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.nodes import schema_reader
@@ -60,7 +60,7 @@ def test_redis_three_hospitals_end_to_end(tmp_path: Path, redis_url: str) -> Non
     assert [r["round"] for r in history] == [1, 2]
     assert all(sorted(r["participants"]) == list(simulation.hospitals) for r in history)
     paths = RunPaths("e2e")
-    secret = load_secret_context(simulation.keys.secret)
+    secret = load_secret_keys(simulation.keys.secret)
     for round_number in (1, 2):
         assert store.exists(paths.manifest("update", round_number))
         report = verify_round(store, secret, "e2e", round_number)
@@ -78,7 +78,7 @@ def _key_holder(simulation: Simulation) -> HospitalNode:
         store=simulation.store(),
         data_path=simulation.data_files[hospital],
         reader=schema_reader("prepared", None),
-        secret=load_secret_context(simulation.keys.secret),
+        secret=load_secret_keys(simulation.keys.secret),
         signing_key=load_signing_key(simulation.identities[hospital].signing_key, hospital_id=hospital),
     )
 

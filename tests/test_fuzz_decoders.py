@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 
 from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
+from medheaven.crypto.bfv import create_bfv_key_material
+from medheaven.crypto.bfv_planning import plan_bfv_parameters
 from medheaven.crypto.envelope import Envelope
 from medheaven.errors import MedHeavenError
 from medheaven.federated.aggregator import AggregatorNode
-from medheaven.federated.fold import EncryptedAccumulator, fold_update
+from medheaven.federated.fold import BfvAccumulator, EncryptedAccumulator, fold_update
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.wire import Receipt, RoundSpec
@@ -178,11 +180,37 @@ def _fuzz_celery_msgpack(data: bytes) -> None:
     assert time.perf_counter() - started < 1.0
 
 
+# -- bfv-masked chunks: SEAL's own loader behind BfvAccumulator (header, metadata, zstd frame, seed, coefficients) -----
+BFV_PARAMS = plan_bfv_parameters()
+BFV_SECRET = create_bfv_key_material(BFV_PARAMS)
+BFV_CHUNK = BFV_SECRET.encrypt(np.arange(2048, dtype=np.uint64))
+
+
+@fuzz_settings(300)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.floats(0, 1),
+    tail=st.booleans(),
+)
+def _fuzz_bfv_chunk(edits: list[tuple[int, int]], cut: float, tail: bool) -> None:
+    COUNTS["bfv-chunk"] += 1
+    data = bytearray(BFV_CHUNK)
+    for where, value in edits:  # SEAL's header and the ciphertext metadata sit in the first bytes; the seed at the end
+        data[len(data) - 1 - where if tail else where] = value
+    del data[max(1, int(cut * len(data))) if cut < 0.9 else len(data) :]
+    accumulator = BfvAccumulator(BFV_SECRET.public(), length=2048)
+    try:
+        accumulator.add_chunks((bytes(data),), source="fuzz")
+    except MedHeavenError:
+        COUNTS["bfv-chunk:rejected"] += 1
+
+
 FUZZERS = {
     "envelope-random-bytes": _fuzz_envelope_random_bytes,
     "envelope-mutations": _fuzz_envelope_mutations,
     "envelope-fields": _fuzz_envelope_fields,
     "ciphertext-chunk": _fuzz_ciphertext_chunk,
+    "bfv-chunk": _fuzz_bfv_chunk,
     "receipt": _fuzz_receipts,
     "celery-msgpack": _fuzz_celery_msgpack,
 }

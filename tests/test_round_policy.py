@@ -118,3 +118,73 @@ def test_fold_outcome_round_trips() -> None:
         FoldOutcome(FoldStatus.NOISE, "h2", 2, "signature", "forged"),
     ):
         assert FoldOutcome.from_dict(outcome.to_dict()) == outcome
+
+
+# -- masked attempts: all or nothing, and the cohort rule of a fresh attempt ------------------------------
+MASKED = RoundSpec(
+    run="policy",
+    round=2,
+    attempt=1,
+    kind="update",
+    hospitals=("h1", "h2", "h3"),
+    quorum=2,
+    deadline=DEADLINE,
+    base_sha256="ab" * 32,
+    opened_at=OPENED,
+    cohort=("h1", "h2", "h3"),
+)
+
+
+@pytest.mark.parametrize(
+    ("folded", "rejected", "now", "pending", "closing", "verdict"),
+    [
+        (("h1", "h2", "h3"), (), OPENED + 1, (), False, Verdict.COMMIT),  # the whole cohort: the masks cancel
+        (("h1", "h2"), (), OPENED + 1, (), False, Verdict.WAIT),  # quorum met is not enough while h3 may answer
+        (("h1", "h2"), (), DEADLINE, (), False, Verdict.FAIL),  # never commit a sum that still holds h3's masks
+        (("h1", "h2"), ("h3",), OPENED + 1, (), False, Verdict.FAIL),  # a refused member ends the attempt at once
+        (("h1", "h2"), (), DEADLINE + 1, ("h3",), False, Verdict.WAIT),  # h3 on time, aggregator behind
+        (("h1", "h2"), (), OPENED + 1, (), True, Verdict.FAIL),  # closing never commits an incomplete cohort
+    ],
+)
+def test_decide_masked_attempt_commits_only_with_every_cohort_member(
+    folded: tuple[str, ...],
+    rejected: tuple[str, ...],
+    now: float,
+    pending: tuple[str, ...],
+    closing: bool,
+    verdict: Verdict,
+) -> None:
+    decision = decide(MASKED, _ledger(folded, rejected), now, on_time_pending=pending, closing=closing)
+    assert decision.verdict is verdict, decision
+    if verdict is Verdict.FAIL:
+        assert "cohort incomplete" in decision.reason
+
+
+def test_round_spec_refuses_a_cohort_that_is_not_its_hospitals() -> None:
+    from dataclasses import replace
+
+    from medheaven.errors import EnvelopeFormatError
+
+    with pytest.raises(EnvelopeFormatError, match="cohort"):
+        replace(MASKED, cohort=("h1", "h2"))
+    assert RoundSpec.from_dict(MASKED.to_dict()) == MASKED
+    assert RoundSpec.from_dict({k: v for k, v in SPEC.to_dict().items() if k != "cohort"}).cohort == ()
+
+
+def test_cohort_rule_allows_dropping_only_hospitals_that_never_uploaded() -> None:
+    from medheaven.federated.round_policy import EarlierAttempt, cohort_violations, safe_cohort
+
+    # attempt 1: h3 died before uploading; h1, h2 uploaded
+    first = EarlierAttempt(1, ("h1", "h2", "h3"), frozenset({"h1", "h2"}))
+    assert cohort_violations(("h1", "h2"), [first]) == ()
+    assert safe_cohort(("h1", "h2", "h3"), [first]) == (("h1", "h2", "h3"), ())
+    # leaving out h2, which uploaded in attempt 1: attempt 1's sum minus the retry's would be h2's update
+    assert cohort_violations(("h1",), [first]) == ("h2 uploaded in failed attempt 1 but would be left out",)
+    # adding h4, absent from attempt 1: the retry's sum minus attempt 1's (h3's masks known to h3) is h4's update
+    assert cohort_violations(("h1", "h2", "h4"), [first]) == ("h4 not in the cohort of failed attempt 1",)
+    # attempt 2 over the survivors also failed, h2 silent: h2's attempt-1 upload forbids leaving it out
+    second = EarlierAttempt(2, ("h1", "h2"), frozenset({"h1"}))
+    cohort, problems = safe_cohort(("h1",), [first, second])
+    assert cohort == ("h1",) and problems == ("h2 uploaded in failed attempt 1 but would be left out",)
+    # an attempt nobody uploaded in constrains nothing
+    assert cohort_violations(("h9",), [EarlierAttempt(1, ("h1", "h2"), frozenset())]) == ()

@@ -23,8 +23,9 @@ keyless context is the same for every key set with the same parameters, so in sy
 covers a key commitment, ``key_id = sha256(domain || secret context bytes)``, which both files carry: a hash of a
 ~6,500-bit secret reveals nothing of it, and a hospital recomputes it from its own key on load.
 
-Files are msgpack maps ``{"format", "kind", "params", "fingerprint", "tenseal", "encryption"}`` (``encryption``
-absent means ``public-key``); msgpack rather than pickle because loading a pickle runs code.
+Files are msgpack maps ``{"format", "kind", "params", "fingerprint", "tenseal", "encryption", "scheme"}``
+(``encryption`` absent means ``public-key``; ``scheme`` is ``"ckks"``, absent in files made before ``bfv-masked``
+existed, see ``codec.py``); msgpack rather than pickle because loading a pickle runs code.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def _wrap(kind: str, params: CkksParameters, fingerprint: str, raw: bytes, encry
         "fingerprint": fingerprint,
         "tenseal": raw,
         "encryption": encryption,
+        "scheme": "ckks",  # files made before the field existed are ckks too (codec.key_file_scheme)
     }
     if key_id:
         payload["key_id"] = key_id
@@ -217,6 +219,11 @@ def _unwrap(data: bytes, *, source: str) -> tuple[str, CkksParameters, str, byte
         payload = msgpack.unpackb(data, raw=False, max_bin_len=_MAX_CONTEXT_FILE, max_str_len=4096)
         if not isinstance(payload, dict) or payload.get("format") != CONTEXT_FORMAT:
             raise ValueError("not a MedHeaven context file (format 1)")
+        if payload.get("scheme", "ckks") != "ckks":
+            raise ValueError(
+                f"it holds a {payload.get('scheme')!r} key set, not a CKKS context: load it with "
+                "medheaven.crypto.codec.load_secret_keys / load_public_keys"
+            )
         kind = str(payload["kind"])
         params = CkksParameters.from_dict(payload["params"])
         fingerprint = str(payload["fingerprint"])

@@ -1,8 +1,9 @@
 """Signed msgpack envelopes: the only way ciphertexts travel.
 
-An envelope is a msgpack map with exactly these keys::
+An envelope is a msgpack map with exactly these keys (format 2 writes them in this order, ``sig`` last)::
 
-    v      format version (1)            kind   "update" | "stats" | "global"
+    v      format version (2; 1 is read)  scheme "plaintext" | "ckks" | "bfv-masked" (format 2 only)
+    kind   "update" | "stats" | "global"
     run    run id                        round  round number
     hosp   hospital id ("" for global)   fp     sha256 fingerprint of the public context
     base   sha256 of the global model the update was trained from ("" when there is none)
@@ -10,9 +11,19 @@ An envelope is a msgpack map with exactly these keys::
     chunks list of serialised CKKS vectors (raw bytes)
     sig    Ed25519 signature (64 bytes; empty for the global model, which the manifest identifies by digest)
 
-The signature covers every header field and the sha256 of each chunk, so a flipped bit anywhere, a chunk moved,
-added or removed, or a header edited after signing is detected. ``base`` binds an update to the exact model it was
-trained from, so a replay from an earlier round (or an earlier attempt of a round) never matches.
+Format 2: one digest pass. The signed message is ``domain || sha256(body)``, where the body is the envelope's own
+bytes up to the ``sig`` key: the map header, every header field and every chunk, exactly as received. The decoder
+hashes the body once while it decodes and goes on hashing the ``sig`` field with the same hasher, which gives the
+sha256 of the whole file, the digest receipts and manifests carry. ``read_envelope`` returns both, so a fold hashes
+each envelope once (format 1 signed a list of per-chunk digests, so a fold hashed every byte twice). Signing the
+received bytes rather than re-serialised fields is sound because the decoder accepts one parse only (no repeated
+or unknown keys, no trailing bytes, ``sig`` last): the fields the receiver acts on are the fields the signer hashed.
+
+Format 1 (read for committed runs): the signature covers every header field and the sha256 of each chunk.
+
+Either way a flipped bit anywhere, a chunk moved, added or removed, or a header edited after signing is detected.
+``base`` binds an update to the exact model it was trained from, so a replay from an earlier round (or an earlier
+attempt of a round) never matches.
 
 msgpack, not pickle: loading a pickle runs code. The decoder bounds every size before it allocates, and it does
 not copy the chunks: each is a ``memoryview`` slice of the envelope's bytes, so decoding a 24 MB update adds
@@ -25,7 +36,7 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import msgpack
 
@@ -41,12 +52,17 @@ from medheaven.errors import (
     SignatureError,
 )
 
-ENVELOPE_FORMAT = 1
+ENVELOPE_FORMAT = 2
+LEGACY_FORMAT = 1
 KINDS = ("update", "stats", "global")
-_FIELDS = frozenset({"v", "kind", "run", "round", "hosp", "fp", "base", "len", "scale", "chunks", "sig"})
+SCHEMES = ("plaintext", "ckks", "bfv-masked")  # codec.Scheme's values; envelope.py sits below the codec
+_FIELDS_V1 = frozenset({"v", "kind", "run", "round", "hosp", "fp", "base", "len", "scale", "chunks", "sig"})
+_FIELDS = _FIELDS_V1 | {"scheme"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DOMAIN = b"medheaven-envelope/1\x00"
+_DOMAIN_V2 = b"medheaven-envelope/2\x00"
+_PLAINTEXT_FINGERPRINT = "0" * 64
 #: msgpack bin 8/16/32 markers and the size of their length field
 _BIN_LENGTH_BYTES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 _MAX_MAP_LEN = 2 * len(_FIELDS)  # room to name unexpected fields; still bounded
@@ -80,6 +96,7 @@ class EnvelopeExpectation:
     length: int
     chunk_count: int
     scale_bits: int
+    scheme: str | None = None  # None: any scheme (format 1 envelopes name none)
 
 
 @dataclass(frozen=True)
@@ -94,10 +111,20 @@ class Envelope:
     scale_bits: int
     chunks: tuple[Chunk, ...]
     signature: bytes = b""
+    scheme: str = "ckks"
+    version: int = ENVELOPE_FORMAT
+    #: sha256 of the received body (format 2), set by the decoder; ``replace`` resets it (init=False)
+    received_body_digest: bytes = field(default=b"", init=False, repr=False, compare=False)
+
+    def body_digest(self) -> bytes:
+        """Format 2's signed digest: of the received bytes when decoded, else of this envelope's serialised body."""
+        return self.received_body_digest or hashlib.sha256(self._body()).digest()
 
     def signed_message(self) -> bytes:
+        if self.version == ENVELOPE_FORMAT:
+            return _DOMAIN_V2 + self.body_digest()
         header = [
-            ENVELOPE_FORMAT,
+            LEGACY_FORMAT,
             self.kind,
             self.run,
             self.round,
@@ -118,8 +145,10 @@ class Envelope:
 
     def _header_fields(self) -> tuple[tuple[str, object], ...]:
         """The fields before ``chunks``, in wire order."""
+        scheme: tuple[tuple[str, object], ...] = (("scheme", self.scheme),) if self.version == ENVELOPE_FORMAT else ()
         return (
-            ("v", ENVELOPE_FORMAT),
+            ("v", self.version),
+            *scheme,
             ("kind", self.kind),
             ("run", self.run),
             ("round", self.round),
@@ -130,19 +159,23 @@ class Envelope:
             ("scale", self.scale_bits),
         )
 
+    def _body(self) -> bytes:
+        """Everything before the ``sig`` key: what format 2 signs (by digest)."""
+        return bytes(self.pack_streaming(self.chunks, len(self.chunks), with_signature=False))
+
     def to_bytes(self) -> bytes:
         payload = {**dict(self._header_fields()), "chunks": list(self.chunks), "sig": self.signature}
         data: bytes = msgpack.packb(payload, use_bin_type=True)
         return data
 
-    def pack_streaming(self, chunks: Iterable[Chunk], count: int) -> bytearray:
+    def pack_streaming(self, chunks: Iterable[Chunk], count: int, *, with_signature: bool = True) -> bytearray:
         """The same bytes as ``to_bytes`` with ``chunks`` in place of ``self.chunks``, written one chunk at a time.
 
         The aggregator serialises its running sum through this: only one serialised chunk exists at a time next to
         the growing output, instead of every chunk plus a packed copy of them all (peak 2 models instead of 3).
         """
         packer = msgpack.Packer(use_bin_type=True)
-        out = bytearray(packer.pack_map_header(len(_FIELDS)))
+        out = bytearray(packer.pack_map_header(len(_FIELDS if self.version == ENVELOPE_FORMAT else _FIELDS_V1)))
         for name, value in self._header_fields():
             out += packer.pack(name)
             out += packer.pack(value)
@@ -154,26 +187,55 @@ class Envelope:
             written += 1
         if written != count:
             raise ValueError(f"pack_streaming was promised {count} chunks and given {written}")
+        if not with_signature:
+            return out
         out += packer.pack("sig")
         out += packer.pack(self.signature)
         return out
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: EnvelopeLimits) -> Envelope:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise EnvelopeFormatError(f"envelope must be bytes, got {type(data).__name__}")
-        if len(data) == 0:
-            raise EnvelopeFormatError("envelope is empty (0 bytes)")
-        if len(data) > limits.max_total_bytes:
-            raise EnvelopeSizeError(
-                f"envelope is {len(data)} bytes, more than the {limits.max_total_bytes} this model can need"
-            )
-        payload = _unpack_bounded(bytes(data), limits)  # no copy when data is already bytes
-        return _from_payload(payload, limits)
+        return _decode(data, limits, file_digest=False)[0]
 
 
-def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> dict[str, object]:
-    """Walk the top-level map with msgpack's bounded streaming unpacker; chunks become views of ``data``."""
+def read_envelope(data: bytes, *, limits: EnvelopeLimits) -> tuple[Envelope, str]:
+    """Decode an envelope and return it with the sha256 hex of ``data``: the fold path's single digest pass.
+
+    For format 2 the same hasher yields the signed body digest (kept on the envelope, so verifying the signature
+    hashes nothing more) and, continued over the ``sig`` field, the file digest the receipt must match. Format 1
+    envelopes cost their old second pass when their signature is checked.
+    """
+    return _decode(data, limits, file_digest=True)
+
+
+def _decode(data: bytes, limits: EnvelopeLimits, *, file_digest: bool) -> tuple[Envelope, str]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise EnvelopeFormatError(f"envelope must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise EnvelopeFormatError("envelope is empty (0 bytes)")
+    if len(data) > limits.max_total_bytes:
+        raise EnvelopeSizeError(
+            f"envelope is {len(data)} bytes, more than the {limits.max_total_bytes} this model can need"
+        )
+    raw = bytes(data)  # no copy when data is already bytes
+    payload, sig_offset = _unpack_bounded(raw, limits)
+    envelope = _from_payload(payload, limits)
+    if envelope.version != ENVELOPE_FORMAT:
+        return envelope, hashlib.sha256(raw).hexdigest() if file_digest else ""
+    if list(payload)[-1] != "sig":  # the payload dict keeps the wire order
+        raise EnvelopeFormatError("format 2 envelope must end with its 'sig' field")
+    hasher = hashlib.sha256(memoryview(raw)[:sig_offset])
+    object.__setattr__(envelope, "received_body_digest", hasher.copy().digest())
+    if not file_digest:
+        return envelope, ""
+    hasher.update(memoryview(raw)[sig_offset:])
+    return envelope, hasher.hexdigest()
+
+
+def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, object], int]:
+    """Walk the top-level map with msgpack's bounded streaming unpacker; chunks become views of ``data``.
+
+    Also returns the offset at which the ``sig`` key starts (-1 if absent): the end of format 2's signed body."""
     unpacker = msgpack.Unpacker(
         io.BytesIO(data),  # shares data's buffer; the unpacker reads it in small pieces
         raw=False,
@@ -196,8 +258,12 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> dict[str, object]:
                 f"envelope map declares {fields} fields, which exceeds max_map_len ({_MAX_MAP_LEN})"
             )
         payload: dict[str, object] = {}
+        sig_offset = -1
         for _ in range(fields):
+            offset = unpacker.tell()
             key = unpacker.unpack()
+            if key == "sig":
+                sig_offset = offset
             if not isinstance(key, str):
                 raise EnvelopeFormatError(f"envelope is not valid msgpack: a field name is {type(key).__name__}")
             if key in payload:
@@ -213,7 +279,7 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> dict[str, object]:
         raise EnvelopeFormatError("envelope is not valid msgpack: incomplete input (it ends inside a field)") from exc
     except (msgpack.UnpackException, TypeError) as exc:
         raise EnvelopeFormatError(f"envelope is not valid msgpack: {exc}") from exc
-    return payload
+    return payload, sig_offset
 
 
 def _refuse_non_map(data: bytes, limits: EnvelopeLimits) -> None:
@@ -276,12 +342,18 @@ def _field(payload: dict[str, object], name: str, kind: type) -> object:
 
 def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelope:
     version = payload.get("v")
-    if type(version) is not int or version != ENVELOPE_FORMAT:
-        raise EnvelopeVersionError(f"envelope format {version!r} is not supported (expected {ENVELOPE_FORMAT})")
-    missing = _FIELDS - payload.keys()
-    extra = payload.keys() - _FIELDS
+    if type(version) is not int or version not in (ENVELOPE_FORMAT, LEGACY_FORMAT):
+        raise EnvelopeVersionError(
+            f"envelope format {version!r} is not supported (expected {ENVELOPE_FORMAT}, or {LEGACY_FORMAT})"
+        )
+    fields = _FIELDS if version == ENVELOPE_FORMAT else _FIELDS_V1
+    missing = fields - payload.keys()
+    extra = payload.keys() - fields
     if missing or extra:
         raise EnvelopeFormatError(f"envelope fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    scheme = str(_field(payload, "scheme", str)) if version == ENVELOPE_FORMAT else ""
+    if version == ENVELOPE_FORMAT and scheme not in SCHEMES:
+        raise EnvelopeVersionError(f"envelope scheme {scheme!r} is unknown (expected one of {SCHEMES})")
     kind = str(_field(payload, "kind", str))
     if kind not in KINDS:
         raise EnvelopeVersionError(f"envelope kind {kind!r} is unknown (expected one of {KINDS})")
@@ -307,7 +379,22 @@ def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelop
     signature = bytes(_field(payload, "sig", bytes))  # type: ignore[call-overload]
     if signature and len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"envelope signature is {len(signature)} bytes, an Ed25519 signature is 64")
-    return Envelope(kind, run, round_number, hospital, fingerprint, base, length, scale_bits, tuple(chunks), signature)
+    if not scheme:  # format 1 predates bfv-masked: its envelopes are ckks, or the plaintext comparison mode
+        scheme = "plaintext" if fingerprint == _PLAINTEXT_FINGERPRINT else "ckks"
+    return Envelope(
+        kind,
+        run,
+        round_number,
+        hospital,
+        fingerprint,
+        base,
+        length,
+        scale_bits,
+        tuple(chunks),
+        signature,
+        scheme,
+        version,
+    )
 
 
 def check_envelope(envelope: Envelope, *, expect: EnvelopeExpectation, registry: HospitalRegistry | None) -> None:
@@ -317,6 +404,11 @@ def check_envelope(envelope: Envelope, *, expect: EnvelopeExpectation, registry:
     """
     if envelope.kind != expect.kind:
         raise EnvelopeVersionError(f"expected a {expect.kind!r} envelope, got {envelope.kind!r}")
+    if expect.scheme is not None and envelope.scheme != expect.scheme:
+        raise ContextMismatchError(
+            f"envelope from {envelope.hospital or 'the store'!r} is encoded with scheme {envelope.scheme!r}, "
+            f"this run uses {expect.scheme!r}"
+        )
     if envelope.fingerprint != expect.fingerprint:
         raise ContextMismatchError(
             f"envelope from {envelope.hospital or 'the store'!r} was encrypted under context "

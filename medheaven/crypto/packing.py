@@ -12,15 +12,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
+from medheaven.crypto.bfv_planning import BfvParameters
 from medheaven.crypto.context import SecretContext
 from medheaven.crypto.planning import CkksParameters
 from medheaven.errors import PackingError
 
 
-def pack_update(weights: np.ndarray, n_samples: int, *, params: CkksParameters) -> np.ndarray:
+class UpdateBounds(Protocol):
+    """What packing needs of a key set's parameters (CKKS or bfv-masked)."""
+
+    @property
+    def max_abs_weight(self) -> float: ...
+
+    @property
+    def max_total_samples(self) -> int: ...
+
+
+def pack_update(weights: np.ndarray, n_samples: int, *, params: UpdateBounds) -> np.ndarray:
     vector = np.asarray(weights, dtype=np.float64)
     if vector.ndim != 1 or vector.size == 0:
         raise PackingError(f"weights must be a non-empty flat vector, got shape {vector.shape}")
@@ -61,18 +73,31 @@ def decrypt_chunks(secret: SecretContext, chunks: Sequence[bytes | memoryview], 
     return out
 
 
-def unpack_average(summed: np.ndarray) -> tuple[np.ndarray, int]:
-    """Divide the decrypted sum by the decrypted total sample count (an integer, so rounding is exact)."""
+def unpack_average(summed: np.ndarray, *, exact: bool = False) -> tuple[np.ndarray, int]:
+    """Divide the decrypted sum by the decrypted total sample count (an integer, so rounding is exact).
+
+    ``exact`` (schemes whose sums decrypt exactly, ``Scheme.exact``): the total must *be* an integer. A masked sum
+    that did not unmask (an unmasked upload, a mask of another attempt or cohort, a missing hospital) decodes every
+    lane to a uniform residue, which is an integer >= 1 with probability about 2^-24 at the default step 2^-23.
+    """
     if not math.isfinite(summed[-1]) or round(float(summed[-1])) < 1:
         raise PackingError(f"decrypted sample total is {summed[-1]!r}: the aggregate is empty or corrupt")
+    if exact and float(summed[-1]) != round(float(summed[-1])):
+        raise PackingError(
+            f"decrypted sample total is {float(summed[-1])!r}, not an integer: the masks did not cancel (an upload "
+            "was unmasked, masked for another attempt or cohort, or a hospital of the cohort is missing)"
+        )
     total = round(float(summed[-1]))
     return summed[:-1] / total, total
 
 
-def stats_scale_bits(params: CkksParameters, *, max_abs_feature: float) -> int:
+def stats_scale_bits(params: CkksParameters | BfvParameters, *, max_abs_feature: float) -> int:
     """Scale for sufficient statistics (counts, sums, sums of squares), which need range more than precision."""
     bound = params.max_total_samples * max(max_abs_feature, 1.0) ** 2
-    bits = math.floor(params.data_bits - 2 - math.log2(bound))
+    if isinstance(params, BfvParameters):
+        bits = params.scale_bits_for(bound)  # the same wrap bound as the weights', at the statistics' range
+    else:
+        bits = math.floor(params.data_bits - 2 - math.log2(bound))
     if bits < 10:
         raise PackingError(
             f"sufficient statistics up to {bound:.3g} do not fit this key set; lower max_abs_feature "

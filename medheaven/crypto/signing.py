@@ -2,14 +2,20 @@
 
 The aggregator verifies every update against the registry, so a party that can write to the broker or the store
 but holds no hospital's signing key cannot inject, replace or replay-as-another-hospital an update.
+
+The registry also carries each hospital's X25519 *agreement* public key (``crypto/masks.py``), from which its
+cohort peers derive their pairwise masks. A registry written before masking has none: it still loads and serves
+the ``ckks`` scheme, but a masked run refuses to start (``require_agreement_keys``) until each hospital has run
+``medheaven hospital init`` and been registered again.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from medheaven.errors import ConfigurationError, SignatureError, UnknownHospitalError
 from medheaven.private_files import check_private_file_mode, write_private_file, write_public_file
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 HOSPITAL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SIGNATURE_BYTES = 64
@@ -82,11 +91,24 @@ def parse_verify_key(text: str, *, source: str) -> Ed25519PublicKey:
         raise ConfigurationError(f"{source}: not a hex Ed25519 verification key ({exc})") from exc
 
 
+def agreement_key_path(signing_key: Path, hospital_id: str) -> Path:
+    """Where a hospital's X25519 agreement key lives: beside its signing key (``<id>.agreement.pem``), as
+    ``medheaven hospital init`` writes them, so a worker needs no second setting to find it."""
+    return signing_key.with_name(f"{validate_hospital_id(hospital_id)}.agreement.pem")
+
+
+def _parse_agreement(text: str, *, source: str) -> X25519PublicKey:
+    from medheaven.crypto.masks import parse_agreement_key  # masks imports this module
+
+    return parse_agreement_key(text, source=source)
+
+
 @dataclass(frozen=True)
 class HospitalRegistry:
-    """hospital id -> verification key; stored as ``hospitals.json`` (public material only)."""
+    """hospital id -> verification key (and agreement public key); stored as ``hospitals.json`` (public only)."""
 
     keys: dict[str, str] = field(default_factory=dict)
+    agreement: dict[str, str] = field(default_factory=dict)  # hospital id -> X25519 public key hex; may lack some
 
     def verify(self, hospital_id: str, message: bytes, signature: bytes) -> None:
         if hospital_id not in self.keys:
@@ -102,22 +124,53 @@ class HospitalRegistry:
                 "altered or signed by someone else"
             ) from exc
 
-    def with_hospital(self, hospital_id: str, verify_key_hex: str) -> HospitalRegistry:
+    def require_agreement_keys(self, hospitals: Iterable[str]) -> dict[str, X25519PublicKey]:
+        """The agreement public keys of ``hospitals``; a masked run cannot start or mask without every one."""
+        wanted = list(hospitals)
+        lacking = [h for h in wanted if h not in self.agreement]
+        if lacking:
+            raise ConfigurationError(
+                f"hospitals.json has no agreement key for {', '.join(lacking)}: a pairwise-masked (bfv-masked) run "
+                "needs one per hospital. On each of those hospitals run `medheaven hospital init --id ID --out "
+                "keys/` (it keeps an existing signing key) and send ID.agreement.hex to the operator for `medheaven "
+                "hospital register --id ID --verify-key ID.verify.hex --agreement-key ID.agreement.hex`; or run the "
+                "federation on the older `ckks` scheme"
+            )
+        return {
+            h: _parse_agreement(self.agreement[h], source=f"agreement key of {h!r} in hospitals.json") for h in wanted
+        }
+
+    def with_hospital(
+        self, hospital_id: str, verify_key_hex: str, agreement_key_hex: str | None = None
+    ) -> HospitalRegistry:
         validate_hospital_id(hospital_id)
         parse_verify_key(verify_key_hex, source=f"verification key of {hospital_id!r}")
-        return HospitalRegistry({**self.keys, hospital_id: verify_key_hex.strip()})
+        agreement = {k: v for k, v in self.agreement.items() if k != hospital_id}
+        if agreement_key_hex is not None:
+            _parse_agreement(agreement_key_hex, source=f"agreement key of {hospital_id!r}")
+            agreement[hospital_id] = agreement_key_hex.strip()
+        return HospitalRegistry({**self.keys, hospital_id: verify_key_hex.strip()}, agreement)
 
     def without_hospital(self, hospital_id: str) -> HospitalRegistry:
-        return HospitalRegistry({k: v for k, v in self.keys.items() if k != hospital_id})
+        return HospitalRegistry(
+            {k: v for k, v in self.keys.items() if k != hospital_id},
+            {k: v for k, v in self.agreement.items() if k != hospital_id},
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "hospitals": {h: {"verify_key": k} for h, k in sorted(self.keys.items())}}
+        hospitals: dict[str, dict[str, str]] = {}
+        for hospital, key in sorted(self.keys.items()):
+            hospitals[hospital] = {"verify_key": key}
+            if hospital in self.agreement:
+                hospitals[hospital]["agreement_key"] = self.agreement[hospital]
+        return {"format": 1, "hospitals": hospitals}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "hospitals.json") -> HospitalRegistry:
         try:
             entries = data["hospitals"]
             keys = {validate_hospital_id(h): str(v["verify_key"]) for h, v in entries.items()}
+            agreement = {h: str(v["agreement_key"]) for h, v in entries.items() if "agreement_key" in v}
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigurationError(f"{source} is not a hospital registry ({exc})") from exc
-        return cls(keys)
+        return cls(keys, agreement)

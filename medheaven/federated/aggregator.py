@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from medheaven.crypto.context import PublicContext
-from medheaven.crypto.envelope import Envelope, check_envelope
+from medheaven.crypto.codec import PublicKeys, aggregator_codec, public_keys_from_bytes
+from medheaven.crypto.envelope import Envelope, check_envelope, read_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import (
     DigestMismatchError,
@@ -38,10 +38,11 @@ from medheaven.errors import (
     StoreKeyNotFoundError,
     UnknownHospitalError,
 )
-from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
-from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.fold import Accumulator, fold_update
+from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.round_policy import Verdict, decide, lateness
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
@@ -70,16 +71,14 @@ class AggregatorNode:
         self.store = store
         self.keep_updates = keep_updates
         self.expected_fingerprint = expected_fingerprint
-        self._context: PublicContext | None = None
+        self._context: PublicKeys | None = None
         self._runs: dict[str, RunDescription] = {}
         self._rounds: dict[tuple[str, str, int], _RoundState] = {}
 
     # -- loading -----------------------------------------------------------------------------------------
-    def public_context(self) -> PublicContext:
+    def public_context(self) -> PublicKeys:
         if self._context is None:
-            context = PublicContext.from_bytes(
-                self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}"
-            )
+            context = public_keys_from_bytes(self.store.get(CONTEXT_KEY), source=f"{self.store.location}/{CONTEXT_KEY}")
             if self.expected_fingerprint and context.fingerprint != self.expected_fingerprint:
                 raise MedHeavenError(
                     f"the store's public context has fingerprint {context.fingerprint[:12]}…, this aggregator was "
@@ -96,42 +95,43 @@ class AggregatorNode:
             self._runs[run] = RunDescription.from_dict(self.store.get_json(RunPaths(run).model))
         return self._runs[run]
 
-    def _spec(self, run: str, kind: str, round_number: int) -> RoundSpec:
+    def _spec(self, run: str, kind: Phase, round_number: int) -> RoundSpec:
         try:
             return RoundSpec.from_dict(self.store.get_json(RunPaths(run).spec(kind, round_number)))
         except StoreKeyNotFoundError as exc:
             raise RoundClosedError(f"run {run!r} has no open {kind} round {round_number}") from exc
 
     def _new_accumulator(self, description: RunDescription, length: int) -> Accumulator:
+        """The scheme's running sum (``crypto/codec.py``): it can add uploads, never decrypt them."""
         if description.plaintext:
-            return PlainAccumulator(slots=description.params.slots, length=length)
+            return aggregator_codec(description.scheme, None, slots=description.params.slots).accumulator(length)
         context = self.public_context()
         if context.fingerprint != description.fingerprint:
             raise MedHeavenError(
                 f"run {description.run!r} was keyed with {description.fingerprint[:12]}…, the store's public context "
                 f"is {context.fingerprint[:12]}…"
             )
-        return EncryptedAccumulator(context, length=length)
+        return aggregator_codec(description.scheme, context).accumulator(length)
 
-    def _length(self, description: RunDescription, kind: str) -> int:
-        return stats_length(description) if kind == "stats" else description.vector_length
-
-    def _load_envelope(self, description: RunDescription, kind: str, key: str, sha256: str) -> Envelope:
-        data = self.store.get(key)
-        if sha256_hex(data) != sha256:
+    def _load_envelope(self, description: RunDescription, kind: Phase, key: str, sha256: str) -> Envelope:
+        # one digest pass: the hasher that yields the file digest also yields the signed body's (envelope format 2)
+        envelope, digest = read_envelope(
+            self.store.get(key), limits=envelope_limits(description, length=kind.vector_length(description))
+        )
+        if digest != sha256:
             raise DigestMismatchError(
                 f"{key} does not match the digest in its receipt: the stored envelope was replaced or corrupted"
             )
-        return Envelope.from_bytes(data, limits=envelope_limits(description, length=self._length(description, kind)))
+        return envelope
 
     def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
         spec = state.spec
         expect = expectation(
             description,
-            kind=spec.kind,
+            phase=spec.kind,
             round_number=spec.round,
             base=spec.base_sha256,
-            length=self._length(description, spec.kind),
+            length=spec.kind.vector_length(description),
         )
         fold_update(state.accumulator, envelope, expect=expect, registry=self.registry())
 
@@ -147,7 +147,7 @@ class AggregatorNode:
         stored = Ledger.empty(spec.run, spec.kind, spec.round, spec.attempt)
         if self.store.exists(ledger_key):
             stored = Ledger.from_dict(self.store.get_json(ledger_key))
-        state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)), stored)
+        state = _RoundState(spec, self._new_accumulator(description, spec.kind.vector_length(description)), stored)
         for entry in stored.folded:
             envelope = self._load_envelope(description, spec.kind, entry.key, entry.sha256)
             self._fold_envelope(state, description, envelope)
@@ -206,10 +206,10 @@ class AggregatorNode:
         registry.verify(envelope.hospital, envelope.signed_message(), envelope.signature)
         expect = expectation(
             description,
-            kind=spec.kind,
+            phase=spec.kind,
             round_number=spec.round,
             base=spec.base_sha256,
-            length=self._length(description, spec.kind),
+            length=spec.kind.vector_length(description),
         )
         # a correctly signed envelope of another run, round or base is a replay, not this attempt's answer
         if (envelope.kind, envelope.run, envelope.round, envelope.base) != (
@@ -332,8 +332,9 @@ class AggregatorNode:
         self._write_ledger(state)
         return FoldOutcome(FoldStatus.REJECTED, receipt.hospital, spec.round, reason, message).to_dict()
 
-    def finalise(self, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
+    def finalise(self, run: str, kind: Phase | str, round_number: int, attempt: int) -> dict[str, Any]:
         """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
+        kind = Phase(kind)  # the task's argument arrives as the phase's name
         paths = RunPaths(run)
         manifest_key = paths.manifest(kind, round_number)
         if self.store.exists(manifest_key):
@@ -346,19 +347,23 @@ class AggregatorNode:
         decision = decide(spec, state.ledger, time.time(), closing=True)
         if decision.verdict is not Verdict.COMMIT:
             ledger = state.ledger
-            failure = {
-                "run": run,
-                "kind": kind,
-                "round": round_number,
-                "attempt": attempt,
-                "quorum": spec.quorum,
-                "folded": sorted(ledger.folded_hospitals),
-                "rejected": [entry.to_dict() for entry in ledger.rejected],
-                "missing": list(decision.outstanding),
-                "noise": ledger.noise,
-                "reason": decision.reason,
-                "at": time.time(),
-            }
+            members = spec.cohort or spec.hospitals
+            tombstone = AttemptTombstone(
+                run=run,
+                kind=kind.value,
+                round=round_number,
+                attempt=attempt,
+                quorum=spec.quorum,
+                reason=decision.reason,
+                at=time.time(),
+                folded=tuple(sorted(ledger.folded_hospitals)),
+                rejected=ledger.rejected,
+                missing=decision.outstanding,
+                cohort=spec.cohort,
+                uploaded=tuple(h for h in members if self.store.exists(paths.update(kind, round_number, attempt, h))),
+                noise=ledger.noise,
+            )
+            failure = tombstone.to_dict()
             self.store.put_json(paths.failure(kind, round_number, attempt), failure)
             self._rounds.pop((run, kind, round_number), None)
             refused = "; ".join(f"{e.hospital}: {e.reason}" for e in ledger.rejected) or "none"
@@ -404,15 +409,16 @@ class AggregatorNode:
         spec = state.spec
         description = self.run(spec.run)
         result = Envelope(
-            kind="stats" if spec.kind == "stats" else "global",
+            kind=spec.kind.result_kind,
             run=spec.run,
             round=spec.round,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            scheme=description.scheme.value,
             base=spec.base_sha256,
             length=state.accumulator.length,
             scale_bits=expectation(
-                description, kind=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
+                description, phase=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
             ).scale_bits,
             chunks=(),
         )

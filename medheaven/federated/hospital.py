@@ -17,23 +17,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import HospitalCodec, SecretKeys, hospital_codec
 from medheaven.crypto.envelope import Envelope
-from medheaven.crypto.packing import encrypt_chunks, pack_update
+from medheaven.crypto.packing import pack_update
 from medheaven.crypto.signing import SigningKey
-from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError, StoreConflictError
+from medheaven.errors import (
+    ConfigurationError,
+    DigestMismatchError,
+    PackingError,
+    RoundClosedError,
+    StoreConflictError,
+)
 from medheaven.federated.evaluation import binary_metrics
-from medheaven.federated.fold import plain_chunks
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import sha256_hex, stats_scale
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
-from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
 if TYPE_CHECKING:
     import keras
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from medheaven.data import HospitalData, Standardiser
 
@@ -60,8 +67,9 @@ class HospitalNode:
         store: Store,
         data_path: Path,
         reader: Callable[[Path], pd.DataFrame],
-        secret: SecretContext | None,
+        secret: SecretKeys | None,
         signing_key: SigningKey,
+        agreement_key: X25519PrivateKey | None = None,
         validation_fraction: float = 0.1,
         seed: int = 0,
         audit: bool = False,
@@ -77,6 +85,8 @@ class HospitalNode:
         self._frame: pd.DataFrame | None = None
         self.secret = secret
         self.signing_key = signing_key
+        # X25519, for the pairwise masks of masked runs; like the secret context it never leaves this process
+        self.agreement_key = agreement_key
         self.validation_fraction = validation_fraction
         self.seed = seed
         self._runs: dict[str, _RunCache] = {}
@@ -115,26 +125,93 @@ class HospitalNode:
         return cache.data
 
     # -- crypto helpers ----------------------------------------------------------------------------------
-    def _seal(self, run: RunDescription, values: np.ndarray, *, kind: str) -> tuple[bytes, ...]:
-        if run.plaintext:
-            return plain_chunks(values, slots=run.params.slots)
-        assert self.secret is not None
-        scale = stats_scale(run) if kind == "stats" else None
-        return encrypt_chunks(self.secret, values, scale_bits=scale)
+    def _codec(self, run: RunDescription) -> HospitalCodec:
+        return hospital_codec(run.scheme, self.secret, slots=run.params.slots)
+
+    @staticmethod
+    def _scale_bits(run: RunDescription, phase: Phase) -> int:
+        return 0 if run.plaintext else phase.scale_bits(run)
+
+    def _seal(
+        self, run: RunDescription, values: np.ndarray, *, phase: Phase, mask: np.ndarray | None
+    ) -> tuple[bytes, ...]:
+        return self._codec(run).encode(values, scale_bits=self._scale_bits(run, phase), mask=mask)
+
+    def _check_masked_upload(self, spec: RoundSpec) -> None:
+        """Refuse to upload into a masked attempt whose sum could be combined with another to isolate an update.
+
+        A hospital does not rely on the coordinator for this (docs/architecture.md, "Dropouts"): it never uploads
+        into an attempt past its deadline or once the attempt has a tombstone (such an upload could only complete a
+        failed attempt's sum after its survivors moved on), and never into a fresh attempt whose cohort breaks the
+        cohort rule against the round's failed attempts (``round_policy.cohort_violations``).
+        """
+        from medheaven.federated.cohort import earlier_attempts
+        from medheaven.federated.round_policy import cohort_violations
+
+        where = f"{spec.kind} round {spec.round} attempt {spec.attempt} of run {spec.run!r}"
+        if self.hospital_id not in spec.cohort:
+            raise RoundClosedError(f"hospital {self.hospital_id!r} is not in the cohort of {where}")
+        if time.time() > spec.deadline:
+            raise RoundClosedError(
+                f"hospital {self.hospital_id!r} did not upload into {where}: its deadline has passed, and a masked "
+                "upload after it could only complete an attempt its cohort has left (the next attempt asks again)"
+            )
+        if self.store.exists(RunPaths(spec.run).failure(spec.kind, spec.round, spec.attempt)):
+            raise RoundClosedError(f"hospital {self.hospital_id!r} did not upload into {where}: it is closed")
+        earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt)
+        problems = cohort_violations(spec.cohort, earlier)
+        if problems:
+            raise RoundClosedError(
+                f"hospital {self.hospital_id!r} refuses to upload into {where}: its cohort {list(spec.cohort)} "
+                f"would let a key holder isolate an update by combining it with a failed attempt ({'; '.join(problems)})"
+            )
+
+    def _mask(self, spec: RoundSpec, *, length: int, modulus: int) -> np.ndarray:
+        """This hospital's pairwise mask for the attempt: the masks of the cohort sum to 0 mod ``modulus``."""
+        from medheaven.crypto.masks import MaskScope, agreement_public_hex, pairwise_mask
+        from medheaven.federated.setup import load_registry
+
+        if self.agreement_key is None:
+            raise ConfigurationError(
+                f"hospital {self.hospital_id!r} has no agreement key ({self.hospital_id}.agreement.pem beside its "
+                f"signing key) but run {spec.run!r} is pairwise-masked: run `medheaven hospital init --id "
+                f"{self.hospital_id} --out <keys folder>` and register the new agreement key"
+            )
+        registry = load_registry(self.store)
+        mine = registry.require_agreement_keys([self.hospital_id])
+        if mine and registry.agreement[self.hospital_id].strip() != agreement_public_hex(self.agreement_key):
+            raise ConfigurationError(
+                f"hospital {self.hospital_id!r}'s agreement key does not match the one in hospitals.json: re-register "
+                f"{self.hospital_id}.agreement.hex or install the key that was registered"
+            )
+        peers = registry.require_agreement_keys(h for h in spec.cohort if h != self.hospital_id)
+        scope = MaskScope(spec.run, Phase(spec.kind).value, spec.round, spec.attempt, tuple(sorted(spec.cohort)))
+        return pairwise_mask(self.hospital_id, self.agreement_key, peers, scope, length, modulus)
 
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
         """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
-        are what the store holds."""
+        are what the store holds. A masked run's upload carries this hospital's pairwise mask for the attempt
+        (``_mask``): decrypted alone it is uniform noise, and only the cohort's sum unmasks."""
+        mask = None
+        if spec.cohort:
+            self._check_masked_upload(spec)
+            modulus = self._codec(run).mask_modulus
+            if modulus is None:
+                raise ConfigurationError(
+                    f"round spec of {spec.run!r} names a cohort but scheme {run.scheme} is unmasked"
+                )
+            mask = self._mask(spec, length=values.size, modulus=modulus)
         envelope = Envelope(
-            kind=spec.kind,
+            kind=spec.kind.upload_kind,
             run=run.run,
             round=spec.round,
             hospital=self.hospital_id,
             fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
+            scheme=run.scheme.value,
             base=spec.base_sha256,
             length=values.size,
-            scale_bits=0 if run.plaintext else (stats_scale(run) if spec.kind == "stats" else run.params.scale_bits),
-            chunks=self._seal(run, values, kind=spec.kind),
+            scale_bits=self._scale_bits(run, spec.kind),
+            chunks=self._seal(run, values, phase=spec.kind, mask=mask),
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
@@ -156,7 +233,7 @@ class HospitalNode:
         if cache.standardiser is None:
             from medheaven.data import Standardiser, SufficientStats
 
-            manifest = committed_manifest(self.store, run, kind="stats", round_number=0)
+            manifest = committed_manifest(self.store, run, kind=Phase.STATS, round_number=0)
             summed = open_committed(self.store, cache.description, self.secret, manifest)
             # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
             cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
@@ -207,15 +284,23 @@ class HospitalNode:
         weights = get_flat_weights(build_model(description.model))
         packed = pack_update(weights, 1, params=description.params)
         envelope = Envelope(
-            kind="global",
+            kind=Phase.UPDATE.result_kind,  # round 0 is a global model like any committed round's
             run=run,
             round=0,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
+            scheme=description.scheme.value,
             base="",
             length=packed.size,
-            scale_bits=0 if description.plaintext else description.params.scale_bits,
-            chunks=self._seal(description, packed, kind="global"),
+            scale_bits=self._scale_bits(description, Phase.UPDATE),
+            # the initial weights follow from the run's public seed: nothing to hide, so a zero mask (an exact
+            # scheme refuses to encode without one, so that no upload goes out unmasked by accident)
+            chunks=self._seal(
+                description,
+                packed,
+                phase=Phase.UPDATE,
+                mask=_zero_mask(description, self._codec(description), packed.size),
+            ),
         )
         data = envelope.to_bytes()
         return data, sha256_hex(data)
@@ -278,7 +363,7 @@ class HospitalNode:
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
         timings["encrypt_upload"] = time.perf_counter() - clock
-        released = released_metrics(metrics) if training.dp is None or training.dp.release_metrics else {}
+        released = released_metrics(metrics) if training.releases_metrics else {}
         return self._receipt(spec, key, digest, size, released, timings, privacy=privacy)
 
     def _train_private(self, cache: _RunCache, model: keras.Model, spec: RoundSpec) -> dict[str, float]:
@@ -314,6 +399,12 @@ class HospitalNode:
         """Metrics of a committed global model on this hospital's validation patients (finite values only)."""
         from medheaven.model import predict_risk, set_flat_weights
 
+        config = RunPaths(run).config
+        if (
+            self.store.exists(config)
+            and not LocalTraining.from_dict(self.store.get_json(config)["training"]).releases_metrics
+        ):
+            return {}  # --no-dp-metrics: the final model's validation metrics are withheld like the per-round ones
         cache = self._run(run)
         prepared = self._prepared(cache)
         model = self._model(cache)
@@ -355,6 +446,10 @@ class HospitalNode:
             privacy=dict(privacy or {}),
             completed_at=time.time(),  # after the upload: what the round's lateness is judged on
         ).signed_by(self.signing_key)
+
+
+def _zero_mask(run: RunDescription, codec: HospitalCodec, length: int) -> np.ndarray | None:
+    return np.zeros(length, dtype=np.uint64) if codec.mask_modulus is not None else None
 
 
 def _seed_round(seed: int, round_number: int, hospital_id: str) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from medheaven.federated.phase import Phase
+
 
 class EntryStatus(Enum):
     """What a verified answer became."""
@@ -94,12 +96,15 @@ class LedgerEntry:
 @dataclass(frozen=True)
 class Ledger:
     run: str
-    kind: str
+    kind: Phase
     round: int
     attempt: int
     folded: tuple[LedgerEntry, ...] = ()
     rejected: tuple[LedgerEntry, ...] = ()
     noise: int = 0  # fold messages refused as unverifiable since this process started watching the attempt
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
 
     @property
     def folded_hospitals(self) -> frozenset[str]:
@@ -124,7 +129,7 @@ class Ledger:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "round": self.round,
             "attempt": self.attempt,
             "folded": [entry.to_dict() for entry in self.folded],
@@ -136,7 +141,7 @@ class Ledger:
     def from_dict(cls, data: dict[str, Any]) -> Ledger:
         return cls(
             run=str(data["run"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
             folded=tuple(LedgerEntry.from_dict(e, default=EntryStatus.FOLDED) for e in data.get("folded", [])),
@@ -145,8 +150,69 @@ class Ledger:
         )
 
     @classmethod
-    def empty(cls, run: str, kind: str, round_number: int, attempt: int) -> Ledger:
+    def empty(cls, run: str, kind: Phase, round_number: int, attempt: int) -> Ledger:
         return cls(run=run, kind=kind, round=round_number, attempt=attempt)
+
+
+@dataclass(frozen=True)
+class AttemptTombstone:
+    """``failed-<attempt>.json``: the record that closes an attempt for good (written by the aggregator's finalise).
+
+    For a masked attempt it names the cohort and who was missing: nobody may ever fold into, complete or unmask
+    this attempt again (hospitals refuse to upload into it; the aggregator refuses receipts for it), and the
+    fresh attempt that follows leaves out only hospitals with no upload in it (``round_policy.unsafe_drops``).
+    The keys are those the failure record has always had, plus ``cohort``, ``uploaded`` and ``format``.
+    """
+
+    run: str
+    kind: str
+    round: int
+    attempt: int
+    quorum: int
+    reason: str
+    at: float
+    folded: tuple[str, ...] = ()
+    rejected: tuple[LedgerEntry, ...] = ()
+    missing: tuple[str, ...] = ()  # cohort (or selected) members with no verified answer
+    cohort: tuple[str, ...] = ()  # empty for an unmasked attempt
+    uploaded: tuple[str, ...] = ()  # hospitals with an upload of this attempt in the store when it was closed
+    noise: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 2,
+            "run": self.run,
+            "kind": self.kind,
+            "round": self.round,
+            "attempt": self.attempt,
+            "quorum": self.quorum,
+            "folded": list(self.folded),
+            "rejected": [entry.to_dict() for entry in self.rejected],
+            "missing": list(self.missing),
+            "cohort": list(self.cohort),
+            "uploaded": list(self.uploaded),
+            "noise": self.noise,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttemptTombstone:
+        return cls(
+            run=str(data["run"]),
+            kind=str(data["kind"]),
+            round=int(data["round"]),
+            attempt=int(data["attempt"]),
+            quorum=int(data.get("quorum", 0)),
+            reason=str(data.get("reason", "")),
+            at=float(data.get("at", 0.0)),
+            folded=tuple(str(h) for h in data.get("folded", [])),
+            rejected=tuple(LedgerEntry.from_dict(e, default=EntryStatus.REJECTED) for e in data.get("rejected", [])),
+            missing=tuple(str(h) for h in data.get("missing", [])),
+            cohort=tuple(str(h) for h in data.get("cohort", [])),
+            uploaded=tuple(str(h) for h in data.get("uploaded", [])),
+            noise=int(data.get("noise", 0)),
+        )
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,25 @@ Settings are passed in (read once at process start by the caller); nothing here 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medheaven.crypto.context import load_secret_context
-from medheaven.crypto.signing import load_signing_key, validate_hospital_id
+from medheaven.crypto.codec import load_secret_keys
+from medheaven.crypto.signing import agreement_key_path, load_signing_key, validate_hospital_id
 from medheaven.errors import ConfigurationError, KeyCustodyError
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.memory import map_large_buffers_separately
 from medheaven.private_files import check_private_file_mode
 from medheaven.settings import Settings
 from medheaven.store import open_store
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 
 def schema_reader(schema_name: str, schema_file: Path | None) -> Any:
@@ -80,8 +84,9 @@ def hospital_node_from_settings(settings: Settings, *, expected_hospital: str) -
             f"this worker is hospital {settings.hospital_id!r} but received a task for {expected_hospital!r}: "
             f"start it with -Q hospital.{settings.hospital_id} only"
         )
-    secret = load_secret_context(settings.secret_context) if settings.secret_context else None
+    secret = load_secret_keys(settings.secret_context) if settings.secret_context else None
     return HospitalNode(
+        agreement_key=load_agreement_key_beside(settings.signing_key, settings.hospital_id),
         hospital_id=settings.hospital_id,
         store=open_store(settings.store, settings=settings),
         data_path=settings.data_path,
@@ -90,6 +95,16 @@ def hospital_node_from_settings(settings: Settings, *, expected_hospital: str) -
         signing_key=load_signing_key(settings.signing_key, hospital_id=settings.hospital_id),
         validation_fraction=settings.validation_fraction,
     )
+
+
+def load_agreement_key_beside(signing_key: Path, hospital_id: str) -> X25519PrivateKey | None:
+    """The hospital's X25519 agreement key (``<id>.agreement.pem`` beside its signing key), or None if it has none
+    (an identity made before masking: it can still serve ``ckks`` runs; a masked run's first upload says what to do).
+    A key file that exists but is readable by others, or is not an X25519 key, stops the worker here."""
+    from medheaven.crypto.masks import load_agreement_key
+
+    path = agreement_key_path(signing_key, hospital_id)
+    return load_agreement_key(path) if path.exists() else None
 
 
 def check_aggregator_settings(settings: Settings) -> None:
@@ -115,7 +130,7 @@ def store_initial_model(node: HospitalNode, run: str) -> dict[str, Any]:
     """Write round 0's encrypted initial model unless round 0 is already committed; idempotent under redelivery."""
     paths = RunPaths(run)
     key = paths.global_model(0)
-    if node.store.exists(paths.manifest("update", 0)):
+    if node.store.exists(paths.manifest(Phase.UPDATE, 0)):
         existing = node.store.get(key)
         return {"key": key, "sha256": sha256_hex(existing), "size": len(existing)}
     data, digest = node.initial_model(run)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from medheaven.crypto.context import SecretContext
+from medheaven.crypto.codec import SecretKeys, hospital_codec
 from medheaven.crypto.envelope import Envelope, check_envelope
-from medheaven.crypto.packing import decrypt_chunks, unpack_average
+from medheaven.crypto.packing import unpack_average
 from medheaven.errors import DigestMismatchError, KeyCustodyError, RunStateError
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -21,7 +22,7 @@ from medheaven.store.base import Store
 def last_committed_round(store: Store, run: str) -> int:
     """Rounds commit in order, so the first missing manifest ends the run's committed history (-1: none)."""
     paths, committed = RunPaths(run), -1
-    while store.exists(paths.manifest("update", committed + 1)):
+    while store.exists(paths.manifest(Phase.UPDATE, committed + 1)):
         committed += 1
     return committed
 
@@ -45,7 +46,7 @@ def closed_reason(store: Store, spec: RoundSpec) -> str | None:
     return None
 
 
-def committed_manifest(store: Store, run: str, *, kind: str, round_number: int) -> Manifest:
+def committed_manifest(store: Store, run: str, *, kind: Phase, round_number: int) -> Manifest:
     key = RunPaths(run).manifest(kind, round_number)
     if not store.exists(key):
         raise RunStateError(f"run {run!r} has no committed {kind} round {round_number} ({key} is missing)")
@@ -53,10 +54,10 @@ def committed_manifest(store: Store, run: str, *, kind: str, round_number: int) 
 
 
 def open_committed(
-    store: Store, description: RunDescription, secret: SecretContext | None, manifest: Manifest
+    store: Store, description: RunDescription, secret: SecretKeys | None, manifest: Manifest
 ) -> np.ndarray:
     """Fetch a committed result, check it against its manifest and envelope header, and decrypt it."""
-    length = stats_length(description) if manifest.kind == "stats" else description.vector_length
+    length = manifest.kind.vector_length(description)
     data = store.get(manifest.result_key)
     if sha256_hex(data) != manifest.result_sha256:
         raise DigestMismatchError(
@@ -68,24 +69,25 @@ def open_committed(
         envelope,
         expect=expectation(
             description,
-            kind="stats" if manifest.kind == "stats" else "global",
+            phase=manifest.kind,
+            result=True,
             round_number=manifest.round,
             base=manifest.base_sha256,
             length=length,
         ),
         registry=None,
     )
-    if description.plaintext:
-        return np.concatenate([np.frombuffer(c, dtype="<f8") for c in envelope.chunks])[: envelope.length]
-    if secret is None:
+    if secret is None and not description.plaintext:
         raise KeyCustodyError(f"run {description.run!r} is encrypted: decrypting it needs the secret context")
-    return decrypt_chunks(secret, envelope.chunks, length=envelope.length)
+    codec = hospital_codec(description.scheme, secret, slots=description.params.slots)
+    return codec.decode_sum(envelope.chunks, length=envelope.length, scale_bits=envelope.scale_bits)
 
 
 def committed_average(
-    store: Store, description: RunDescription, secret: SecretContext | None, round_number: int
+    store: Store, description: RunDescription, secret: SecretKeys | None, round_number: int
 ) -> tuple[np.ndarray, int, Manifest]:
     """The averaged weights of a committed round, the total sample count, and the round's manifest."""
-    manifest = committed_manifest(store, description.run, kind="update", round_number=round_number)
-    weights, total = unpack_average(open_committed(store, description, secret, manifest))
+    manifest = committed_manifest(store, description.run, kind=Phase.UPDATE, round_number=round_number)
+    summed = open_committed(store, description, secret, manifest)
+    weights, total = unpack_average(summed, exact=description.scheme.exact)
     return weights, total, manifest

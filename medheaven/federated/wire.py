@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from medheaven.crypto.planning import CkksParameters
+from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
+from medheaven.federated.phase import Phase
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
 
@@ -42,6 +43,12 @@ class LocalTraining:
     def rate_for(self, round_number: int) -> float:
         return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
 
+    @property
+    def releases_metrics(self) -> bool:
+        """Whether hospitals report validation metrics (per round and of the final model): off under DP-SGD with
+        ``--no-dp-metrics``, since the accountant does not cover them."""
+        return self.dp is None or self.dp.release_metrics
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dp"] = self.dp.to_dict() if self.dp is not None else None
@@ -66,12 +73,19 @@ class RunDescription:
 
     run: str
     model: ModelSpec
-    params: CkksParameters
+    params: Parameters
     fingerprint: str
     layout: dict[str, Any]
     plaintext: bool = False
     max_abs_feature: float = 1000.0
     test_data: str | None = None
+
+    @property
+    def scheme(self) -> Scheme:
+        """Chosen once, by the key set the run was created under (``plaintext`` is the comparison mode)."""
+        if self.plaintext:
+            return Scheme.PLAINTEXT
+        return Scheme.BFV_MASKED if self.params.to_dict().get("scheme") == Scheme.BFV_MASKED.value else Scheme.CKKS
 
     @property
     def vector_length(self) -> int:
@@ -87,7 +101,8 @@ class RunDescription:
             "weight_order": "model.weights in Keras order (per layer: kernel then bias), each C-order flattened",
             "parameter_count": self.model.parameter_count(),
             "vector_length": self.vector_length,
-            "ckks": self.params.to_dict(),
+            "scheme": self.scheme.value,
+            "ckks": self.params.to_dict(),  # the key set's parameters (the name predates bfv-masked)
             "fingerprint": self.fingerprint,
             "layout": self.layout,
             "plaintext": self.plaintext,
@@ -100,7 +115,7 @@ class RunDescription:
         return cls(
             run=str(data["run"]),
             model=ModelSpec.from_dict(data["model"]),
-            params=CkksParameters.from_dict(data["ckks"]),
+            params=parameters_from_dict(dict(data["ckks"])),
             fingerprint=str(data["fingerprint"]),
             layout=dict(data["layout"]),
             plaintext=bool(data.get("plaintext", False)),
@@ -116,17 +131,31 @@ class RoundSpec:
     run: str
     round: int
     attempt: int
-    kind: str  # "update" (a training round) or "stats" (sufficient statistics for standardisation)
+    kind: Phase
     hospitals: tuple[str, ...]
     quorum: int
     deadline: float  # unix time; receipts that reach the aggregator later are rejected as late
     base_sha256: str  # digest of the global model the round starts from ("" for stats)
     training: LocalTraining = field(default_factory=LocalTraining)
     opened_at: float = 0.0
+    # The hospitals masked together in this attempt (pairwise masks cancel only in the sum over all of them), fixed
+    # when the attempt opens and equal to ``hospitals`` then; empty for unmasked schemes (ckks, plaintext) and for
+    # specs written before masking. Every member derives its masks from (run, kind, round, attempt, cohort).
+    cohort: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+        if self.cohort and (sorted(self.cohort) != sorted(self.hospitals) or len(set(self.cohort)) != len(self.cohort)):
+            raise EnvelopeFormatError(
+                f"{self.kind} round {self.round} attempt {self.attempt}: cohort {list(self.cohort)} is not the "
+                f"attempt's hospitals {list(self.hospitals)} (a masked attempt masks exactly the hospitals it asks)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["kind"] = self.kind.value
         data["hospitals"] = list(self.hospitals)
+        data["cohort"] = list(self.cohort)
         data["training"] = self.training.to_dict()
         return data
 
@@ -136,13 +165,14 @@ class RoundSpec:
             run=str(data["run"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             hospitals=tuple(str(h) for h in data["hospitals"]),
             quorum=int(data["quorum"]),
             deadline=float(data["deadline"]),
             base_sha256=str(data["base_sha256"]),
             training=LocalTraining.from_dict(data["training"]),
             opened_at=float(data.get("opened_at", 0.0)),
+            cohort=tuple(str(h) for h in data.get("cohort", ())),
         )
 
 
@@ -159,7 +189,7 @@ class Receipt:
     run: str
     round: int
     attempt: int
-    kind: str
+    kind: Phase
     hospital: str
     key: str
     sha256: str
@@ -170,8 +200,13 @@ class Receipt:
     privacy: dict[str, float] = field(default_factory=dict)  # spent ε, δ, z under DP-SGD; empty without DP
     signature: str = ""  # hex Ed25519 signature of signed_message(); "" = unsigned (refused by the aggregator)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
 
     def signed_message(self) -> bytes:
         """Canonical bytes: every field but the signature, maps as sorted key/value lists (msgpack does not sort)."""
@@ -179,7 +214,7 @@ class Receipt:
             self.run,
             self.round,
             self.attempt,
-            self.kind,
+            self.kind.value,
             self.hospital,
             self.key,
             self.sha256,
@@ -213,7 +248,7 @@ class Receipt:
                 run=_typed(data, "run", str),
                 round=_typed(data, "round", int),
                 attempt=_typed(data, "attempt", int),
-                kind=_typed(data, "kind", str),
+                kind=_phase(_typed(data, "kind", str)),
                 hospital=_typed(data, "hospital", str),
                 key=_typed(data, "key", str),
                 sha256=_typed(data, "sha256", str),
@@ -235,6 +270,13 @@ class Receipt:
         if receipt.size < 0 or receipt.size > 1 << 40 or receipt.round < 0 or receipt.attempt < 0:
             raise EnvelopeSizeError(f"receipt size {receipt.size} or round/attempt out of range")
         return receipt
+
+
+def _phase(value: str) -> Phase:
+    try:
+        return Phase(value)
+    except ValueError:
+        raise EnvelopeFormatError(f"receipt kind {value!r} is not a phase ({', '.join(Phase)})") from None
 
 
 def _number(value: Any, name: str) -> float:
@@ -270,7 +312,7 @@ class Manifest:
     run: str
     round: int
     attempt: int
-    kind: str
+    kind: Phase
     base_sha256: str
     result_key: str
     result_sha256: str
@@ -284,6 +326,9 @@ class Manifest:
     finalised_at: float
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+
     @property
     def participants(self) -> tuple[str, ...]:
         return tuple(str(entry["hospital"]) for entry in self.folded)
@@ -291,6 +336,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = 1
+        data["kind"] = self.kind.value
         data["selected"] = list(self.selected)
         data["folded"] = list(self.folded)
         data["rejected"] = list(self.rejected)
@@ -302,7 +348,7 @@ class Manifest:
             run=str(data["run"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             base_sha256=str(data["base_sha256"]),
             result_key=str(data["result_key"]),
             result_sha256=str(data["result_sha256"]),
