@@ -135,7 +135,8 @@ def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp
     # round 2: the task of the dead worker was given back and ended FAILURE with the reason
     assert dispatch[h2]["lost"] == [lost_id] and dispatch[h2]["task"] != lost_id
     assert lost_state == "FAILURE" and type(lost_info).__name__ == "WorkerLostError", (lost_state, lost_info)
-    assert "was lost while running" in str(lost_info) and dead.name in str(lost_info)
+    assert str(lost_info).startswith(f"worker lost: {dead.name}@"), lost_info
+    assert "liveness lease expired" in str(lost_info) and dispatch[h2]["task"] in str(lost_info)
     assert given_back_state == "SUCCESS"
     assert dispatch[h2]["task"] in survivor_log, "the given-back task was not trained by h2's other worker"
     assert stranded == [lost_id], "the dead worker's message should still sit unacknowledged (visibility timeout)"
