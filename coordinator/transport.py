@@ -20,7 +20,7 @@ from medheaven.errors import BrokerUnreachableError
 from workers.config import AGGREGATE_QUEUE, hospital_queue
 from workers.config import OUTAGE_TOLERANCE as WORKERS_OUTAGE_TOLERANCE
 from workers.lease import LEASE_TTL, LeaseState, lease_state, redis_client
-from workers.task_state import mark_task_lost
+from workers.task_state import mark_worker_lost, running_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -173,11 +173,17 @@ class CeleryTransport:
         return self._retrying(f"reading the liveness lease of task {task_id}'s worker", read)
 
     def mark_lost(self, task_id: str, reason: str) -> None:
-        """End a task whose worker died in FAILURE with ``WorkerLostError`` naming the worker and ``reason``, in the
-        result backend (``AsyncResult``) and as a task-failed event (Flower builds its task list from events), so
-        that the task's state says what happened instead of STARTED forever (``workers.task_state``). A worker
-        that was only frozen and finishes after all overwrites it with its own SUCCESS."""
-        self._retrying(f"recording task {task_id} as lost", lambda: mark_task_lost(self.app, task_id, reason=reason))
+        """End a task whose worker died in FAILURE with ``WorkerLostError("worker lost: <worker> ...: <reason>")``,
+        in the result backend and as a ``task-failed`` event for Flower (``workers.task_state.mark_worker_lost``), so
+        that its state says what happened instead of STARTED forever. A task no longer STARTED is left alone; a
+        worker that was only frozen and finishes after all overwrites the failure with its own SUCCESS."""
+
+        def mark() -> None:
+            task = running_task(self.app, task_id)
+            if task is not None:
+                mark_worker_lost(self.app, task, reason=reason)
+
+        self._retrying(f"recording task {task_id} as lost", mark)
 
 
 def shadow_name(task: str, party: str, where: tuple[str, int | None]) -> str:

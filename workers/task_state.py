@@ -17,8 +17,6 @@ dead worker can say it died. This module is what that someone calls:
   task whose message will not run again in this round (its worker is dead and nothing gave the message back); a
   message given back to the queue runs again and its new delivery records its own states.
 * ``mark_lost_tasks(app, task_ids, live=..., reason=...)``: both steps in one call, returning what it marked.
-* ``mark_task_lost(app, task_id, reason=...)``: the marking for a task known by id, as the coordinator's
-  ``CeleryTransport.mark_lost`` calls it once the worker's liveness lease has expired (``workers.lease``).
 
 Redeliveries are made visible from the other side: ``report_redelivery`` runs inside the task (``workers.guard``
 calls it on every delivery after the first) and sends a ``task-redelivered`` event carrying ``retries`` (deliveries
@@ -112,13 +110,6 @@ def mark_worker_lost(app: Celery, task: RunningTask, *, reason: str) -> bool:
         dispatcher.send("task-failed", uuid=task.task_id, exception=repr(error), traceback=None)
     log.warning("marked task %s FAILURE: %s", task.task_id, error)
     return True
-
-
-def mark_task_lost(app: Celery, task_id: str, *, reason: str) -> bool:
-    """``mark_worker_lost`` for a task known by id only (``CeleryTransport.mark_lost``): the worker and pid come
-    from its STARTED record; False if it is not STARTED."""
-    task = running_task(app, task_id)
-    return task is not None and mark_worker_lost(app, task, reason=reason)
 
 
 def mark_lost_tasks(app: Celery, task_ids: list[str], *, live: set[str], reason: str) -> list[RunningTask]:
