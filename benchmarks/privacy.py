@@ -90,13 +90,13 @@ class ReleasedModel:
     holder, like every hospital), with the federation's standardiser."""
 
     def __init__(self, simulation: Simulation, run: str) -> None:
-        from medheaven.crypto.context import load_secret_context
+        from medheaven.crypto.codec import load_secret_keys
         from medheaven.data import FeatureLayout
         from medheaven.export import decrypt_global_model, decrypt_standardiser
         from medheaven.model import build_model, set_flat_weights
 
         store = simulation.store()
-        secret = load_secret_context(simulation.keys.secret)
+        secret = load_secret_keys(simulation.keys.secret)
         decrypted = decrypt_global_model(store, secret, run)
         self.round = decrypted.round
         self.layout = FeatureLayout.from_dict(decrypted.description.layout)
