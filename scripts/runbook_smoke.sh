@@ -85,8 +85,8 @@ cp keys/h2.verify.hex keys/h2.agreement.hex "$work/operator/"
 cd "$work/operator"
 export MEDHEAVEN_STORE="$store"
 medheaven federation publish --public-context context.public
-medheaven hospital register --id h1 --verify-key h1.verify.hex
-medheaven hospital register --id h2 --verify-key h2.verify.hex
+medheaven hospital register --id h1 --verify-key h1.verify.hex --agreement-key h1.agreement.hex
+medheaven hospital register --id h2 --verify-key h2.verify.hex --agreement-key h2.agreement.hex
 medheaven data split --out data/ --hospitals 2
 # each hospital gets its own file and the column list (schema.json) the prepared schema reads beside it
 for h in h1 h2; do mkdir -p "$work/$h/data" && cp "data/$h.csv" data/schema.json "$work/$h/data/"; done
