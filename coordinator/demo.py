@@ -23,6 +23,7 @@ from coordinator.simulation import (
 )
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.hospital import HospitalNode
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining, RoundSpec
 from medheaven.settings import Settings
 
@@ -63,7 +64,7 @@ class DemoObserver(LogObserver):
 def audit_last_round(nodes: dict[str, HospitalNode], result: SimulationResult, rounds: int) -> dict[str, Any]:
     """HE result vs plaintext FedAvg of the very weights the hospitals encrypted in the last round."""
     first = next(iter(nodes.values()))
-    he = first.global_weights(result.run, rounds)
+    he = first.averaged_weights(result.run, rounds)  # what the aggregator summed, before any server step
     updates = [
         (packed[:-1] / packed[-1], int(packed[-1]))
         for node in nodes.values()
@@ -96,6 +97,8 @@ def run_demo(
     synthetic_rows: int,
     plaintext: bool,
     quiet: bool,
+    lr_decay: float = 1.0,
+    server: ServerOptimiser | None = None,
 ) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings()
@@ -118,8 +121,9 @@ def run_demo(
         run=f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         rounds=rounds,
         round_timeout=settings.round_timeout,
-        training=LocalTraining(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        training=LocalTraining(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_decay=lr_decay),
         plaintext=plaintext,
+        server=server,
     )
     model = default_model(simulation, seed=seed)
     observer = DemoObserver(quiet=quiet)
@@ -152,6 +156,7 @@ def run_demo(
         "hospitals": list(simulation.hospitals),
         "parameters": model.parameter_count(),
         "encrypted": not plaintext,
+        "server_optimiser": config.server.to_dict(),
         "rounds": result.history,
         "test": result.test,
         "he_vs_plaintext": audit,

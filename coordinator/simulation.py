@@ -20,6 +20,7 @@ from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.nodes import schema_reader
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.setup import HospitalFiles, KeyFiles, set_up_federation
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelKind, ModelSpec
@@ -223,6 +224,7 @@ def simulation_config(
     training: LocalTraining | None = None,
     plaintext: bool = False,
     score_test: bool = True,
+    server: ServerOptimiser | None = None,
 ) -> RunConfig:
     return RunConfig(
         run=run,
@@ -233,6 +235,7 @@ def simulation_config(
         training=training or LocalTraining(),
         test_path=str(simulation.test_file.resolve()) if score_test else None,
         plaintext=plaintext,
+        server=server or ServerOptimiser(),
     )
 
 

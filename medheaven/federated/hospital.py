@@ -28,6 +28,7 @@ from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex, stats_scale
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
+from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -48,6 +49,7 @@ class _RunCache:
     model: keras.Model | None = None
     compiled_with: str | None = None
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
+    trajectory: Trajectory | None = None  # the server optimiser's replay of committed rounds (server_optimiser.py)
 
 
 class HospitalNode:
@@ -221,7 +223,18 @@ class HospitalNode:
         return data, sha256_hex(data)
 
     def global_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
-        """Decrypt the committed global model of ``round_number`` and divide by the decrypted total weight."""
+        """The global model of committed round ``round_number``: the decrypted average (divided by the decrypted
+        total weight), after the run's server step when it has one (``server_optimiser``, replayed from the store)."""
+        weights = self.averaged_weights(run, round_number, expected_sha256=expected_sha256)
+        cache = self._run(run)
+        if cache.description.server.is_plain:
+            return weights
+        if cache.trajectory is None:
+            cache.trajectory = Trajectory(cache.description.server, lambda r: self.averaged_weights(run, r))
+        return cache.trajectory.model(round_number)
+
+    def averaged_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
+        """Decrypt the committed FedAvg average of ``round_number`` and divide by the decrypted total weight."""
         weights, _, manifest = committed_average(self.store, self._run(run).description, self.secret, round_number)
         if expected_sha256 is not None and manifest.result_sha256 != expected_sha256:
             raise DigestMismatchError(
