@@ -118,9 +118,10 @@ def build_model(spec: ModelSpec) -> keras.Model:
 
 #: Training steps Keras runs inside one compiled call (``steps_per_execution``). The readmission MLP's steps are
 #: tiny (a 64 x 236 by 236 x 64 product), so one Python round trip per step was most of ``fit``'s time: fusing 64
-#: steps halved an epoch on 40,000 rows (0.97 s -> 0.42 s, batch 64, 2 cores). The same batches in the same order
-#: are applied; only the dispatch changes. XLA (``jit_compile``) was measured too and was 5-10x slower here.
-STEPS_PER_EXECUTION = 64
+#: steps halved an epoch on 40,000 rows (0.97 s -> 0.42 s, batch 64, 2 cores, idle machine); 32 ran as fast as 64
+#: (0.71 s each under load 21) with half the unrolled graph to trace once per process. The same batches in the same
+#: order are applied; only the dispatch changes. XLA (``jit_compile``) was measured too and was 5-10x slower here.
+STEPS_PER_EXECUTION = 32
 
 
 def compile_model(model: keras.Model, *, learning_rate: float, optimizer: str = "adam") -> None:

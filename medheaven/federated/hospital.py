@@ -24,6 +24,7 @@ from medheaven.crypto.signing import SigningKey
 from medheaven.errors import ConfigurationError, DigestMismatchError, PackingError, StoreConflictError
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
+from medheaven.federated.model_pool import ModelSlot, model_slot
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.protocol import sha256_hex, stats_scale
 from medheaven.federated.release import released_metrics
@@ -46,8 +47,6 @@ class _RunCache:
     description: RunDescription
     data: HospitalData | None = None
     standardiser: Standardiser | None = None
-    model: keras.Model | None = None
-    compiled_with: str | None = None
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
     trajectory: Trajectory | None = None  # the server optimiser's replay of committed rounds (server_optimiser.py)
 
@@ -245,7 +244,7 @@ class HospitalNode:
 
     def train(self, spec: RoundSpec) -> Receipt:
         """Fetch and check the global model, evaluate it, train locally, upload the encrypted pre-scaled update."""
-        from medheaven.model import compile_model, get_flat_weights, predict_risk, set_flat_weights
+        from medheaven.model import get_flat_weights, predict_risk, set_flat_weights
 
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -256,37 +255,38 @@ class HospitalNode:
 
         clock = time.perf_counter()
         prepared = self._prepared(cache)
-        model = self._model(cache)
-        set_flat_weights(model, weights)
-        metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
-        timings["evaluate"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
         training = spec.training
-        # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
-        # process, and restarting Adam from zero every round slowed convergence on the real data
-        if cache.compiled_with != training.optimizer:
-            compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
-            cache.compiled_with = training.optimizer
-        model.optimizer.learning_rate.assign(training.rate_for(spec.round))
-        _seed_round(description.model.seed, spec.round, self.hospital_id)
-        privacy: dict[str, float] = {}
-        if training.dp is not None:
-            privacy = self._train_private(cache, model, spec)
-        else:
-            model.fit(
-                prepared["train_x"],
-                prepared["train_y"],
-                epochs=training.epochs,
-                batch_size=training.batch_size,
-                shuffle=True,
-                verbose=0,
-            )
+        slot = model_slot(description.model, optimizer=training.optimizer, learning_rate=training.learning_rate)
+        with slot.lock:  # one model per process (model_pool.py); the hospitals of the embedded demo take turns
+            model = slot.model
+            set_flat_weights(model, weights)
+            metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
+            timings["evaluate"] = time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
+            # process, and restarting Adam from zero every round slowed convergence on the real data
+            slot.switch_to((self.hospital_id, spec.run))
+            model.optimizer.learning_rate.assign(training.rate_for(spec.round))
+            _seed_round(description.model.seed, spec.round, self.hospital_id)
+            privacy: dict[str, float] = {}
+            if training.dp is not None:
+                privacy = self._train_private(cache, model, spec)
+            else:
+                model.fit(
+                    prepared["train_x"],
+                    prepared["train_y"],
+                    epochs=training.epochs,
+                    batch_size=training.batch_size,
+                    shuffle=True,
+                    verbose=0,
+                )
+            trained = get_flat_weights(model)
         timings["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         n_train = int(prepared["train_y"].size)
-        packed = pack_update(get_flat_weights(model), n_train, params=description.params)
+        packed = pack_update(trained, n_train, params=description.params)
         key, digest, size, stored = self._upload(description, spec, packed)
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
@@ -316,12 +316,9 @@ class HospitalNode:
         )
         return done.receipt_fields()
 
-    def _model(self, cache: _RunCache) -> keras.Model:
-        if cache.model is None:
-            from medheaven.model import build_model
-
-            cache.model = build_model(cache.description.model)
-        return cache.model
+    def _scoring_slot(self, cache: _RunCache) -> ModelSlot:
+        """The process's model for scoring (the training model when the run trains with Adam, as by default)."""
+        return model_slot(cache.description.model, optimizer="adam", learning_rate=1e-3)
 
     def validate(self, run: str, round_number: int) -> dict[str, float]:
         """Metrics of a committed global model on this hospital's validation patients (finite values only)."""
@@ -329,9 +326,12 @@ class HospitalNode:
 
         cache = self._run(run)
         prepared = self._prepared(cache)
-        model = self._model(cache)
-        set_flat_weights(model, self.global_weights(run, round_number))
-        return released_metrics(binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"])))
+        weights = self.global_weights(run, round_number)
+        slot = self._scoring_slot(cache)
+        with slot.lock:
+            set_flat_weights(slot.model, weights)
+            scores = predict_risk(slot.model, prepared["val_x"])
+        return released_metrics(binary_metrics(prepared["val_y"], scores))
 
     def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
         """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
@@ -339,9 +339,11 @@ class HospitalNode:
 
         cache = self._run(run)
         weights = self.global_weights(run, round_number)
-        model = self._model(cache)
-        set_flat_weights(model, weights)
-        return predict_risk(model, self.standardiser(run).apply(features))
+        features = self.standardiser(run).apply(features)
+        slot = self._scoring_slot(cache)
+        with slot.lock:
+            set_flat_weights(slot.model, weights)
+            return predict_risk(slot.model, features)
 
     def _receipt(
         self,
