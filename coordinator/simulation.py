@@ -201,7 +201,7 @@ def run_in_threads(
     aggregator = AggregatorNode(simulation.store(), expected_fingerprint=simulation.keys.fingerprint)
     with ThreadCluster(app, hospitals=list(config.hospitals), node_factory=nodes.__getitem__, aggregator=aggregator):
         coordinator = Coordinator(
-            store, CeleryTransport(app), config, poll_interval=0.05, observer=observer, retry_advice=retry_advice
+            store, CeleryTransport(app), config, poll_interval=0.5, observer=observer, retry_advice=retry_advice
         )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run)), nodes
@@ -264,7 +264,7 @@ def run_in_processes(
                 cluster.start_hospital(hospital, simulation.hospital_env(hospital, broker_url=broker_url))
         cluster.wait_ready(app, timeout=ready_timeout)
         coordinator = Coordinator(
-            store, CeleryTransport(app), config, poll_interval=0.1, observer=observer, retry_advice=retry_advice
+            store, CeleryTransport(app), config, poll_interval=0.5, observer=observer, retry_advice=retry_advice
         )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run))
