@@ -43,6 +43,7 @@ from medheaven.crypto.signing import HospitalRegistry, load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.fold import EncryptedAccumulator
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.setup import set_up_federation
 from medheaven.federated.wire import Receipt, RoundSpec, RunDescription
@@ -108,7 +109,7 @@ def build_bench(root: Path, *, hidden: tuple[int, ...], hospitals: int, syntheti
     size = 0
     for hospital in ids:
         envelope = Envelope(
-            kind="update",
+            kind=Phase.UPDATE,
             run=RUN,
             round=ROUND,
             hospital=hospital,
@@ -119,14 +120,14 @@ def build_bench(root: Path, *, hidden: tuple[int, ...], hospitals: int, syntheti
             chunks=chunks,
         ).signed_by(load_signing_key(identities[hospital].signing_key, hospital_id=hospital))
         data = envelope.to_bytes()
-        key = RunPaths(RUN).update("update", ROUND, ATTEMPT, hospital)
+        key = RunPaths(RUN).update(Phase.UPDATE, ROUND, ATTEMPT, hospital)
         store.put(key, data)
         size = len(data)
         receipt = Receipt(
             run=RUN,
             round=ROUND,
             attempt=ATTEMPT,
-            kind="update",
+            kind=Phase.UPDATE,
             hospital=hospital,
             key=key,
             sha256=sha256_hex(data),
@@ -144,10 +145,10 @@ def open_round(store: LocalStore, hospitals: list[str], base: str) -> None:
     """Write the round spec as the coordinator's ``_open`` does, after clearing any earlier fold of this round."""
     paths = RunPaths(RUN)
     for key in (
-        paths.ledger("update", ROUND, ATTEMPT),
-        paths.manifest("update", ROUND),
-        paths.result("update", ROUND),
-        paths.failure("update", ROUND, ATTEMPT),
+        paths.ledger(Phase.UPDATE, ROUND, ATTEMPT),
+        paths.manifest(Phase.UPDATE, ROUND),
+        paths.result(Phase.UPDATE, ROUND),
+        paths.failure(Phase.UPDATE, ROUND, ATTEMPT),
     ):
         store.delete(key)
     now = time.time()
@@ -155,14 +156,14 @@ def open_round(store: LocalStore, hospitals: list[str], base: str) -> None:
         run=RUN,
         round=ROUND,
         attempt=ATTEMPT,
-        kind="update",
+        kind=Phase.UPDATE,
         hospitals=tuple(hospitals),
         quorum=len(hospitals),
         deadline=now + 10 * 365 * 86400.0,
         base_sha256=base,
         opened_at=now,
     )
-    store.put_json(paths.spec("update", ROUND), spec.to_dict())
+    store.put_json(paths.spec(Phase.UPDATE, ROUND), spec.to_dict())
 
 
 # -- the aggregator process (memory) ---------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def aggregator_process(store_dir: Path, count: int, *, tune_allocator: bool = Tr
             rss_after_fold.append(_rss())
         fold_peak = sampler.peak
         started = time.perf_counter()
-        committed = node.finalise(RUN, "update", ROUND, ATTEMPT)
+        committed = node.finalise(RUN, Phase.UPDATE, ROUND, ATTEMPT)
         finalise_seconds = time.perf_counter() - started
     if committed["status"] != "committed":
         raise RuntimeError(f"finalise returned {committed}")
@@ -270,7 +271,9 @@ def measure_throughput(bench: Bench, *, repeat: int) -> dict[str, Any]:
     registry = HospitalRegistry.from_dict(store.get_json(REGISTRY_KEY))
     base = json.loads((bench.root / "receipts.json").read_text())["base"]
     limits = envelope_limits(description)
-    expect = expectation(description, kind="update", round_number=ROUND, base=base, length=description.vector_length)
+    expect = expectation(
+        description, phase=Phase.UPDATE, round_number=ROUND, base=base, length=description.vector_length
+    )
     accumulator = EncryptedAccumulator(context, length=description.vector_length)
     receipts = bench.receipts
     phases: dict[str, list[float]] = {k: [] for k in ("read", "digest", "decode", "check", "add", "total")}

@@ -31,6 +31,7 @@ from coordinator.simulation import (
 )
 from medheaven.errors import MedHeavenError
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.wire import LocalTraining, Manifest
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
@@ -74,7 +75,7 @@ def round_breakdown(store: Store, run: str, round_number: int) -> dict[str, floa
     """Split one round's wall time along its critical path: the phases of the last hospital folded, the
     aggregator's finalise, and ``other`` (dispatch, broker and store round trips, queueing behind other folds,
     coordinator polling). Hospitals overlap, so only the last one folded is on the path."""
-    manifest = Manifest.from_dict(store.get_json(RunPaths(run).manifest("update", round_number)))
+    manifest = Manifest.from_dict(store.get_json(RunPaths(run).manifest(Phase.UPDATE, round_number)))
     seconds = manifest.finalised_at - manifest.opened_at
     last = max(manifest.folded, key=lambda e: float(e.get("folded_at", 0.0)))
     timings = {k: float(v) for k, v in dict(last.get("timings", {})).items()}

@@ -135,7 +135,9 @@ def flower_side(args: argparse.Namespace) -> dict[str, Any]:
             self.hospital = hospital
             self.model = build_model(spec)
 
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        def fit(
+            self, parameters: list[np.ndarray], config: dict[str, Any]
+        ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
             self.model.set_weights(parameters)
             compile_model(self.model, learning_rate=args.learning_rate)
             x, y = split["train"][self.hospital]
@@ -147,7 +149,9 @@ def flower_side(args: argparse.Namespace) -> dict[str, Any]:
 
     scorer = build_model(spec)
 
-    def evaluate(server_round: int, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    def evaluate(
+        server_round: int, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
         marks.append(time.time())
         scorer.set_weights(parameters)
         x, y = split["test"]

@@ -39,7 +39,7 @@ class DemoObserver(LogObserver):
 
     def round_started(self, spec: RoundSpec) -> None:
         if not self.quiet:
-            what = "standardisation statistics" if spec.kind == "stats" else f"round {spec.round}"
+            what = spec.kind.label(spec.round) if spec.kind.trains else "standardisation statistics"
             _err.print(
                 f"[dim]{time.monotonic() - self._started:6.1f}s[/dim] {what}: sent to {', '.join(spec.hospitals)}"
             )

@@ -20,6 +20,7 @@ from medheaven.data.federated_layout import LevelProposal, candidate_columns, ca
 from medheaven.errors import ConfigurationError, RunStateError
 from medheaven.federated.layout_phase import layout_run_id
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
 
@@ -30,11 +31,11 @@ DEFAULT_MIN_PATIENTS = 10
 class LayoutCoordinator(Coordinator):
     """The statistics phase of the layout run, answered by the hospitals' ``layout_counts`` task."""
 
-    HOSPITAL_TASKS = {"stats": "layout_counts"}  # noqa: RUF012
+    HOSPITAL_TASKS = {Phase.STATS: "layout_counts"}  # noqa: RUF012
 
     def layout(self, threshold: int) -> FeatureLayout:
-        if self.manifest("stats", 0) is None:
-            self._phase("stats", 0, base="")
+        if self.manifest(Phase.STATS, 0) is None:
+            self._phase(Phase.STATS, 0, base="")
         holder = self.config.key_holder
         ids = self.transport.send_hospital_task(
             "layout_decide", (self.config.run, holder, threshold), holder, fold=False

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from coordinator.messaging import TaskState, Transport
@@ -21,6 +22,7 @@ from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.ledger import EntryStatus, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.round_policy import Verdict, decide, on_time
@@ -41,10 +43,32 @@ RESEND_AFTER = 30.0
 REASON_GRACE = 15.0
 
 
+class HospitalState(StrEnum):
+    """Where one hospital stands in an attempt, as the coordinator sees it. The values are what history records,
+    failed-attempts records and the report read (``medheaven.report.records.STATES``)."""
+
+    QUEUED = "queued"  # dispatched, not yet picked up by its worker
+    TRAINING = "training"  # its task has started
+    UPLOADED = "uploaded"  # its task finished; the ledger has not yet said folded or rejected
+    FOLDED = "folded"
+    REJECTED = "rejected"
+    FAILED = "failed"  # its task raised
+    BUDGET_SPENT = "budget spent"  # refused to train: its DP budget is spent (its own state, not a crash)
+    LATE = "late"  # no folded update before the deadline
+
+    @property
+    def unfinished(self) -> bool:
+        """Still expected to answer."""
+        return self in _UNFINISHED
+
+
+_UNFINISHED = frozenset({HospitalState.QUEUED, HospitalState.TRAINING, HospitalState.UPLOADED})
+
+
 @dataclass
 class HospitalStatus:
     hospital: str
-    state: str = "queued"  # queued, training, uploaded, folded, rejected, failed, late
+    state: HospitalState = HospitalState.QUEUED
     detail: str = ""
 
 
@@ -54,7 +78,7 @@ class RoundProgress:
     statuses: dict[str, HospitalStatus] = field(default_factory=dict)
     on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
 
-    def count(self, state: str) -> int:
+    def count(self, state: HospitalState) -> int:
         return sum(1 for s in self.statuses.values() if s.state == state)
 
 
@@ -80,8 +104,8 @@ class LogObserver:
 
 
 class Coordinator:
-    #: the hospital task that answers each phase kind (the layout phase's coordinator answers "stats" otherwise)
-    HOSPITAL_TASKS: dict[str, str] = {"stats": "stats", "update": "train"}  # noqa: RUF012 - read-only class table
+    #: the hospital task that answers each phase (the layout phase's coordinator answers the statistics otherwise)
+    HOSPITAL_TASKS: dict[Phase, str] = {phase: phase.hospital_task for phase in Phase}  # noqa: RUF012 - read-only
 
     def __init__(
         self,
@@ -107,14 +131,14 @@ class Coordinator:
         self.retry_advice = retry_advice or f"run `medheaven-coordinator resume --run-id {config.run}`"
 
     # -- store queries -----------------------------------------------------------------------------------
-    def manifest(self, kind: str, round_number: int) -> Manifest | None:
+    def manifest(self, kind: Phase, round_number: int) -> Manifest | None:
         key = self.paths.manifest(kind, round_number)
         return Manifest.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
 
     def last_committed_round(self) -> int:
         return last_committed_round(self.store, self.config.run)
 
-    def _open_spec(self, kind: str, round_number: int) -> RoundSpec | None:
+    def _open_spec(self, kind: Phase, round_number: int) -> RoundSpec | None:
         key = self.paths.spec(kind, round_number)
         return RoundSpec.from_dict(self.store.get_json(key)) if self.store.exists(key) else None
 
@@ -124,21 +148,21 @@ class Coordinator:
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """Run (or continue) the whole federation; returns the per-round history."""
-        if self.manifest("stats", 0) is None:
-            self._phase("stats", 0, base="")
-        if self.manifest("update", 0) is None:
+        if self.manifest(Phase.STATS, 0) is None:
+            self._phase(Phase.STATS, 0, base="")
+        if self.manifest(Phase.UPDATE, 0) is None:
             self._initial_model()
         start = self.last_committed_round() + 1
         for round_number in range(start, self.config.rounds + 1):
-            base = self.manifest("update", round_number - 1)
+            base = self.manifest(Phase.UPDATE, round_number - 1)
             assert base is not None
-            self._phase("update", round_number, base=base.result_sha256)
+            self._phase(Phase.UPDATE, round_number, base=base.result_sha256)
         self._validate_final()
         if self.config.test_path:
             self._score_test()
         return self.history()
 
-    def _phase(self, kind: str, round_number: int, *, base: str) -> Manifest:
+    def _phase(self, kind: Phase, round_number: int, *, base: str) -> Manifest:
         """One round (or the stats phase): re-attach to an in-flight attempt, or open a new one."""
         spec = self._open_spec(kind, round_number)
         # no dispatch record: the coordinator died between writing the spec and recording its tasks' ids, so the
@@ -158,7 +182,7 @@ class Coordinator:
         self._record(spec, manifest, progress)
         return manifest
 
-    def _open(self, kind: str, round_number: int, base: str, *, attempt: int) -> RoundSpec:
+    def _open(self, kind: Phase, round_number: int, base: str, *, attempt: int) -> RoundSpec:
         now = self.clock()
         spec = RoundSpec(
             run=self.config.run,
@@ -198,18 +222,18 @@ class Coordinator:
             status = HospitalStatus(hospital)
             ids = dispatch.get(hospital, {})
             if hospital in ledger.folded_hospitals:
-                status.state = "folded"
+                status.state = HospitalState.FOLDED
             elif hospital in rejected:
-                status.state, status.detail = "rejected", rejected[hospital]
+                status.state, status.detail = HospitalState.REJECTED, rejected[hospital]
             else:
                 task: TaskState = self.transport.state(ids["task"])
                 if task.state == "FAILURE":
                     error = task.error or ""
                     # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
-                    status.state = "budget spent" if BUDGET_MARKER in error else "failed"
+                    status.state = HospitalState.BUDGET_SPENT if BUDGET_MARKER in error else HospitalState.FAILED
                     status.detail = error
                 elif task.state == "SUCCESS":
-                    status.state = "uploaded"  # until the ledger says folded or rejected
+                    status.state = HospitalState.UPLOADED  # until the ledger says folded or rejected
                     fold = self.transport.state(ids["fold"])
                     outcome = fold.result if fold.state == "SUCCESS" and isinstance(fold.result, dict) else {}
                     if outcome.get("status") == FoldStatus.NOISE.value:
@@ -219,7 +243,7 @@ class Coordinator:
                     elif self._completed_on_time(spec, task.result):
                         progress.on_time.add(hospital)
                 elif task.state == "STARTED":
-                    status.state = "training"
+                    status.state = HospitalState.TRAINING
             progress.statuses[hospital] = status
         return progress
 
@@ -239,7 +263,7 @@ class Coordinator:
             failed = tuple(
                 LedgerEntry(h, EntryStatus.REJECTED, at=0.0, reason="failed")
                 for h, status in progress.statuses.items()
-                if status.state == "failed"
+                if status.state is HospitalState.FAILED
             )
             view = replace(ledger, rejected=(*ledger.rejected, *failed))
             decision = decide(spec, view, self.clock(), on_time_pending=progress.on_time)
@@ -248,8 +272,8 @@ class Coordinator:
                 continue
             if self.clock() >= spec.deadline:
                 for status in progress.statuses.values():
-                    if status.state in {"queued", "training", "uploaded"}:
-                        status.state, status.detail = "late", "no folded update before the deadline"
+                    if status.state.unfinished:
+                        status.state, status.detail = HospitalState.LATE, "no folded update before the deadline"
             log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
             return progress
 
@@ -266,7 +290,7 @@ class Coordinator:
         RESEND_AFTER); the receipt is the hospital task's result, still in the result backend."""
         now = self.clock()
         for hospital, status in progress.statuses.items():
-            if status.state != "uploaded":
+            if status.state is not HospitalState.UPLOADED:
                 since.pop(hospital, None)
                 continue
             if now - since.setdefault(hospital, now) < self.resend_after:
@@ -286,7 +310,7 @@ class Coordinator:
         limit = min(self.clock() + REASON_GRACE, max(spec.deadline, self.clock()))
         while True:
             progress = self._statuses(spec, dispatch, self._ledger(spec))
-            unfinished = any(s.state in {"queued", "training", "uploaded"} for s in progress.statuses.values())
+            unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
             self._pause(_awaited(dispatch, progress), until=limit)
@@ -294,7 +318,7 @@ class Coordinator:
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
     ) -> Manifest:
-        args = (spec.run, spec.kind, spec.round, spec.attempt)
+        args = (spec.run, spec.kind.value, spec.round, spec.attempt)
         task_id = self.transport.send_aggregate_task("finalise", args)
         sent_at = self.clock()
         limit = self.clock() + FINALISE_TIMEOUT
@@ -342,7 +366,7 @@ class Coordinator:
             run=self.config.run,
             round=0,
             attempt=1,
-            kind="update",
+            kind=Phase.UPDATE,
             base_sha256="",
             result_key=self.paths.global_model(0),
             result_sha256=result["sha256"],
@@ -355,7 +379,7 @@ class Coordinator:
             deadline=now,
             finalised_at=now,
         )
-        self.store.create_json(self.paths.manifest("update", 0), manifest.to_dict())
+        self.store.create_json(self.paths.manifest(Phase.UPDATE, 0), manifest.to_dict())
 
     def _await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
         limit = self.clock() + timeout
@@ -434,14 +458,14 @@ class Coordinator:
     # -- records -----------------------------------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
         reasons = failure_reasons(progress)
-        if spec.kind != "update":
+        if not spec.kind.trains:
             missing = "".join(f"; not folded: {h} ({why})" for h, why in reasons.items())
             self.observer.message(
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
         record = round_record(manifest)
-        record["statuses"] = {h: s.state for h, s in progress.statuses.items()}
+        record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
         record["reasons"] = reasons
         history = self.history()
         history = [r for r in history if r["round"] != spec.round] + [record]
@@ -453,13 +477,13 @@ class Coordinator:
     ) -> None:
         """Keep why an attempt failed where ``status`` and ``--json`` read it, not only in the workers' logs."""
         record = {
-            "kind": spec.kind,
+            "kind": spec.kind.value,
             "round": spec.round,
             "attempt": spec.attempt,
             "status": "failed",
             "quorum": spec.quorum,
             "folded": list(failure.get("folded", [])),
-            "statuses": {h: s.state for h, s in progress.statuses.items()} if progress is not None else {},
+            "statuses": {h: s.state.value for h, s in progress.statuses.items()} if progress is not None else {},
             "reasons": reasons,
             "at": self.clock(),
         }
@@ -484,9 +508,9 @@ def _awaited(dispatch: dict[str, Any], progress: RoundProgress) -> list[str]:
     ids: list[str] = []
     for hospital, status in progress.statuses.items():
         sent = dispatch.get(hospital, {})
-        if status.state in {"queued", "training"} and "task" in sent:
+        if status.state in {HospitalState.QUEUED, HospitalState.TRAINING} and "task" in sent:
             ids.append(sent["task"])
-        elif status.state == "uploaded" and "fold" in sent:
+        elif status.state is HospitalState.UPLOADED and "fold" in sent:
             ids.append(sent["fold"])
     return ids
 
@@ -495,9 +519,9 @@ def failure_reasons(progress: RoundProgress) -> dict[str, str]:
     """Why each hospital that was not folded was not: the task's exception type and message, or the aggregator's
     rejection, or the deadline (never a traceback; that stays in the worker's log)."""
     return {
-        hospital: status.detail or status.state
+        hospital: status.detail or status.state.value
         for hospital, status in progress.statuses.items()
-        if status.state != "folded"
+        if status.state is not HospitalState.FOLDED
     }
 
 

@@ -9,18 +9,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from coordinator.loop import RoundProgress
+from coordinator.loop import HospitalState, RoundProgress
+from medheaven.federated.phase import Phase
 from medheaven.federated.wire import RoundSpec
 
 _STYLE = {
-    "queued": "dim",
-    "training": "cyan",
-    "uploaded": "blue",
-    "folded": "green",
-    "rejected": "red",
-    "failed": "red",
-    "budget spent": "yellow",
-    "late": "yellow",
+    HospitalState.QUEUED: "dim",
+    HospitalState.TRAINING: "cyan",
+    HospitalState.UPLOADED: "blue",
+    HospitalState.FOLDED: "green",
+    HospitalState.REJECTED: "red",
+    HospitalState.FAILED: "red",
+    HospitalState.BUDGET_SPENT: "yellow",
+    HospitalState.LATE: "yellow",
 }
 
 
@@ -36,9 +37,9 @@ class ProgressObserver:
     def _table(self, progress: RoundProgress) -> Table:
         spec = progress.spec
         elapsed = time.monotonic() - self.started
-        title = "statistics" if spec.kind == "stats" else f"round {spec.round}/{self.rounds}"
+        title = spec.kind.label(spec.round, self.rounds)
         eta = ""
-        if self.round_seconds and spec.kind == "update":
+        if self.round_seconds and spec.kind.trains:
             mean = sum(self.round_seconds) / len(self.round_seconds)
             eta = f", about {mean * (self.rounds - spec.round + 1):.0f}s to go"
         table = Table(title=f"{title} (attempt {spec.attempt}) {elapsed:.0f}s elapsed{eta}", title_justify="left")
@@ -106,14 +107,14 @@ class ProgressObserver:
 def not_folded_text(record: dict[str, Any]) -> str:
     """``; not folded: h2 (SchemaError: ...)`` for the hospitals a committed round went without, with the reason."""
     reasons = dict(record.get("reasons", {}))
-    late = [h for h, s in record.get("statuses", {}).items() if s != "folded"]
+    late = [h for h, s in record.get("statuses", {}).items() if s != HospitalState.FOLDED]
     if not late:
         return ""
     return "; not folded: " + ", ".join(f"{h} ({reasons[h]})" if reasons.get(h) else h for h in late)
 
 
 def failed_attempt_text(attempt: dict[str, Any]) -> str:
-    what = "statistics" if attempt["kind"] == "stats" else f"round {attempt['round']}"
+    what = Phase(attempt["kind"]).label(attempt["round"])
     reasons = "".join(f"\n  {h}: {why}" for h, why in dict(attempt.get("reasons", {})).items())
     return f"{what} attempt {attempt['attempt']} failed ({len(attempt['folded'])} folded, quorum {attempt['quorum']}):{reasons}"
 

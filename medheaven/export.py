@@ -38,6 +38,7 @@ from medheaven.errors import (
     SchemaError,
 )
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
 from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import RunDescription
@@ -238,7 +239,7 @@ def decrypt_global_model(
 
 def decrypt_standardiser(store: Store, secret: SecretContext | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
-    manifest = committed_manifest(store, description.run, kind="stats", round_number=0)
+    manifest = committed_manifest(store, description.run, kind=Phase.STATS, round_number=0)
     summed = open_committed(store, description, secret, manifest)
     return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
 

@@ -41,7 +41,8 @@ from medheaven.errors import (
 from medheaven.federated.fold import Accumulator, EncryptedAccumulator, PlainAccumulator, fold_update
 from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.round_policy import Verdict, decide, lateness
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
@@ -96,7 +97,7 @@ class AggregatorNode:
             self._runs[run] = RunDescription.from_dict(self.store.get_json(RunPaths(run).model))
         return self._runs[run]
 
-    def _spec(self, run: str, kind: str, round_number: int) -> RoundSpec:
+    def _spec(self, run: str, kind: Phase, round_number: int) -> RoundSpec:
         try:
             return RoundSpec.from_dict(self.store.get_json(RunPaths(run).spec(kind, round_number)))
         except StoreKeyNotFoundError as exc:
@@ -113,25 +114,22 @@ class AggregatorNode:
             )
         return EncryptedAccumulator(context, length=length)
 
-    def _length(self, description: RunDescription, kind: str) -> int:
-        return stats_length(description) if kind == "stats" else description.vector_length
-
-    def _load_envelope(self, description: RunDescription, kind: str, key: str, sha256: str) -> Envelope:
+    def _load_envelope(self, description: RunDescription, kind: Phase, key: str, sha256: str) -> Envelope:
         data = self.store.get(key)
         if sha256_hex(data) != sha256:
             raise DigestMismatchError(
                 f"{key} does not match the digest in its receipt: the stored envelope was replaced or corrupted"
             )
-        return Envelope.from_bytes(data, limits=envelope_limits(description, length=self._length(description, kind)))
+        return Envelope.from_bytes(data, limits=envelope_limits(description, length=kind.vector_length(description)))
 
     def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
         spec = state.spec
         expect = expectation(
             description,
-            kind=spec.kind,
+            phase=spec.kind,
             round_number=spec.round,
             base=spec.base_sha256,
-            length=self._length(description, spec.kind),
+            length=spec.kind.vector_length(description),
         )
         fold_update(state.accumulator, envelope, expect=expect, registry=self.registry())
 
@@ -147,7 +145,7 @@ class AggregatorNode:
         stored = Ledger.empty(spec.run, spec.kind, spec.round, spec.attempt)
         if self.store.exists(ledger_key):
             stored = Ledger.from_dict(self.store.get_json(ledger_key))
-        state = _RoundState(spec, self._new_accumulator(description, self._length(description, spec.kind)), stored)
+        state = _RoundState(spec, self._new_accumulator(description, spec.kind.vector_length(description)), stored)
         for entry in stored.folded:
             envelope = self._load_envelope(description, spec.kind, entry.key, entry.sha256)
             self._fold_envelope(state, description, envelope)
@@ -206,10 +204,10 @@ class AggregatorNode:
         registry.verify(envelope.hospital, envelope.signed_message(), envelope.signature)
         expect = expectation(
             description,
-            kind=spec.kind,
+            phase=spec.kind,
             round_number=spec.round,
             base=spec.base_sha256,
-            length=self._length(description, spec.kind),
+            length=spec.kind.vector_length(description),
         )
         # a correctly signed envelope of another run, round or base is a replay, not this attempt's answer
         if (envelope.kind, envelope.run, envelope.round, envelope.base) != (
@@ -332,8 +330,9 @@ class AggregatorNode:
         self._write_ledger(state)
         return FoldOutcome(FoldStatus.REJECTED, receipt.hospital, spec.round, reason, message).to_dict()
 
-    def finalise(self, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
+    def finalise(self, run: str, kind: Phase | str, round_number: int, attempt: int) -> dict[str, Any]:
         """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
+        kind = Phase(kind)  # the task's argument arrives as the phase's name
         paths = RunPaths(run)
         manifest_key = paths.manifest(kind, round_number)
         if self.store.exists(manifest_key):
@@ -348,7 +347,7 @@ class AggregatorNode:
             ledger = state.ledger
             failure = {
                 "run": run,
-                "kind": kind,
+                "kind": kind.value,
                 "round": round_number,
                 "attempt": attempt,
                 "quorum": spec.quorum,
@@ -404,7 +403,7 @@ class AggregatorNode:
         spec = state.spec
         description = self.run(spec.run)
         result = Envelope(
-            kind="stats" if spec.kind == "stats" else "global",
+            kind=spec.kind.result_kind,
             run=spec.run,
             round=spec.round,
             hospital="",
@@ -412,7 +411,7 @@ class AggregatorNode:
             base=spec.base_sha256,
             length=state.accumulator.length,
             scale_bits=expectation(
-                description, kind=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
+                description, phase=spec.kind, round_number=spec.round, base="", length=state.accumulator.length
             ).scale_bits,
             chunks=(),
         )

@@ -26,7 +26,8 @@ from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.fold import plain_chunks
 from medheaven.federated.model_pool import ModelSlot, model_slot
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import sha256_hex, stats_scale
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
 from medheaven.federated.server_optimiser import Trajectory
@@ -116,26 +117,25 @@ class HospitalNode:
         return cache.data
 
     # -- crypto helpers ----------------------------------------------------------------------------------
-    def _seal(self, run: RunDescription, values: np.ndarray, *, kind: str) -> tuple[bytes, ...]:
+    def _seal(self, run: RunDescription, values: np.ndarray, *, phase: Phase) -> tuple[bytes, ...]:
         if run.plaintext:
             return plain_chunks(values, slots=run.params.slots)
         assert self.secret is not None
-        scale = stats_scale(run) if kind == "stats" else None
-        return encrypt_chunks(self.secret, values, scale_bits=scale)
+        return encrypt_chunks(self.secret, values, scale_bits=phase.scale_bits(run))
 
     def _upload(self, run: RunDescription, spec: RoundSpec, values: np.ndarray) -> tuple[str, str, int, bool]:
         """Store the signed envelope; returns key, digest, size and whether these values (not an earlier upload's)
         are what the store holds."""
         envelope = Envelope(
-            kind=spec.kind,
+            kind=spec.kind.upload_kind,
             run=run.run,
             round=spec.round,
             hospital=self.hospital_id,
             fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
             base=spec.base_sha256,
             length=values.size,
-            scale_bits=0 if run.plaintext else (stats_scale(run) if spec.kind == "stats" else run.params.scale_bits),
-            chunks=self._seal(run, values, kind=spec.kind),
+            scale_bits=0 if run.plaintext else spec.kind.scale_bits(run),
+            chunks=self._seal(run, values, phase=spec.kind),
         ).signed_by(self.signing_key)
         data = envelope.to_bytes()
         key = RunPaths(run.run).update(spec.kind, spec.round, spec.attempt, self.hospital_id)
@@ -157,7 +157,7 @@ class HospitalNode:
         if cache.standardiser is None:
             from medheaven.data import Standardiser, SufficientStats
 
-            manifest = committed_manifest(self.store, run, kind="stats", round_number=0)
+            manifest = committed_manifest(self.store, run, kind=Phase.STATS, round_number=0)
             summed = open_committed(self.store, cache.description, self.secret, manifest)
             # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
             cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
@@ -208,15 +208,15 @@ class HospitalNode:
         weights = get_flat_weights(build_model(description.model))
         packed = pack_update(weights, 1, params=description.params)
         envelope = Envelope(
-            kind="global",
+            kind=Phase.UPDATE.result_kind,  # round 0 is a global model like any committed round's
             run=run,
             round=0,
             hospital="",
             fingerprint=PLAINTEXT_FINGERPRINT if description.plaintext else description.fingerprint,
             base="",
             length=packed.size,
-            scale_bits=0 if description.plaintext else description.params.scale_bits,
-            chunks=self._seal(description, packed, kind="global"),
+            scale_bits=0 if description.plaintext else Phase.UPDATE.scale_bits(description),
+            chunks=self._seal(description, packed, phase=Phase.UPDATE),
         )
         data = envelope.to_bytes()
         return data, sha256_hex(data)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medheaven.federated.hospital import HospitalNode
+from medheaven.federated.phase import Phase
 from medheaven.federated.results import committed_manifest, open_committed
 from medheaven.federated.wire import Receipt, RoundSpec
 
@@ -59,7 +60,7 @@ def decide_layout(node: HospitalNode, layout_run: str, threshold: int) -> dict[s
     from medheaven.data.federated_layout import final_layout
 
     description = node._run(layout_run).description
-    manifest = committed_manifest(node.store, layout_run, kind="stats", round_number=0)
+    manifest = committed_manifest(node.store, layout_run, kind=Phase.STATS, round_number=0)
     summed = open_committed(node.store, description, node.secret, manifest)
     totals = np.split(np.asarray(summed, dtype=np.float64), 3)[1]  # count | sum | sum of squares: sum = patients
     candidates = FeatureLayout.from_dict(description.layout)

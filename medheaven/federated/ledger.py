@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from medheaven.federated.phase import Phase
+
 
 class EntryStatus(Enum):
     """What a verified answer became."""
@@ -94,12 +96,15 @@ class LedgerEntry:
 @dataclass(frozen=True)
 class Ledger:
     run: str
-    kind: str
+    kind: Phase
     round: int
     attempt: int
     folded: tuple[LedgerEntry, ...] = ()
     rejected: tuple[LedgerEntry, ...] = ()
     noise: int = 0  # fold messages refused as unverifiable since this process started watching the attempt
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
 
     @property
     def folded_hospitals(self) -> frozenset[str]:
@@ -124,7 +129,7 @@ class Ledger:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "round": self.round,
             "attempt": self.attempt,
             "folded": [entry.to_dict() for entry in self.folded],
@@ -136,7 +141,7 @@ class Ledger:
     def from_dict(cls, data: dict[str, Any]) -> Ledger:
         return cls(
             run=str(data["run"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
             folded=tuple(LedgerEntry.from_dict(e, default=EntryStatus.FOLDED) for e in data.get("folded", [])),
@@ -145,7 +150,7 @@ class Ledger:
         )
 
     @classmethod
-    def empty(cls, run: str, kind: str, round_number: int, attempt: int) -> Ledger:
+    def empty(cls, run: str, kind: Phase, round_number: int, attempt: int) -> Ledger:
         return cls(run=run, kind=kind, round=round_number, attempt=attempt)
 
 

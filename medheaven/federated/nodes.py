@@ -15,6 +15,7 @@ from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.memory import map_large_buffers_separately
@@ -115,7 +116,7 @@ def store_initial_model(node: HospitalNode, run: str) -> dict[str, Any]:
     """Write round 0's encrypted initial model unless round 0 is already committed; idempotent under redelivery."""
     paths = RunPaths(run)
     key = paths.global_model(0)
-    if node.store.exists(paths.manifest("update", 0)):
+    if node.store.exists(paths.manifest(Phase.UPDATE, 0)):
         existing = node.store.get(key)
         return {"key": key, "sha256": sha256_hex(existing), "size": len(existing)}
     data, digest = node.initial_model(run)

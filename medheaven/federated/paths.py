@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medheaven.federated.phase import Phase
+
 CONTEXT_KEY = "context.public"
 REGISTRY_KEY = "hospitals.json"
 
@@ -20,34 +22,32 @@ class RunPaths:
     def model(self) -> str:
         return f"{self.run}/model.json"
 
-    def phase_dir(self, kind: str, round_number: int) -> str:
-        return f"{self.run}/stats" if kind == "stats" else f"{self.run}/rounds/{round_number}"
+    def phase_dir(self, kind: Phase, round_number: int) -> str:
+        return Phase(kind).directory(self.run, round_number)
 
-    def updates_dir(self, kind: str, round_number: int, attempt: int) -> str:
+    def updates_dir(self, kind: Phase, round_number: int, attempt: int) -> str:
         # attempts are kept apart so that a straggler of a failed attempt can never overwrite a later attempt's file
-        base = f"{self.run}/stats/updates" if kind == "stats" else f"{self.run}/updates/{round_number}"
-        return f"{base}/a{attempt}"
+        return f"{Phase(kind).updates_directory(self.run, round_number)}/a{attempt}"
 
-    def spec(self, kind: str, round_number: int) -> str:
+    def spec(self, kind: Phase, round_number: int) -> str:
         return f"{self.phase_dir(kind, round_number)}/spec.json"
 
-    def manifest(self, kind: str, round_number: int) -> str:
+    def manifest(self, kind: Phase, round_number: int) -> str:
         return f"{self.phase_dir(kind, round_number)}/manifest.json"
 
-    def failure(self, kind: str, round_number: int, attempt: int) -> str:
+    def failure(self, kind: Phase, round_number: int, attempt: int) -> str:
         return f"{self.phase_dir(kind, round_number)}/failed-{attempt}.json"
 
-    def result(self, kind: str, round_number: int) -> str:
-        name = "summed.ckks" if kind == "stats" else "global.ckks"
-        return f"{self.phase_dir(kind, round_number)}/{name}"
+    def result(self, kind: Phase, round_number: int) -> str:
+        return f"{self.phase_dir(kind, round_number)}/{Phase(kind).result_name}"
 
-    def update(self, kind: str, round_number: int, attempt: int, hospital: str) -> str:
+    def update(self, kind: Phase, round_number: int, attempt: int, hospital: str) -> str:
         return f"{self.updates_dir(kind, round_number, attempt)}/{hospital}.ckks"
 
-    def ledger(self, kind: str, round_number: int, attempt: int) -> str:
+    def ledger(self, kind: Phase, round_number: int, attempt: int) -> str:
         return f"{self.updates_dir(kind, round_number, attempt)}/ledger.json"
 
-    def dispatch(self, kind: str, round_number: int, attempt: int) -> str:
+    def dispatch(self, kind: Phase, round_number: int, attempt: int) -> str:
         return f"{self.updates_dir(kind, round_number, attempt)}/dispatch.json"
 
     @property
@@ -68,7 +68,7 @@ class RunPaths:
         return f"{self.run}/final-validation.json"
 
     def global_model(self, round_number: int) -> str:
-        return self.result("update", round_number)
+        return self.result(Phase.UPDATE, round_number)
 
     def test_scores(self) -> str:
         return f"{self.run}/final-test.json"

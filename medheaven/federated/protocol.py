@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from medheaven.crypto.envelope import EnvelopeExpectation, EnvelopeLimits
-from medheaven.crypto.packing import stats_scale_bits
+from medheaven.federated.phase import Phase
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RunDescription
 
 
@@ -16,28 +16,20 @@ def envelope_limits(run: RunDescription, *, length: int | None = None) -> Envelo
     return EnvelopeLimits(max_chunks=chunks, max_chunk_bytes=chunk_bytes, max_length=vector)
 
 
-def expectation(run: RunDescription, *, kind: str, round_number: int, base: str, length: int) -> EnvelopeExpectation:
+def expectation(
+    run: RunDescription, *, phase: Phase, round_number: int, base: str, length: int, result: bool = False
+) -> EnvelopeExpectation:
+    """What a hospital's upload of ``phase`` (or, with ``result``, the committed sum) must look like."""
     return EnvelopeExpectation(
-        kind=kind,
+        kind=phase.result_kind if result else phase.upload_kind,
         run=run.run,
         round=round_number,
         fingerprint=PLAINTEXT_FINGERPRINT if run.plaintext else run.fingerprint,
         base=base,
         length=length,
         chunk_count=run.params.chunk_count(length),
-        scale_bits=0 if run.plaintext else (stats_scale(run) if kind == "stats" else run.params.scale_bits),
+        scale_bits=0 if run.plaintext else phase.scale_bits(run),
     )
-
-
-def stats_scale(run: RunDescription) -> int:
-    return stats_scale_bits(run.params, max_abs_feature=run.max_abs_feature)
-
-
-def stats_length(run: RunDescription) -> int:
-    """Sufficient statistics are count, sum and sum of squares for each encoded feature."""
-    from medheaven.data import FeatureLayout
-
-    return 3 * FeatureLayout.from_dict(run.layout).n_features
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:

@@ -13,7 +13,8 @@ from medheaven.crypto.envelope import Envelope, check_envelope
 from medheaven.crypto.packing import decrypt_chunks, unpack_average
 from medheaven.errors import DigestMismatchError, KeyCustodyError, RunStateError
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex, stats_length
+from medheaven.federated.phase import Phase
+from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -21,7 +22,7 @@ from medheaven.store.base import Store
 def last_committed_round(store: Store, run: str) -> int:
     """Rounds commit in order, so the first missing manifest ends the run's committed history (-1: none)."""
     paths, committed = RunPaths(run), -1
-    while store.exists(paths.manifest("update", committed + 1)):
+    while store.exists(paths.manifest(Phase.UPDATE, committed + 1)):
         committed += 1
     return committed
 
@@ -45,7 +46,7 @@ def closed_reason(store: Store, spec: RoundSpec) -> str | None:
     return None
 
 
-def committed_manifest(store: Store, run: str, *, kind: str, round_number: int) -> Manifest:
+def committed_manifest(store: Store, run: str, *, kind: Phase, round_number: int) -> Manifest:
     key = RunPaths(run).manifest(kind, round_number)
     if not store.exists(key):
         raise RunStateError(f"run {run!r} has no committed {kind} round {round_number} ({key} is missing)")
@@ -56,7 +57,7 @@ def open_committed(
     store: Store, description: RunDescription, secret: SecretContext | None, manifest: Manifest
 ) -> np.ndarray:
     """Fetch a committed result, check it against its manifest and envelope header, and decrypt it."""
-    length = stats_length(description) if manifest.kind == "stats" else description.vector_length
+    length = manifest.kind.vector_length(description)
     data = store.get(manifest.result_key)
     if sha256_hex(data) != manifest.result_sha256:
         raise DigestMismatchError(
@@ -68,7 +69,8 @@ def open_committed(
         envelope,
         expect=expectation(
             description,
-            kind="stats" if manifest.kind == "stats" else "global",
+            phase=manifest.kind,
+            result=True,
             round_number=manifest.round,
             base=manifest.base_sha256,
             length=length,
@@ -86,6 +88,6 @@ def committed_average(
     store: Store, description: RunDescription, secret: SecretContext | None, round_number: int
 ) -> tuple[np.ndarray, int, Manifest]:
     """The averaged weights of a committed round, the total sample count, and the round's manifest."""
-    manifest = committed_manifest(store, description.run, kind="update", round_number=round_number)
+    manifest = committed_manifest(store, description.run, kind=Phase.UPDATE, round_number=round_number)
     weights, total = unpack_average(open_committed(store, description, secret, manifest))
     return weights, total, manifest

@@ -12,6 +12,7 @@ from medheaven.crypto.envelope import Envelope
 from medheaven.crypto.packing import decrypt_chunks, unpack_average
 from medheaven.errors import DigestMismatchError
 from medheaven.federated.paths import RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, sha256_hex
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.store.base import Store
@@ -31,7 +32,7 @@ def verify_round(store: Store, secret: SecretContext | None, run: str, round_num
     """Compare the committed (homomorphically summed) global model with plaintext FedAvg of the folded updates."""
     paths = RunPaths(run)
     description = RunDescription.from_dict(store.get_json(paths.model))
-    manifest = Manifest.from_dict(store.get_json(paths.manifest("update", round_number)))
+    manifest = Manifest.from_dict(store.get_json(paths.manifest(Phase.UPDATE, round_number)))
     plain_sum = np.zeros(description.vector_length)
     for entry in manifest.folded:
         plain_sum += _open(store, description, secret, str(entry["key"]), str(entry["sha256"]))

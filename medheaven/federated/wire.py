@@ -15,6 +15,7 @@ import msgpack
 
 from medheaven.crypto.planning import CkksParameters
 from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
+from medheaven.federated.phase import Phase
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
@@ -134,7 +135,7 @@ class RoundSpec:
     run: str
     round: int
     attempt: int
-    kind: str  # "update" (a training round) or "stats" (sufficient statistics for standardisation)
+    kind: Phase
     hospitals: tuple[str, ...]
     quorum: int
     deadline: float  # unix time; receipts that reach the aggregator later are rejected as late
@@ -142,8 +143,12 @@ class RoundSpec:
     training: LocalTraining = field(default_factory=LocalTraining)
     opened_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["kind"] = self.kind.value
         data["hospitals"] = list(self.hospitals)
         data["training"] = self.training.to_dict()
         return data
@@ -154,7 +159,7 @@ class RoundSpec:
             run=str(data["run"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             hospitals=tuple(str(h) for h in data["hospitals"]),
             quorum=int(data["quorum"]),
             deadline=float(data["deadline"]),
@@ -177,7 +182,7 @@ class Receipt:
     run: str
     round: int
     attempt: int
-    kind: str
+    kind: Phase
     hospital: str
     key: str
     sha256: str
@@ -188,8 +193,13 @@ class Receipt:
     privacy: dict[str, float] = field(default_factory=dict)  # spent ε, δ, z under DP-SGD; empty without DP
     signature: str = ""  # hex Ed25519 signature of signed_message(); "" = unsigned (refused by the aggregator)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return data
 
     def signed_message(self) -> bytes:
         """Canonical bytes: every field but the signature, maps as sorted key/value lists (msgpack does not sort)."""
@@ -197,7 +207,7 @@ class Receipt:
             self.run,
             self.round,
             self.attempt,
-            self.kind,
+            self.kind.value,
             self.hospital,
             self.key,
             self.sha256,
@@ -231,7 +241,7 @@ class Receipt:
                 run=_typed(data, "run", str),
                 round=_typed(data, "round", int),
                 attempt=_typed(data, "attempt", int),
-                kind=_typed(data, "kind", str),
+                kind=_phase(_typed(data, "kind", str)),
                 hospital=_typed(data, "hospital", str),
                 key=_typed(data, "key", str),
                 sha256=_typed(data, "sha256", str),
@@ -253,6 +263,13 @@ class Receipt:
         if receipt.size < 0 or receipt.size > 1 << 40 or receipt.round < 0 or receipt.attempt < 0:
             raise EnvelopeSizeError(f"receipt size {receipt.size} or round/attempt out of range")
         return receipt
+
+
+def _phase(value: str) -> Phase:
+    try:
+        return Phase(value)
+    except ValueError:
+        raise EnvelopeFormatError(f"receipt kind {value!r} is not a phase ({', '.join(Phase)})") from None
 
 
 def _number(value: Any, name: str) -> float:
@@ -288,7 +305,7 @@ class Manifest:
     run: str
     round: int
     attempt: int
-    kind: str
+    kind: Phase
     base_sha256: str
     result_key: str
     result_sha256: str
@@ -302,6 +319,9 @@ class Manifest:
     finalised_at: float
     timings: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Phase(self.kind))
+
     @property
     def participants(self) -> tuple[str, ...]:
         return tuple(str(entry["hospital"]) for entry in self.folded)
@@ -309,6 +329,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = 1
+        data["kind"] = self.kind.value
         data["selected"] = list(self.selected)
         data["folded"] = list(self.folded)
         data["rejected"] = list(self.rejected)
@@ -320,7 +341,7 @@ class Manifest:
             run=str(data["run"]),
             round=int(data["round"]),
             attempt=int(data["attempt"]),
-            kind=str(data["kind"]),
+            kind=Phase(data["kind"]),
             base_sha256=str(data["base_sha256"]),
             result_key=str(data["result_key"]),
             result_sha256=str(data["result_sha256"]),

@@ -20,6 +20,7 @@ from typing import Any
 from medheaven.errors import DataFileError, RunStateError
 from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.store.base import Store
 
@@ -133,7 +134,7 @@ def load_run_records(store: Store, run: str) -> RunRecords:
         for r in sorted(manifests)
         if r > 0
     )
-    stats_key = paths.manifest("stats", 0)
+    stats_key = paths.manifest(Phase.STATS, 0)
     stats = _stats_row(Manifest.from_dict(store.get_json(stats_key))) if store.exists(stats_key) else None
     test = dict(store.get_json(paths.test_scores())) if store.exists(paths.test_scores()) else None
     final_validation = (
@@ -163,7 +164,7 @@ def _final_validation(record: dict[str, Any]) -> ValidationPoint:
 
 def _update_manifests(store: Store, paths: RunPaths) -> dict[int, Manifest]:
     manifests: dict[int, Manifest] = {}
-    while store.exists(key := paths.manifest("update", len(manifests))):
+    while store.exists(key := paths.manifest(Phase.UPDATE, len(manifests))):
         manifests[len(manifests)] = Manifest.from_dict(store.get_json(key))
     return manifests
 

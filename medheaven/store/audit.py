@@ -8,6 +8,7 @@ from typing import Any
 from medheaven.crypto.context import PublicContext
 from medheaven.errors import StoreKeyNotFoundError
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
+from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.wire import Manifest
@@ -63,12 +64,12 @@ def check_run(store: Store, run: str) -> list[Check]:
         except StoreKeyNotFoundError:
             checks.append(Check("context", False, f"{CONTEXT_KEY} is missing from the store"))
     previous = ""
-    stats_key = paths.manifest("stats", 0)
+    stats_key = paths.manifest(Phase.STATS, 0)
     if store.exists(stats_key):
         stats = Manifest.from_dict(store.get_json(stats_key))
         checks.append(_check_file(store, stats.result_key, stats.result_sha256, "stats"))
     for round_number in committed_rounds(store, run):
-        manifest = Manifest.from_dict(store.get_json(paths.manifest("update", round_number)))
+        manifest = Manifest.from_dict(store.get_json(paths.manifest(Phase.UPDATE, round_number)))
         label = f"round {round_number}"
         checks.append(_check_file(store, manifest.result_key, manifest.result_sha256, label))
         if manifest.base_sha256 != previous:
