@@ -24,6 +24,7 @@ from coordinator.simulation import (
 )
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.hospital import HospitalNode
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import RoundSpec
 from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
@@ -65,7 +66,7 @@ class DemoObserver(LogObserver):
 def audit_last_round(nodes: dict[str, HospitalNode], result: SimulationResult, rounds: int) -> dict[str, Any]:
     """HE result vs plaintext FedAvg of the very weights the hospitals encrypted in the last round."""
     first = next(iter(nodes.values()))
-    he = first.global_weights(result.run, rounds)
+    he = first.averaged_weights(result.run, rounds)  # what the aggregator summed, before any server step
     updates = [
         (packed[:-1] / packed[-1], int(packed[-1]))
         for node in nodes.values()
@@ -99,6 +100,8 @@ def run_demo(
     plaintext: bool,
     quiet: bool,
     dp: DpConfig | None = None,
+    lr_decay: float = 1.0,
+    server: ServerOptimiser | None = None,
 ) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings()
@@ -122,9 +125,10 @@ def run_demo(
         rounds=rounds,
         round_timeout=settings.round_timeout,
         training=local_training(
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, rounds=rounds, dp=dp
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, rounds=rounds, dp=dp, lr_decay=lr_decay
         ),
         plaintext=plaintext,
+        server=server,
     )
     model = default_model(simulation, seed=seed)
     observer = DemoObserver(quiet=quiet)
@@ -157,6 +161,7 @@ def run_demo(
         "hospitals": list(simulation.hospitals),
         "parameters": model.parameter_count(),
         "encrypted": not plaintext,
+        "server_optimiser": config.server.to_dict(),
         "rounds": result.history,
         "test": result.test,
         "he_vs_plaintext": audit,

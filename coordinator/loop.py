@@ -381,7 +381,7 @@ class Coordinator:
             view = replace(ledger, rejected=(*ledger.rejected, *failed))
             decision = decide(spec, view, self.clock(), on_time_pending=progress.on_time)
             if decision.verdict is Verdict.WAIT:
-                time.sleep(self.poll_interval)
+                self._pause(_awaited(dispatch, progress), until=spec.deadline)
                 continue
             if self.clock() >= spec.deadline:
                 for status in progress.statuses.values():
@@ -389,6 +389,12 @@ class Coordinator:
                         status.state, status.detail = HospitalState.LATE, "no folded update before the deadline"
             log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
             return progress
+
+    def _pause(self, task_ids: list[str], *, until: float) -> None:
+        """Wait for the next event instead of sleeping: until one of ``task_ids`` records a state (the transport
+        wakes us), ``until`` (a deadline the caller acts on) or ``poll_interval`` passes. ``poll_interval`` is only
+        the safety net for what no task announces (a ledger entry of a fold sent before a resend)."""
+        self.transport.wait(task_ids, max(0.0, min(self.poll_interval, until - self.clock())))
 
     def _resend_unanswered_folds(
         self, spec: RoundSpec, dispatch: dict[str, Any], progress: RoundProgress, since: dict[str, float]
@@ -449,7 +455,7 @@ class Coordinator:
             unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
-            time.sleep(self.poll_interval)
+            self._pause(_awaited(dispatch, progress), until=limit)
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
@@ -489,7 +495,7 @@ class Coordinator:
             if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
                 task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
                 self.observer.message(f"finalise of {spec.kind} round {spec.round} unanswered: sent it again")
-            time.sleep(self.poll_interval)
+            self._pause([task_id], until=min(limit, sent_at + self.resend_after))
         raise RoundError(
             f"the aggregator did not finalise {spec.kind} round {spec.round} within {FINALISE_TIMEOUT:.0f}s: "
             "is an aggregator worker consuming the 'aggregate' queue?"
@@ -530,7 +536,7 @@ class Coordinator:
                 return dict(state.result)
             if state.state == "FAILURE":
                 raise RoundError(f"{what} failed: {state.error}")
-            time.sleep(self.poll_interval)
+            self._pause([task_id], until=limit)
         raise RoundError(f"{what} did not finish within {timeout:.0f}s: is that hospital's worker running?")
 
     def _validate_final(self) -> None:
@@ -556,7 +562,7 @@ class Coordinator:
                         per_hospital[hospital] = dict(state.result["metrics"])
                     del pending[hospital]
             if pending:
-                time.sleep(self.poll_interval)
+                self._pause([ids["task"] for ids in pending.values()], until=deadline)
         record = {
             "round": last,
             "metrics": per_hospital,
@@ -641,6 +647,19 @@ class Coordinator:
         if not self.store.exists(self.paths.history):
             return []
         return list(self.store.get_json(self.paths.history))
+
+
+def _awaited(dispatch: dict[str, Any], progress: RoundProgress) -> list[str]:
+    """The task whose next state would change each unfinished hospital's status: its own task until it has
+    answered, then the fold of its receipt."""
+    ids: list[str] = []
+    for hospital, status in progress.statuses.items():
+        sent = dispatch.get(hospital, {})
+        if status.state in {HospitalState.QUEUED, HospitalState.TRAINING} and "task" in sent:
+            ids.append(sent["task"])
+        elif status.state is HospitalState.UPLOADED and "fold" in sent:
+            ids.append(sent["fold"])
+    return ids
 
 
 def failure_reasons(progress: RoundProgress) -> dict[str, str]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,4 +45,11 @@ class Transport(Protocol):
 
     def mark_lost(self, task_id: str, reason: str) -> None:
         """Record a task whose worker died as ended (FAILURE with ``reason``), instead of running forever."""
+        ...
+
+    def wait(self, task_ids: Sequence[str], timeout: float) -> None:
+        """Block until one of ``task_ids`` records a new state or ``timeout`` seconds pass, whichever is first.
+
+        A wake-up hint only: the caller re-reads states and the store afterwards, so a spurious or missed wake-up
+        costs at most ``timeout`` of latency, never a decision."""
         ...

@@ -13,6 +13,7 @@ from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
 from medheaven.errors import ConfigurationError, PackingError, RunStateError
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import is_masked
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
 from medheaven.store.base import Store
@@ -29,6 +30,7 @@ class RunConfig:
     evaluator: str | None = None  # key holder that encrypts round 0 and scores the test file
     test_path: str | None = None
     plaintext: bool = False  # INSECURE comparison mode: measures what encryption costs, nothing else
+    server: ServerOptimiser = field(default_factory=ServerOptimiser)  # the hospitals' server step (model.json)
 
     def __post_init__(self) -> None:
         if not RUN_ID.fullmatch(self.run):
@@ -54,6 +56,7 @@ class RunConfig:
         data = asdict(self)
         data["hospitals"] = list(self.hospitals)
         data["training"] = self.training.to_dict()
+        data["server"] = self.server.to_dict()
         return data
 
     @classmethod
@@ -68,6 +71,7 @@ class RunConfig:
             evaluator=data.get("evaluator"),
             test_path=data.get("test_path"),
             plaintext=bool(data.get("plaintext", False)),
+            server=ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser(),
         )
 
 
@@ -122,6 +126,7 @@ def create_run(
         layout=layout,
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
+        server=config.server,
     )
     if is_masked(description):
         # every hospital's X25519 public key must be registered before round 1; old registries lack them

@@ -23,6 +23,7 @@ from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.nodes import schema_reader
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.setup import HospitalFiles, KeyFiles, set_up_federation
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelKind, ModelSpec
@@ -224,7 +225,7 @@ def run_in_threads(
     aggregator = AggregatorNode(simulation.store(), expected_fingerprint=simulation.keys.fingerprint)
     with ThreadCluster(app, hospitals=list(config.hospitals), node_factory=nodes.__getitem__, aggregator=aggregator):
         coordinator = Coordinator(
-            store, CeleryTransport(app), config, poll_interval=0.05, observer=observer, retry_advice=retry_advice
+            store, CeleryTransport(app), config, poll_interval=0.5, observer=observer, retry_advice=retry_advice
         )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run)), nodes
@@ -247,6 +248,7 @@ def simulation_config(
     training: LocalTraining | None = None,
     plaintext: bool = False,
     score_test: bool = True,
+    server: ServerOptimiser | None = None,
 ) -> RunConfig:
     return RunConfig(
         run=run,
@@ -257,6 +259,7 @@ def simulation_config(
         training=training or LocalTraining(),
         test_path=str(simulation.test_file.resolve()) if score_test else None,
         plaintext=plaintext,
+        server=server or ServerOptimiser(),
     )
 
 
@@ -285,7 +288,7 @@ def run_in_processes(
                 cluster.start_hospital(hospital, simulation.hospital_env(hospital, broker_url=broker_url))
         cluster.wait_ready(app, timeout=ready_timeout)
         coordinator = Coordinator(
-            store, CeleryTransport(app), config, poll_interval=0.1, observer=observer, retry_advice=retry_advice
+            store, CeleryTransport(app), config, poll_interval=0.5, observer=observer, retry_advice=retry_advice
         )
         history = coordinator.run()
     return SimulationResult(config.run, history, _test_record(store, config.run))

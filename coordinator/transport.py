@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendGetMetaError, BackendStoreError
 from celery.result import AsyncResult
+from celery.signals import task_postrun
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -142,6 +145,41 @@ class CeleryTransport:
     def state(self, task_id: str) -> TaskState:
         return self._retrying(f"reading the state of task {task_id}", lambda: self._state(task_id))
 
+    def wait(self, task_ids: Sequence[str], timeout: float) -> None:
+        """``Transport.wait``: an event, not a sleep. Over a Redis result backend the coordinator subscribes to the
+        channels Celery publishes every stored task state on (``celery-task-meta-<id>``); in the embedded demo the
+        workers are threads of this process and wake it through Celery's ``task_postrun`` signal. Any other backend
+        (or a broker outage) sleeps for ``timeout``, which is the old polling behaviour."""
+        if timeout <= 0:
+            return
+        backend = self.app.backend
+        if isinstance(backend, RedisBackend) and task_ids:
+            try:
+                self._wait_redis(backend, task_ids, timeout)
+            except TRANSIENT_ERRORS:
+                log.debug("waiting on result channels failed; sleeping instead", exc_info=True)
+                time.sleep(min(timeout, 0.5))
+            return
+        seen = _IN_PROCESS.generation()
+        if any(self._state(task_id).done for task_id in task_ids):  # finished since the caller's read
+            return
+        _IN_PROCESS.wait_past(seen, timeout)
+
+    def _wait_redis(self, backend: RedisBackend, task_ids: Sequence[str], timeout: float) -> None:
+        pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(*(backend.get_key_for_task(task_id) for task_id in task_ids))
+            # subscribed first, then checked: a state stored between the caller's read and the subscription would
+            # otherwise only be noticed after the timeout
+            if any(self._state(task_id).done for task_id in task_ids):
+                return
+            limit = time.monotonic() + timeout
+            while (left := limit - time.monotonic()) > 0:
+                if pubsub.get_message(timeout=left) is not None:
+                    return
+        finally:
+            pubsub.close()
+
     def _state(self, task_id: str) -> TaskState:
         result = AsyncResult(task_id, app=self.app)
         state = str(result.state)
@@ -203,3 +241,33 @@ def _where(args: tuple[Any, ...]) -> tuple[str, int | None]:
         return str(first.get("run", "")), int(first["round"]) if "round" in first else None
     rounds = [a for a in args[1:] if isinstance(a, int) and not isinstance(a, bool)]
     return str(first), rounds[0] if rounds else None
+
+
+class _TaskFinished:
+    """Wakes waiting coordinator threads when a task of a worker thread in this process finishes (embedded demo).
+
+    ``task_postrun`` runs after the task's result is stored and its link (the fold) is sent, so whoever wakes reads
+    the new state. A generation counter, not a bare event, so that no waiter misses a wake-up or spins on a stale one.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+        task_postrun.connect(self._finished, weak=False)
+
+    def _finished(self, *args: Any, **kwargs: Any) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def generation(self) -> int:
+        with self._condition:
+            return self._generation
+
+    def wait_past(self, seen: int, timeout: float) -> None:
+        """Until a task finishes after ``generation()`` returned ``seen``, or ``timeout`` seconds."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._generation != seen, timeout=timeout)
+
+
+_IN_PROCESS = _TaskFinished()

@@ -41,6 +41,7 @@ from medheaven.errors import (
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
+from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
 from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
@@ -224,7 +225,8 @@ def default_export_round(store: Store, run: str) -> tuple[int | None, str]:
 def decrypt_global_model(
     store: Store, secret: SecretKeys | None, run: str, round_number: int | None = None
 ) -> DecryptedModel:
-    """The averaged weights of a committed round (default: the last one)."""
+    """The global model of a committed round (default: the last one): its decrypted average, after the run's
+    server step when it has one."""
     description = _description(store, run, secret)
     last = last_committed_round(store, run)
     chosen = last if round_number is None else round_number
@@ -234,6 +236,10 @@ def decrypt_global_model(
             + (f" (rounds 0..{last} are committed)" if last >= 0 else " (no round is committed yet)")
         )
     weights, total, manifest = committed_average(store, description, secret, chosen)
+    if not description.server.is_plain:
+        # the run's server step, re-derived from the committed rounds exactly as every hospital derives it
+        replay = Trajectory(description.server, lambda r: committed_average(store, description, secret, r)[0])
+        weights = replay.model(chosen)
     return DecryptedModel(description, chosen, manifest.result_sha256, weights, total)
 
 

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
 
     # --- coordinator ---------------------------------------------------------------------------------------
     round_timeout: float = Field(default=600.0, gt=0, description="Seconds a round waits before its deadline.")
-    poll_interval: float = Field(default=0.2, gt=0, description="Seconds between coordinator status polls.")
+    poll_interval: float = Field(
+        default=0.2, gt=0, description="Longest wait between coordinator status reads (it wakes on task events sooner)."
+    )
     max_abs_feature: float = Field(
         default=1000.0,
         gt=0,

@@ -29,11 +29,13 @@ from medheaven.errors import (
     StoreConflictError,
 )
 from medheaven.federated.evaluation import binary_metrics
+from medheaven.federated.model_pool import ModelSlot, model_slot
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
+from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -52,9 +54,8 @@ class _RunCache:
     description: RunDescription
     data: HospitalData | None = None
     standardiser: Standardiser | None = None
-    model: keras.Model | None = None
-    compiled_with: str | None = None
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
+    trajectory: Trajectory | None = None  # the server optimiser's replay of committed rounds (server_optimiser.py)
 
 
 class HospitalNode:
@@ -306,7 +307,18 @@ class HospitalNode:
         return data, sha256_hex(data)
 
     def global_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
-        """Decrypt the committed global model of ``round_number`` and divide by the decrypted total weight."""
+        """The global model of committed round ``round_number``: the decrypted average (divided by the decrypted
+        total weight), after the run's server step when it has one (``server_optimiser``, replayed from the store)."""
+        weights = self.averaged_weights(run, round_number, expected_sha256=expected_sha256)
+        cache = self._run(run)
+        if cache.description.server.is_plain:
+            return weights
+        if cache.trajectory is None:
+            cache.trajectory = Trajectory(cache.description.server, lambda r: self.averaged_weights(run, r))
+        return cache.trajectory.model(round_number)
+
+    def averaged_weights(self, run: str, round_number: int, *, expected_sha256: str | None = None) -> np.ndarray:
+        """Decrypt the committed FedAvg average of ``round_number`` and divide by the decrypted total weight."""
         weights, _, manifest = committed_average(self.store, self._run(run).description, self.secret, round_number)
         if expected_sha256 is not None and manifest.result_sha256 != expected_sha256:
             raise DigestMismatchError(
@@ -317,7 +329,7 @@ class HospitalNode:
 
     def train(self, spec: RoundSpec) -> Receipt:
         """Fetch and check the global model, evaluate it, train locally, upload the encrypted pre-scaled update."""
-        from medheaven.model import compile_model, get_flat_weights, predict_risk, set_flat_weights
+        from medheaven.model import get_flat_weights, predict_risk, set_flat_weights
 
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -328,37 +340,38 @@ class HospitalNode:
 
         clock = time.perf_counter()
         prepared = self._prepared(cache)
-        model = self._model(cache)
-        set_flat_weights(model, weights)
-        metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
-        timings["evaluate"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
         training = spec.training
-        # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
-        # process, and restarting Adam from zero every round slowed convergence on the real data
-        if cache.compiled_with != training.optimizer:
-            compile_model(model, learning_rate=training.learning_rate, optimizer=training.optimizer)
-            cache.compiled_with = training.optimizer
-        model.optimizer.learning_rate.assign(training.rate_for(spec.round))
-        _seed_round(description.model.seed, spec.round, self.hospital_id)
-        privacy: dict[str, float] = {}
-        if training.dp is not None:
-            privacy = self._train_private(cache, model, spec)
-        else:
-            model.fit(
-                prepared["train_x"],
-                prepared["train_y"],
-                epochs=training.epochs,
-                batch_size=training.batch_size,
-                shuffle=True,
-                verbose=0,
-            )
+        slot = model_slot(description.model, optimizer=training.optimizer, learning_rate=training.learning_rate)
+        with slot.lock:  # one model per process (model_pool.py); the hospitals of the embedded demo take turns
+            model = slot.model
+            set_flat_weights(model, weights)
+            metrics = binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"]))
+            timings["evaluate"] = time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            # the local optimizer's state (Adam moments) stays with the hospital across rounds: it never leaves this
+            # process, and restarting Adam from zero every round slowed convergence on the real data
+            slot.switch_to((self.hospital_id, spec.run))
+            model.optimizer.learning_rate.assign(training.rate_for(spec.round))
+            _seed_round(description.model.seed, spec.round, self.hospital_id)
+            privacy: dict[str, float] = {}
+            if training.dp is not None:
+                privacy = self._train_private(cache, model, spec)
+            else:
+                model.fit(
+                    prepared["train_x"],
+                    prepared["train_y"],
+                    epochs=training.epochs,
+                    batch_size=training.batch_size,
+                    shuffle=True,
+                    verbose=0,
+                )
+            trained = get_flat_weights(model)
         timings["train"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         n_train = int(prepared["train_y"].size)
-        packed = pack_update(get_flat_weights(model), n_train, params=description.params)
+        packed = pack_update(trained, n_train, params=description.params)
         key, digest, size, stored = self._upload(description, spec, packed)
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
@@ -388,12 +401,9 @@ class HospitalNode:
         )
         return done.receipt_fields()
 
-    def _model(self, cache: _RunCache) -> keras.Model:
-        if cache.model is None:
-            from medheaven.model import build_model
-
-            cache.model = build_model(cache.description.model)
-        return cache.model
+    def _scoring_slot(self, cache: _RunCache) -> ModelSlot:
+        """The process's model for scoring (the training model when the run trains with Adam, as by default)."""
+        return model_slot(cache.description.model, optimizer="adam", learning_rate=1e-3)
 
     def validate(self, run: str, round_number: int) -> dict[str, float]:
         """Metrics of a committed global model on this hospital's validation patients (finite values only)."""
@@ -407,9 +417,12 @@ class HospitalNode:
             return {}  # --no-dp-metrics: the final model's validation metrics are withheld like the per-round ones
         cache = self._run(run)
         prepared = self._prepared(cache)
-        model = self._model(cache)
-        set_flat_weights(model, self.global_weights(run, round_number))
-        return released_metrics(binary_metrics(prepared["val_y"], predict_risk(model, prepared["val_x"])))
+        weights = self.global_weights(run, round_number)
+        slot = self._scoring_slot(cache)
+        with slot.lock:
+            set_flat_weights(slot.model, weights)
+            scores = predict_risk(slot.model, prepared["val_x"])
+        return released_metrics(binary_metrics(prepared["val_y"], scores))
 
     def score(self, run: str, round_number: int, features: np.ndarray) -> np.ndarray:
         """Key holders only: decrypt a committed global model and score standardised-by-federation features."""
@@ -417,9 +430,11 @@ class HospitalNode:
 
         cache = self._run(run)
         weights = self.global_weights(run, round_number)
-        model = self._model(cache)
-        set_flat_weights(model, weights)
-        return predict_risk(model, self.standardiser(run).apply(features))
+        features = self.standardiser(run).apply(features)
+        slot = self._scoring_slot(cache)
+        with slot.lock:
+            set_flat_weights(slot.model, weights)
+            return predict_risk(slot.model, features)
 
     def _receipt(
         self,

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
-from medheaven.errors import EnvelopeFormatError, EnvelopeSizeError, SignatureError
+from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.federated.phase import Phase
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
 
@@ -79,6 +80,10 @@ class RunDescription:
     plaintext: bool = False
     max_abs_feature: float = 1000.0
     test_data: str | None = None
+    #: the server step hospitals apply to each decrypted average (medheaven.federated.server_optimiser); plain FedAvg
+    #: is written as format 1 without the field, so descriptions of earlier runs read unchanged and plain runs stay
+    #: readable by earlier versions, while a run with a server step is format 2, which earlier readers must refuse
+    server: ServerOptimiser = field(default_factory=ServerOptimiser)
 
     @property
     def scheme(self) -> Scheme:
@@ -93,7 +98,7 @@ class RunDescription:
         return self.model.parameter_count() + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": 1,
             "run": self.run,
             "model": self.model.to_dict(),
@@ -109,9 +114,21 @@ class RunDescription:
             "max_abs_feature": self.max_abs_feature,
             "test_data": self.test_data,
         }
+        if not self.server.is_plain:
+            data["format"] = 2
+            data["server_optimiser"] = self.server.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunDescription:
+        version = data.get("format", 1)
+        if version not in (1, 2):
+            raise ConfigurationError(
+                f"model.json of run {data.get('run')!r} has format {version!r}; this MedHeaven reads formats 1 and 2"
+            )
+        server = data.get("server_optimiser")
+        if version == 2 and not isinstance(server, dict):
+            raise ConfigurationError(f"model.json of run {data.get('run')!r} is format 2 but has no server_optimiser")
         return cls(
             run=str(data["run"]),
             model=ModelSpec.from_dict(data["model"]),
@@ -121,6 +138,7 @@ class RunDescription:
             plaintext=bool(data.get("plaintext", False)),
             max_abs_feature=float(data.get("max_abs_feature", 1000.0)),
             test_data=data.get("test_data"),
+            server=ServerOptimiser.from_dict(server) if isinstance(server, dict) else ServerOptimiser(),
         )
 
 
