@@ -30,9 +30,11 @@ from federation_support import small_simulation
 from coordinator.loop import Coordinator, require_run_config
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
+from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import QuorumNotReachedError
 from medheaven.federated.paths import RunPaths
-from medheaven.federated.wire import Manifest, RoundSpec
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, RoundSpec, RunDescription
+from medheaven.model import ModelSpec
 from medheaven.store.local import LocalStore
 
 pytestmark = pytest.mark.slow
@@ -205,7 +207,14 @@ class _RecordingTransport:
 
 def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Coordinator:
     config = RunConfig(run="bare", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)
-    return Coordinator(LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001, **kwargs)
+    store = LocalStore(tmp_path / "store")
+    # a plaintext run: the coordinator reads the run's scheme (masked runs choose retry cohorts under the cohort rule)
+    description = RunDescription(
+        run="bare", model=ModelSpec(n_features=3), params=plan_ckks_parameters(), fingerprint=PLAINTEXT_FINGERPRINT,
+        layout={}, plaintext=True,
+    )  # fmt: skip
+    store.put_json(RunPaths("bare").model, description.to_dict())
+    return Coordinator(store, transport, config, poll_interval=0.001, **kwargs)
 
 
 def test_fault_coordinator_killed_between_spec_and_dispatch_opens_a_new_attempt(tmp_path: Path) -> None:

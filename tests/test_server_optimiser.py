@@ -14,7 +14,7 @@ import pytest
 from federation_support import small_simulation
 
 from coordinator.simulation import default_model, hospital_nodes, run_in_threads, simulation_config
-from medheaven.crypto.context import load_secret_context
+from medheaven.crypto.codec import load_secret_keys
 from medheaven.errors import ConfigurationError
 from medheaven.export import decrypt_global_model
 from medheaven.federated.paths import RunPaths
@@ -121,16 +121,16 @@ def test_every_hospital_derives_the_same_model_bit_for_bit(adam_run) -> None:  #
 def test_another_process_and_export_re_derive_the_same_model(adam_run) -> None:  # type: ignore[no-untyped-def]
     simulation, result, nodes = adam_run
     expected = _digest(next(iter(nodes.values())).global_weights(result.run, ROUNDS))
-    secret = load_secret_context(simulation.keys.secret)
+    secret = load_secret_keys(simulation.keys.secret)
     exported = decrypt_global_model(simulation.store(), secret, result.run, ROUNDS)
     assert _digest(exported.weights) == expected
     script = (
         "import hashlib, sys, numpy as np\n"
-        "from medheaven.crypto.context import load_secret_context\n"
+        "from medheaven.crypto.codec import load_secret_keys\n"
         "from medheaven.export import decrypt_global_model\n"
         "from pathlib import Path\n"
         "from medheaven.store.local import LocalStore\n"
-        "m = decrypt_global_model(LocalStore(Path(sys.argv[1])), load_secret_context(Path(sys.argv[2])), sys.argv[3], int(sys.argv[4]))\n"
+        "m = decrypt_global_model(LocalStore(Path(sys.argv[1])), load_secret_keys(Path(sys.argv[2])), sys.argv[3], int(sys.argv[4]))\n"
         "print(hashlib.sha256(np.ascontiguousarray(m.weights, dtype='<f8').tobytes()).hexdigest())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -141,6 +141,6 @@ def test_another_process_and_export_re_derive_the_same_model(adam_run) -> None: 
 
 def test_verify_still_checks_the_homomorphic_sum(adam_run) -> None:  # type: ignore[no-untyped-def]
     simulation, result, _ = adam_run
-    report = verify_round(simulation.store(), load_secret_context(simulation.keys.secret), result.run, ROUNDS)
+    report = verify_round(simulation.store(), load_secret_keys(simulation.keys.secret), result.run, ROUNDS)
     assert report["total_samples_match"]
     assert report["max_abs_error"] <= 1e-6
