@@ -92,8 +92,8 @@ class ReleasedModel:
     def __init__(self, simulation: Simulation, run: str) -> None:
         from medheaven.crypto.context import load_secret_context
         from medheaven.data import FeatureLayout
-        from medheaven.export import decrypt_global_model, decrypt_standardiser
         from medheaven.model import build_model, set_flat_weights
+        from medheaven.serving.export import decrypt_global_model, decrypt_standardiser
 
         store = simulation.store()
         secret = load_secret_context(simulation.keys.secret)

@@ -23,7 +23,7 @@ from medheaven.data import FeatureLayout, encode_features, generate_synthetic, g
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.release import released_metrics
-from medheaven.predict import read_prediction_input
+from medheaven.serving.predict import read_prediction_input
 
 RUN = "exported"
 ROUNDS = 2
