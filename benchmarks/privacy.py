@@ -157,7 +157,7 @@ def evaluate_released(
     """Held-out test metrics of the last round's model and, if asked, the membership-inference attack on it."""
     from medheaven.data import encode_features, prepare_hospital_data
     from medheaven.data.schemas import GROUP, LABEL
-    from medheaven.federated.evaluation import binary_metrics
+    from medheaven.evaluation.metrics import binary_metrics
     from medheaven.federated.nodes import schema_reader
 
     released = ReleasedModel(simulation, run)

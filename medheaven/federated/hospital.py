@@ -28,7 +28,7 @@ from medheaven.errors import (
     RoundClosedError,
     StoreConflictError,
 )
-from medheaven.federated.evaluation import binary_metrics
+from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
