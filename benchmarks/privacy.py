@@ -98,8 +98,8 @@ class ReleasedModel:
 
     def __init__(self, simulation: Simulation, run: str) -> None:
         from medheaven.data import FeatureLayout
-        from medheaven.export import decrypt_global_model, decrypt_standardiser, load_key_holder_context
         from medheaven.model import build_model, set_flat_weights
+        from medheaven.serving.export import decrypt_global_model, decrypt_standardiser, load_key_holder_context
 
         store = simulation.store()
         secret = load_key_holder_context(simulation.keys.secret)
@@ -163,7 +163,7 @@ def evaluate_released(
     """Held-out test metrics of the last round's model and, if asked, the membership-inference attack on it."""
     from medheaven.data import encode_features, prepare_hospital_data
     from medheaven.data.schemas import GROUP, LABEL
-    from medheaven.federated.evaluation import binary_metrics
+    from medheaven.evaluation.metrics import binary_metrics
     from medheaven.federated.nodes import schema_reader
 
     released = ReleasedModel(simulation, run)

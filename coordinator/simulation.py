@@ -177,7 +177,7 @@ def default_model(
     l2: float = 1e-3,
     seed: int = 0,
 ) -> ModelSpec:
-    """The readmission MLP of the centralised baseline (medheaven.baseline), so results compare like for like."""
+    """The readmission MLP of the centralised baseline (medheaven.evaluation.baseline), so results compare like for like."""
     from medheaven.data import FeatureLayout
 
     n_features = FeatureLayout.from_dict(simulation.layout).n_features

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from coordinator.simulation import Simulation, default_model, hospital_nodes, run_in_threads, simulation_config
 from medheaven.cli.results import export_command, predict_command, report_command
 from medheaven.data import FeatureLayout, encode_features, generate_synthetic, get_schema, load_dataset
-from medheaven.federated.evaluation import binary_metrics
+from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.release import released_metrics
-from medheaven.predict import read_prediction_input
+from medheaven.serving.predict import read_prediction_input
 
 RUN = "exported"
 ROUNDS = 2

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from coordinator.cli import app as coordinator_app
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
 from medheaven.cli.results import export_command, predict_command, report_command
-from medheaven.export import Preprocessing, preprocessing_path
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy import DpConfig
 from medheaven.privacy.spent import model_privacy, spent_by_hospital
+from medheaven.serving.export import Preprocessing, preprocessing_path
 
 RUN = "dp-report"
 ROUNDS = 2

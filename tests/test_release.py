@@ -14,7 +14,7 @@ import pytest
 from federation_support import small_simulation
 
 from coordinator.simulation import default_model, run_in_threads, simulation_config
-from medheaven.federated.evaluation import binary_metrics
+from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.release import RELEASE_DECIMALS, released_metrics
 from medheaven.report import write_report
 

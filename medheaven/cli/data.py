@@ -160,7 +160,7 @@ def baseline_command(
     as_json: JsonOption = False,
 ) -> None:
     """Centralised (pooled) and local-only Keras MLPs on one held-out test set: the federation's bounds."""
-    from medheaven.baseline import run_baseline
+    from medheaven.evaluation.baseline import run_baseline
 
     with reported_errors():
         schema = get_schema(schema_name, schema_file=schema_file, target=target)

@@ -1,7 +1,7 @@
 """``medheaven doctor --role hospital|aggregator|coordinator``: check this node before it joins the federation.
 
-Registered in ``medheaven.cli`` as ``app.command("doctor")(doctor_command)``. Until then (or without the
-``medheaven`` entry point) ``python -m medheaven.cli.doctor --role hospital`` runs the same command.
+Registered in ``medheaven.cli.root`` as ``app.command("doctor")(doctor_command)``; the checks themselves live in
+``medheaven.doctor``.
 """
 
 from __future__ import annotations

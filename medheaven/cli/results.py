@@ -55,7 +55,7 @@ def report_command(
         raise ConfigurationError(f"--format must be one of {', '.join(REPORT_FORMATS)}, got {report_format!r}")
     secret = None
     if secret_context is not None:
-        from medheaven.export import load_key_holder_context
+        from medheaven.serving.export import load_key_holder_context
 
         secret = load_key_holder_context(secret_context)
     files = write_report(
@@ -111,7 +111,7 @@ def export_command(
 
     Example: medheaven export demo --secret-context keys/context.secret --out model.keras
     """
-    from medheaven.export import export_model, load_key_holder_context
+    from medheaven.serving.export import export_model, load_key_holder_context
 
     secret = load_key_holder_context(secret_context)
     result = export_model(
@@ -170,7 +170,7 @@ def predict_command(
 
     Example: medheaven predict --model model.keras --data admissions.csv --schema diabetes130 --out scores.csv
     """
-    from medheaven.predict import predict_file
+    from medheaven.serving.predict import predict_file
 
     result = predict_file(model, data, schema_name=schema, schema_file=schema_file)
     if out is None:

@@ -28,7 +28,7 @@ from medheaven.errors import (
     RoundClosedError,
     StoreConflictError,
 )
-from medheaven.federated.evaluation import binary_metrics
+from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.model_pool import ModelSlot, model_slot
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase

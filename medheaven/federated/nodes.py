@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from medheaven.crypto.codec import load_secret_keys
 from medheaven.crypto.signing import agreement_key_path, load_signing_key, validate_hospital_id
 from medheaven.errors import ConfigurationError, KeyCustodyError
+from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.aggregator import AggregatorNode
-from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase

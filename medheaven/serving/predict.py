@@ -27,8 +27,8 @@ from medheaven.data.johns import clean_johns
 from medheaven.data.loading import clean_categorical, parse_numeric, read_raw_csv
 from medheaven.data.schemas import PREPARED
 from medheaven.errors import ConfigurationError, DataFileError, SchemaError
-from medheaven.export import Preprocessing, preprocessing_path
-from medheaven.federated.evaluation import binary_metrics
+from medheaven.evaluation.metrics import binary_metrics
+from medheaven.serving.export import Preprocessing, preprocessing_path
 
 if TYPE_CHECKING:
     import keras
