@@ -76,17 +76,17 @@ cp keys/context.public "$work/operator/context.public"
 # -- 2. hospital identities: each hospital, on its own machine ---------------------------------------------
 cd "$work/h1"
 medheaven hospital init --id h1 --out keys/
-cp keys/h1.verify.hex "$work/operator/"
+cp keys/h1.verify.hex keys/h1.agreement.hex "$work/operator/"
 cd "$work/h2"
 medheaven hospital init --id h2 --out keys/
-cp keys/h2.verify.hex "$work/operator/"
+cp keys/h2.verify.hex keys/h2.agreement.hex "$work/operator/"
 
 # -- 3. operator: publish the public context, register the hospitals, split the simulation data -----------
 cd "$work/operator"
 export MEDHEAVEN_STORE="$store"
 medheaven federation publish --public-context context.public
-medheaven hospital register --id h1 --verify-key h1.verify.hex
-medheaven hospital register --id h2 --verify-key h2.verify.hex
+medheaven hospital register --id h1 --verify-key h1.verify.hex --agreement-key h1.agreement.hex
+medheaven hospital register --id h2 --verify-key h2.verify.hex --agreement-key h2.agreement.hex
 medheaven data split --out data/ --hospitals 2
 # each hospital gets its own file and the column list (schema.json) the prepared schema reads beside it
 for h in h1 h2; do mkdir -p "$work/$h/data" && cp "data/$h.csv" data/schema.json "$work/$h/data/"; done

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, prepare_simulation
-from medheaven.cli_doctor import doctor_command
+from medheaven.cli.doctor import doctor_command
 from medheaven.crypto.signing import create_hospital_identity
 from medheaven.doctor import CheckResult, diagnose, redact_url, run_checks, secret_material_kind
 from medheaven.federated.setup import init_keys
