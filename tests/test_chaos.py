@@ -2,13 +2,14 @@
 
 Real Redis (append-only file on), three hospitals served by 2, 1 and 2 worker processes, the aggregator and the
 coordinator CLI (``python -m coordinator run``), quorum 2 of 3, 4 rounds. Once round 1 has committed, faults are
-drawn from a ``random.Random(seed)`` one after another, 3-8 s apart (at most ``MAX_FAULTS``): SIGKILL of a
+drawn from a ``random.Random(seed)`` one after another, 2-5 s apart (at most ``MAX_FAULTS``): SIGKILL of a
 hospital worker's main process (restarted under the same name a moment later, as a service manager with
 ``Restart=always`` would), SIGKILL of a pool process, SIGKILL of the aggregator (restarted), SIGKILL of the
 coordinator (then ``resume``), SIGSTOP of any of these for 5-20 s, and exactly one Redis restart on the same port
-and directory; every kind comes once (in a seeded order) before the weighted draws. Faults stop once the last round
-has committed or ``MAX_FAULTS`` were injected; the run must then finish and pass ``assert_run_sound``. Fault counts
-and the time from each fault to the next commit are printed. ``MEDHEAVEN_CHAOS_SEED`` replays another sequence.
+and directory; every kind comes once (in a seeded order) before the weighted draws. Faults stop once every kind has
+come and the last round has committed, or after ``MAX_FAULTS``; the run must then finish and pass
+``assert_run_sound``. Fault counts and the time from each fault to the next commit are printed.
+``MEDHEAVEN_CHAOS_SEED`` replays another sequence.
 """
 
 from __future__ import annotations
@@ -243,12 +244,14 @@ def test_chaos_random_kills_stops_and_a_redis_restart_leave_the_run_sound(tmp_pa
             # every kind once in a seeded order (the one Redis restart among them), then weighted draws
             plan = [*KINDS, "restart redis"]
             rng.shuffle(plan)
+            # the plan is finished even if the last round has committed meanwhile (a fast machine): the coordinator
+            # is then validating the final model with every hospital, which must survive faults as well
             while (
-                fed.manifest(run_id, ROUNDS) is None
+                (plan or fed.manifest(run_id, ROUNDS) is None)
                 and time.time() - started < RUN_LIMIT
                 and len(chaos.faults) < MAX_FAULTS
             ):
-                time.sleep(rng.uniform(3.0, 8.0))
+                time.sleep(rng.uniform(2.0, 5.0))
                 if coordinator.finished():
                     break
                 chaos.inject(plan.pop(0) if plan else rng.choices(KINDS, WEIGHTS)[0])
