@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from coordinator.loop import Coordinator, HospitalStatus, RoundProgress
+from coordinator.loop import Coordinator, HospitalState, HospitalStatus, RoundProgress
 from coordinator.messaging import TaskState
 from coordinator.run import RunConfig
 from medheaven.federated.wire import RoundSpec
@@ -70,7 +70,7 @@ def test_coordinator_gives_a_lost_workers_task_back_to_its_hospital_queue(tmp_pa
     coordinator = Coordinator(LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001)
     spec = RoundSpec("lost", 1, 1, "update", ("h1", "h2"), 2, time.time() + 60, "ab" * 32)
     dispatch: dict[str, Any] = {"h1": {"task": "old-h1", "fold": "f1"}, "h2": {"task": "old-h2", "fold": "f2"}}
-    progress = RoundProgress(spec, {h: HospitalStatus(h, "training") for h in ("h1", "h2")})
+    progress = RoundProgress(spec, {h: HospitalStatus(h, HospitalState.TRAINING) for h in ("h1", "h2")})
     coordinator._give_back_lost_tasks(spec, dispatch, progress)
     assert transport.sent == [("train", (spec.to_dict(), "h2"))]
     assert dispatch["h2"] == {"task": "task-1", "fold": "fold-1", "lost": ["old-h2"]}
@@ -83,4 +83,5 @@ def test_coordinator_gives_a_lost_workers_task_back_to_its_hospital_queue(tmp_pa
         "its liveness lease expired; the coordinator gave h2's train task for update round 1 back to h2's queue as "
         "task task-1"
     )
-    assert progress.statuses["h2"].state == "queued" and progress.statuses["h1"].state == "training"
+    assert progress.statuses["h2"].state is HospitalState.QUEUED
+    assert progress.statuses["h1"].state is HospitalState.TRAINING
