@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from coordinator.loop import Coordinator, require_run_config
-from coordinator.progress import ProgressObserver
+from coordinator.progress import ProgressObserver, history_privacy
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
@@ -87,7 +87,8 @@ def _drive(store: Store, config: RunConfig, settings: Settings, *, quiet: bool, 
                     "layout": store.get_json(coordinator.paths.model)["layout"],
                     "failed_attempts": failed, "test": _test(coordinator)})  # fmt: skip
     else:
-        ProgressObserver.print_summary(stdout, history, _test(coordinator), failed)
+        privacy = history_privacy(history, coordinator.config.training.dp)
+        ProgressObserver.print_summary(stdout, history, _test(coordinator), failed, privacy=privacy)
 
 
 def _layout_phase(store: Store, config: RunConfig, settings: Settings, k: int, total: int | None, quiet: bool) -> Any:
@@ -240,7 +241,7 @@ def status(
     run_id: Annotated[str, typer.Option("--run-id")],
     json_output: Annotated[bool, typer.Option("--json")] = False,
     queues: Annotated[
-        bool, typer.Option("--queues", help="also read each queue's waiting and unacknowledged messages (broker)")
+        bool, typer.Option("--queues", help="also read each queue's depth, stranded messages and consumers (broker)")
     ] = False,
 ) -> None:
     """Show a run's committed rounds and metrics from the store (no broker needed unless --queues).
@@ -265,6 +266,9 @@ def status(
         "history": history,
         "failed_attempts": failed,
     }
+    privacy = history_privacy(history, config.training.dp)
+    if privacy is not None:
+        summary["privacy"] = privacy.to_dict()
     depths = _queue_depths(settings, list(config.hospitals)) if queues else []
     if queues:
         summary["queues"] = [dataclasses.asdict(d) for d in depths]
@@ -272,9 +276,9 @@ def status(
         print_json(summary)
         return
     stdout.print(f"run {run_id}: {committed} of {config.rounds} rounds committed")
-    ProgressObserver.print_summary(stdout, history, None, failed)
+    ProgressObserver.print_summary(stdout, history, None, failed, privacy=privacy)
     for depth in depths:
-        stdout.print(f"queue {depth.queue}: {depth.waiting} waiting, {depth.unacknowledged} unacknowledged")
+        stdout.print(depth.describe())
 
 
 def _queue_depths(settings: Settings, hospitals: list[str]) -> list[QueueDepth]:

@@ -370,6 +370,7 @@ class Coordinator:
             ledger = self._ledger(spec)
             progress = self._statuses(spec, dispatch, ledger)
             self._resend_unanswered_folds(spec, dispatch, progress, uploaded_since)
+            self._give_back_lost_tasks(spec, dispatch, progress)
             self.observer.round_progress(progress)
             # a hospital whose task failed will not answer this attempt: treat it like a refusal for the policy
             failed = tuple(
@@ -408,6 +409,36 @@ class Coordinator:
             self.observer.message(
                 f"{hospital}'s update for {spec.kind} round {spec.round} was not folded within "
                 f"{self.resend_after:.0f}s of its upload: sent its receipt to the aggregator again"
+            )
+
+    def _give_back_lost_tasks(self, spec: RoundSpec, dispatch: dict[str, Any], progress: RoundProgress) -> None:
+        """Send a hospital's task again to its queue when the worker running it died (its liveness lease expired,
+        ``workers.lease``), so that another worker of that hospital does the work in this round instead of the round
+        waiting for Redis' visibility timeout (hours). The new task is recorded before the old one is marked lost
+        (FAILURE, ``WorkerLostError``), so a coordinator killed in between only sends it once more on resume. A false
+        alarm (a frozen, not dead, worker) costs a duplicate: updates are create-only per attempt and each hospital is
+        folded at most once."""
+        task_name = self.HOSPITAL_TASKS[spec.kind]
+        for hospital, status in progress.statuses.items():
+            if status.state != "training":
+                continue
+            old = dispatch[hospital]
+            worker = self.transport.lost_worker(old["task"])
+            if worker is None:
+                continue
+            new = self.transport.send_hospital_task(task_name, (spec.to_dict(), hospital), hospital, fold=True)
+            dispatch[hospital] = {**new, "lost": [*old.get("lost", []), old["task"]]}
+            self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
+            self.transport.mark_lost(
+                old["task"],
+                f"worker {worker} was lost while running {hospital}'s {task_name} task for {spec.kind} round "
+                f"{spec.round} (its liveness lease expired); the coordinator gave the task back to {hospital}'s "
+                f"queue as task {new['task']}",
+            )
+            status.state, status.detail = HospitalState.QUEUED, f"worker {worker} lost; task given back to its queue"
+            self.observer.message(
+                f"{hospital}'s worker {worker} was lost while running its {task_name} task for {spec.kind} round "
+                f"{spec.round}: gave the task back to {hospital}'s queue"
             )
 
     def _settled(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:

@@ -12,6 +12,8 @@ from rich.table import Table
 from coordinator.loop import HospitalState, RoundProgress
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import RoundSpec
+from medheaven.privacy.config import DpConfig
+from medheaven.privacy.spent import ModelPrivacy, model_privacy
 
 _STYLE = {
     HospitalState.QUEUED: "dim",
@@ -88,9 +90,12 @@ class ProgressObserver:
         history: list[dict[str, Any]],
         test: dict[str, Any] | None,
         failed: list[dict[str, Any]] | None = None,
+        privacy: ModelPrivacy | None = None,
     ) -> None:
         table = rounds_table(history, title="rounds (validation metrics are of the model each round started from)")
         console.print(table)
+        for line in privacy.lines() if privacy is not None else []:
+            console.print(line, markup=False)
         for record in history:
             if suffix := not_folded_text(record):
                 console.print(f"round {record['round']}{suffix}", markup=False)
@@ -102,6 +107,11 @@ class ProgressObserver:
                 f"held-out test of round {test['round']}: ROC-AUC {metrics['roc_auc']:.3f}, "
                 f"PR-AUC {metrics['pr_auc']:.3f}, Brier {metrics['brier']:.4f}, base rate {metrics['base_rate']:.3f}"
             )
+
+
+def history_privacy(history: list[dict[str, Any]], dp: DpConfig | None) -> ModelPrivacy | None:
+    """Each hospital's spent (ε, δ) behind the last committed model, from the history's signed receipts."""
+    return model_privacy(dp, [(int(r["round"]), dict(r.get("privacy", {}))) for r in history])
 
 
 def not_folded_text(record: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
-from celery.exceptions import BackendGetMetaError, BackendStoreError
+from celery.exceptions import BackendGetMetaError, BackendStoreError, WorkerLostError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,6 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from coordinator.messaging import TaskState
 from medheaven.errors import BrokerUnreachableError
 from workers.config import AGGREGATE_QUEUE, hospital_queue
+from workers.config import OUTAGE_TOLERANCE as WORKERS_OUTAGE_TOLERANCE
+from workers.lease import LEASE_TTL, LeaseState, lease_state, redis_client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,8 +38,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     BackendGetMetaError,
     BackendStoreError,
 )
-#: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed).
-OUTAGE_TOLERANCE = 300.0
+#: How long the coordinator keeps retrying through a broker outage before it gives up (and can be resumed): the one
+#: tolerance of every MedHeaven process, defined with the workers' retry budgets (``workers.config``).
+OUTAGE_TOLERANCE = WORKERS_OUTAGE_TOLERANCE
 
 
 class CeleryTransport:
@@ -53,6 +56,9 @@ class CeleryTransport:
         if hasattr(app.backend, "always_retry"):
             app.backend.always_retry = False
         self._down_since: float | None = None  # unix time the current outage began (None: the broker answers)
+        # leases are judged only once the broker has answered for a whole lease period: right after an outage (or
+        # this process' start) a live worker may not have renewed yet, and would be taken for lost
+        self._reachable_since = time.time()
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """Run ``call``, retrying transient broker/backend errors with exponential backoff (0.5 s doubling to 5 s).
@@ -90,6 +96,7 @@ class CeleryTransport:
             if self._down_since is not None:
                 log.warning("broker reachable again after %.0fs", time.time() - self._down_since)
                 self._down_since = None
+                self._reachable_since = time.time()
             return result
 
     def send_hospital_task(
@@ -142,6 +149,36 @@ class CeleryTransport:
         if state == "SUCCESS":
             return TaskState(state, result=result.result)
         return TaskState(state)
+
+    def lost_worker(self, task_id: str) -> str | None:
+        """The worker that started ``task_id`` if it has died with it: the task is STARTED (its meta names the
+        worker's hostname) and that worker's liveness lease has expired (``workers.lease``). None while the worker
+        lives, when the task is not running, or when nothing can be known (no Redis backend, a worker without a
+        lease, the broker answering for less than a lease period)."""
+        client = redis_client(self.app)
+        if client is None or self._down_since is not None or time.time() - self._reachable_since < LEASE_TTL:
+            return None
+
+        def read() -> str | None:
+            meta = self.app.backend.get_task_meta(task_id)
+            info = meta.get("result")
+            if meta.get("status") != "STARTED" or not isinstance(info, dict) or not info.get("hostname"):
+                return None
+            hostname = str(info["hostname"])
+            pid = info.get("worker_pid")
+            state = lease_state(client, hostname, int(pid) if isinstance(pid, int) else None)
+            return hostname if state is LeaseState.EXPIRED else None
+
+        return self._retrying(f"reading the liveness lease of task {task_id}'s worker", read)
+
+    def mark_lost(self, task_id: str, reason: str) -> None:
+        """End a task whose worker died in FAILURE with ``WorkerLostError(reason)`` in the result backend, so that
+        the task's state says what happened instead of STARTED forever (Flower, ``AsyncResult``). A worker that was
+        only frozen and finishes after all overwrites it with its own SUCCESS."""
+        self._retrying(
+            f"recording task {task_id} as lost",
+            lambda: self.app.backend.mark_as_failure(task_id, WorkerLostError(reason), call_errbacks=False),
+        )
 
 
 def shadow_name(task: str, party: str, where: tuple[str, int | None]) -> str:

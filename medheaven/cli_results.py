@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from medheaven.cli_support import command, print_json, stderr, stdout
 from medheaven.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from medheaven.privacy.spent import ModelPrivacy
 
 StoreOption = Annotated[
     str | None, typer.Option("--store", help="file:///path or drive://<folder-id>; default MEDHEAVEN_STORE.")
@@ -132,6 +135,7 @@ def export_command(
         "model_sha256": result.preprocessing.model_sha256,
         "why_this_round": result.reason,
         "target": result.preprocessing.target,
+        "privacy": result.preprocessing.privacy.to_dict() if result.preprocessing.privacy is not None else None,
     }
     if json_output:
         print_json(summary)
@@ -140,7 +144,16 @@ def export_command(
     stdout.print(f"round          {escape(result.reason)}")
     stdout.print(f"preprocessing  {escape(str(result.preprocessing_path))}")
     stdout.print(f"score          {escape(result.preprocessing.target)}")
+    stdout.print(f"privacy        {escape(_privacy_text(result.preprocessing.privacy))}")
     stderr.print("[yellow]note:[/yellow] both files are the plaintext model; keep them where patient data may be kept")
+
+
+def _privacy_text(privacy: ModelPrivacy | None) -> str:
+    """One line: the (ε, δ) per hospital behind an exported model, or that it has none."""
+    if privacy is None:
+        return "no differential-privacy bound (the run trained without DP-SGD)"
+    spent = ", ".join(f"{h} ε={s.epsilon:.3f}" for h, s in sorted(privacy.per_hospital.items())) or "none trained"
+    return f"patient-level DP-SGD, δ={privacy.delta:g}, target ε={privacy.target_epsilon:g}: {spent}"
 
 
 @command
@@ -180,6 +193,7 @@ def predict_command(
     if result.excluded:
         note += f"; {result.excluded} row(s) removed by the {schema} schema's cleaning (not scored)"
     stderr.print(escape(note), soft_wrap=True)
+    stderr.print(escape(f"privacy: {_privacy_text(pre.privacy)}"), soft_wrap=True)
     if result.metrics is not None:
         metrics = result.metrics
         stderr.print(

@@ -6,7 +6,8 @@ hospital does), rebuilds the federated standardiser by decrypting ``<run>/stats/
 * ``<name>.keras``: the architecture of ``model.json`` with the decrypted weights;
 * ``<name>.preprocessing.json``: the feature layout, the standardiser, the schema of the prepared files, what the
   score means, and where the model came from (run, round, digest of the encrypted global model, digest of the
-  Keras file, so a model and someone else's preprocessing can never be paired by mistake).
+  Keras file, so a model and someone else's preprocessing can never be paired by mistake), and, for a run trained
+  with DP-SGD, each hospital's spent (ε, δ) behind this model (``privacy``; null without DP).
 
 Both files are the plaintext model the federation's encryption protected: they are written owner-only (0600).
 """
@@ -42,6 +43,7 @@ from medheaven.federated.phase import Phase
 from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
+from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
 from medheaven.private_files import check_private_file_mode, private_staging_dir, write_private_file
 from medheaven.store.base import Store
 
@@ -69,6 +71,8 @@ class Preprocessing:
     # the source data's target column and the values that were label 1 ("label"/["1"] when the split is unknown)
     target_column: str = "label"
     positive_values: tuple[str, ...] = ("1",)
+    # patient-level DP-SGD: the run's setting and each hospital's spent (ε, δ) behind this model; None without DP
+    privacy: ModelPrivacy | None = None
 
     @property
     def score_meaning(self) -> str:
@@ -92,6 +96,7 @@ class Preprocessing:
             "target_column": self.target_column,
             "positive_values": list(self.positive_values),
             "exported_at": self.exported_at,
+            "privacy": self.privacy.to_dict() if self.privacy is not None else None,
         }
 
     @classmethod
@@ -113,6 +118,7 @@ class Preprocessing:
                 model_sha256=str(data.get("model_sha256", "")),
                 exported_at=float(data.get("exported_at", 0.0)),
                 **target_fields(data.get("source_schema"), data),
+                privacy=ModelPrivacy.from_dict(data["privacy"]) if data.get("privacy") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"{source} is malformed ({exc!r}); export the model again") from exc
@@ -303,6 +309,7 @@ def export_model(
         # best effort: the test file's folder may hold another split's schema.json; it only records the target
         with contextlib.suppress(MedHeavenError):
             source_schema = read_split_schema(default, layout)
+    privacy = exported_privacy(store, run, decrypted.round)
     model_sha256 = _save_keras(description.model, decrypted.weights, out)
     preprocessing = Preprocessing(
         run=run,
@@ -318,10 +325,26 @@ def export_model(
         model_sha256=model_sha256,
         exported_at=time.time(),
         **target_fields(source_schema),
+        privacy=privacy,
     )
     side = preprocessing_path(out)
     write_private_file(side, (json.dumps(preprocessing.to_dict(), indent=2) + "\n").encode("utf-8"), force=True)
     return ExportResult(out, side, preprocessing, decrypted.total_samples, reason)
+
+
+def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy | None:
+    """Each hospital's spent (ε, δ) behind the model of ``round_number``, from the committed manifests' signed
+    receipts (None when the run did not use DP-SGD)."""
+    key = RunPaths(run).config
+    dp = run_dp(store.get_json(key)) if store.exists(key) else None
+    if dp is None:
+        return None
+    rounds = [
+        (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
+        for r in range(1, round_number + 1)
+        for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
+    ]
+    return model_privacy(dp, rounds, up_to=round_number)
 
 
 def _save_keras(spec: ModelSpec, weights: np.ndarray, out: Path) -> str:

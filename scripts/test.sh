@@ -10,6 +10,14 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 
+# The dashboard test (tests/test_dashboard_browser.py) drives Debian's Chromium through playwright; browsers are
+# never downloaded. Install it quietly when missing (root with apt, as in CI); without it that test fails and says so.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "installing Debian's chromium for the dashboard browser test (apt-get, quiet)"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium chromium-driver; } >/dev/null 2>&1 || echo "could not install chromium: the dashboard test will fail" >&2
+fi
+
 redis_up() { .venv/bin/python -c "import redis,sys; redis.Redis(host='127.0.0.1', port=6379, socket_timeout=2).ping()" 2>/dev/null; }
 if ! redis_up; then
   if command -v redis-server >/dev/null 2>&1; then

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import aggregator, federation, scaling
+from benchmarks import aggregator, federation, privacy, scaling
 
 
 def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
@@ -73,3 +73,26 @@ def test_crypto_bfv_rows_emit_sizes_costs_and_fold_path() -> None:
     assert set(row["encrypt_mask_us_per_param_by_hospitals"]) == {str(k) for k in MASK_COHORTS}
     assert row["fold_path_mparams_per_s"] > 0 and row["noise_budget_bits_after_hospitals"] > 0
     assert set(measure_ckks_fold_path(updates, repeat=1)) == {"format_2_mparams_per_s", "format_1_mparams_per_s"}
+
+
+def test_privacy_benchmark_emits_table_with_attack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    privacy.main(
+        [
+            "--mode", "threads", "--hospitals", "2", "--scheme", "column:admission_source_id", "--rounds", "1",
+            "--hidden", "8", "--synthetic-rows", "800", "--epsilons", "none,3", "--attack-epsilons", "3",
+            "--batch-size", "32", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    result = _stdout_json(capsys)
+    assert [line["epsilon"] for line in result["table"]] == ["none", "3"]
+    plain, private = result["rows"]
+    assert plain["spent"] == {} and "attack" not in plain  # no attack asked for the non-private row
+    assert set(private["spent"]) == set(result["hospitals"])
+    assert all(0 < s["epsilon"] <= 3.0 * 1.001 and s["delta"] == 1e-5 for s in private["spent"].values())
+    attack = private["attack"]
+    assert set(attack["per_hospital"]) == set(result["hospitals"]) and 0.0 <= attack["mean_roc_auc"] <= 1.0
+    for row in attack["per_hospital"].values():  # equal-size member and non-member samples, pooled and matched
+        assert row["patients_each"] > 0 and row["matched"]["patients_each"] > 0
+    line = result["table"][1]
+    assert {"test_roc_auc", "test_pr_auc", "roc_auc_gap_to_no_dp", "round_time_ratio_to_no_dp"} <= line.keys()
+    assert line["roc_auc_gap_to_no_dp"] == pytest.approx(plain["test"]["roc_auc"] - private["test"]["roc_auc"])

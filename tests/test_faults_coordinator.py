@@ -193,6 +193,12 @@ class _RecordingTransport:
             raise _WatchingStartedError  # the round was opened and is being watched: that is all these tests need to see
         return TaskState("PENDING")
 
+    def lost_worker(self, task_id: str) -> str | None:
+        return None
+
+    def mark_lost(self, task_id: str, reason: str) -> None:
+        raise AssertionError("no worker is lost in these tests")
+
 
 def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Coordinator:
     config = RunConfig(run="bare", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)

@@ -15,6 +15,7 @@ from fault_support import (
     assert_run_sound,
     environment_without_medheaven,
     federation,
+    log_text,
     redis_server,
     wait_for,
 )
@@ -43,7 +44,14 @@ def test_fault_redis_restarted_mid_round_run_completes(tmp_path: Path) -> None:
         assert run.thread.is_alive(), f"the coordinator gave up during the outage: {run.error!r}"
         redis.start()
         history = run.result(timeout=300)
+        logs = {w.name: log_text(w) for w in fed.cluster.workers}
     assert [r["round"] for r in history] == [1, 2]
+    # each worker logged the outage as one line when it began and one when it ended, not a line (and a traceback)
+    # per retry (workers.outage_log)
+    for name, text in logs.items():
+        assert "broker unreachable since" in text and "broker reachable again after" in text, (name, text[-3000:])
+        for noise in ("Failed operation", "Cannot connect to", "Connection to broker lost", "In Celery 5.1 we"):
+            assert noise not in text, (name, noise, text[-3000:])
     assert_run_sound(simulation, config.run, rounds=2, watcher=watcher, expected={1: {h1, h2}, 2: {h1, h2}})
 
 

@@ -29,6 +29,7 @@ from fault_support import (
 )
 from federation_support import small_simulation
 
+from coordinator.loop import LogObserver
 from coordinator.transport import CeleryTransport
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.federated.protocol import sha256_hex
@@ -36,9 +37,25 @@ from medheaven.federated.protocol import sha256_hex
 pytestmark = pytest.mark.slow
 
 
+class _TimedObserver(LogObserver):
+    """The coordinator's messages with the time each was shown."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[float, str]] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append((time.time(), text))
+        super().message(text)
+
+
 def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp_path: Path) -> None:
-    """SIGKILL the pool process training a hospital's update: the task goes back to the queue (late ack + reject on
-    worker lost), a process of the same hospital trains it again, and the round commits with every hospital."""
+    """Round 1: SIGKILL the pool process training a hospital's update: the task goes back to the queue (late ack +
+    reject on worker lost), a process of the same hospital trains it again, and the round commits with every hospital.
+
+    Round 2 (issue 19, defect 4): SIGKILL the *main* process of the worker training that hospital's update (its pool
+    process dies with it, so nothing gives the message back and Redis would hold it unacknowledged until the
+    visibility timeout). Its liveness lease expires, the coordinator gives the task back to the hospital's queue, the
+    hospital's other worker trains it in the same round, and the dead task ends FAILURE with the reason."""
     simulation = small_simulation(tmp_path / "sim", hospitals=2, rows=2000)
     h1, h2 = simulation.hospitals
     with (
@@ -49,25 +66,46 @@ def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp
         fed.start_hospital(h2)
         fed.start_hospital(h2)
         fed.wait_ready()
-        config = fed.config("kill-hospital", rounds=1, round_timeout=180)
+        config = fed.config("kill-hospital", rounds=2, round_timeout=240)
         watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        observer = _TimedObserver()
+        run = BackgroundRun(fed.coordinator(config, observer=observer))
 
-        # freeze the process that runs h2's training the moment it starts, check it is mid-task, then SIGKILL it
-        def started() -> dict[str, object] | None:
-            state, info = fed.train_state(config.run, 1, h2)
+        def started(round_number: int) -> dict[str, object] | None:
+            state, info = fed.train_state(config.run, round_number, h2)
             return info if state == "STARTED" and isinstance(info, dict) else None
 
-        info = wait_for(started, timeout=120, what="h2's round-1 training to start", interval=0.02)
+        # round 1: freeze the process that runs h2's training the moment it starts, check it is mid-task, SIGKILL it
+        info = wait_for(lambda: started(1), timeout=120, what="h2's round-1 training to start", interval=0.02)
         victim = psutil.Process(int(info["pid"]))
         victim.send_signal(signal.SIGSTOP)
         assert fed.train_state(config.run, 1, h2)[0] == "STARTED", "training finished before the kill"
         task_id = fed.dispatch(config.run, 1)[h2]["task"]
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-        history = run.result(timeout=240)
+
+        # round 2: SIGKILL the main process of the worker training h2's update
+        info = wait_for(lambda: started(2), timeout=180, what="h2's round-2 training to start", interval=0.02)
+        lost_id = fed.dispatch(config.run, 2)[h2]["task"]
+        dead = next(w for w in fed.cluster.workers if str(info["hostname"]).startswith(f"{w.name}@"))
+        survivor = next(w for w in fed.cluster.workers if w.name.startswith(f"{h2}-") and w is not dead)
+        pool = pool_children(dead)
+        assert [p.pid for p in pool] == [int(info["pid"])]
+        assert fed.train_state(config.run, 2, h2)[0] == "STARTED", "training finished before the kill"
+        psutil.Process(dead.process.pid).send_signal(signal.SIGKILL)  # the main process only
+        killed_at = time.time()
+        dead.process.wait(timeout=30)
+        psutil.wait_procs(pool, timeout=30)  # the pool process dies with its parent (PR_SET_PDEATHSIG)
+
+        history = run.result(timeout=300)
         served_by = fed.app.AsyncResult(task_id).result["hospital"]
         deliveries = int(redis.client().get(f"medheaven:deliveries:{task_id}") or 0)
+        second = fed.manifest(config.run, 2)
+        dispatch = fed.dispatch(config.run, 2)
+        lost_state, lost_info = fed.task_state(lost_id)
+        given_back_state, _ = fed.task_state(dispatch[h2]["task"])
+        stranded = [m["headers"]["id"] for m in unacked(redis.client(), f"hospital.{h2}")]
+        survivor_log = log_text(survivor)
         # the same training task delivered once more after the commit (as a broker redelivery would): the hospital
         # acknowledges and drops it without training (issue 19), so the folded update is untouched and no fold runs
         update = simulation.store_dir / f"{config.run}/updates/1/a1/{h2}.ckks"
@@ -81,14 +119,29 @@ def test_fault_hospital_worker_sigkilled_during_training_task_is_redelivered(tmp
         )
         fold_state = fed.task_state(again["fold"])[0]
         logs = "".join(log_text(w) for w in fed.cluster.workers if w.name.startswith(h2))
+    assert second is not None
+    given_back_at = next(at for at, text in observer.messages if "was lost while running" in text)
+    print(
+        f"\nhospital main process SIGKILLed mid-training (round 2): lost worker noticed and task given back "
+        f"{given_back_at - killed_at:.1f}s after the kill; round committed {second.finalised_at - killed_at:.1f}s "
+        "after the kill"
+    )
     assert update.read_bytes() == folded_bytes, "a redelivered training task overwrote a folded update"
     assert "dropped without training" in str(dropped[1]) and "already committed" in str(dropped[1]), dropped
     assert fold_state == "PENDING", "a dropped train task still ran its fold"
     assert "dropped the train task of" in logs
     assert served_by == h2
     assert deliveries == 2, "the killed task was not delivered a second time"
-    assert sorted(history[0]["participants"]) == [h1, h2]
-    assert_run_sound(simulation, config.run, rounds=1, watcher=watcher, expected={1: {h1, h2}})
+    # round 2: the task of the dead worker was given back and ended FAILURE with the reason
+    assert dispatch[h2]["lost"] == [lost_id] and dispatch[h2]["task"] != lost_id
+    assert lost_state == "FAILURE" and type(lost_info).__name__ == "WorkerLostError", (lost_state, lost_info)
+    assert "was lost while running" in str(lost_info) and dead.name in str(lost_info)
+    assert given_back_state == "SUCCESS"
+    assert dispatch[h2]["task"] in survivor_log, "the given-back task was not trained by h2's other worker"
+    assert stranded == [lost_id], "the dead worker's message should still sit unacknowledged (visibility timeout)"
+    assert second.finalised_at < second.deadline, "round 2 committed only at its deadline"
+    assert [sorted(r["participants"]) for r in history] == [[h1, h2], [h1, h2]]
+    assert_run_sound(simulation, config.run, rounds=2, watcher=watcher, expected={1: {h1, h2}, 2: {h1, h2}})
 
 
 def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_once(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@
   and a worker killed mid-training gives its task back. ``MEDHEAVEN_MAX_DELIVERIES`` stops a task that keeps
   killing its worker (see ``workers.guard``).
 * Redis' visibility timeout is longer than any task's hard time limit, so a slow but live task is not redelivered.
-* Publishing and result storage retry through a broker restart (about two minutes), so no trained update is lost.
+* Publishing and result storage retry through a broker outage of up to ``OUTAGE_TOLERANCE`` (300 s, the same
+  tolerance as the coordinator's), so no trained update is lost; the worker's log shows the outage as one line when
+  it begins and one when it ends (``workers.outage_log``).
 * Worker task events on (sent events off: they carry the real name, not the shadow), so Flower shows workers
   and tasks named by kind, hospital, round and run.
 """
@@ -27,6 +29,15 @@ from kombu.serialization import register
 from medheaven.settings import Settings
 
 AGGREGATE_QUEUE = "aggregate"
+#: Seconds of continuous broker outage every MedHeaven process rides out: the coordinator's calls
+#: (``coordinator.transport``) and the workers' publishes and result writes (below). Longer outages fail the call;
+#: ``medheaven-coordinator resume`` continues the run.
+OUTAGE_TOLERANCE = 300.0
+#: kombu's publish retry: sleeps of 0.5 s, 1 s, ... growing by 0.5 s up to 3 s
+PUBLISH_RETRY_START, PUBLISH_RETRY_STEP, PUBLISH_RETRY_MAX = 0.5, 0.5, 3.0
+#: Celery's result-backend retry sleeps a random time between 0 and min(cap, 10 ms * 2^n) (full jitter): at the cap
+#: the mean sleep is half of it
+BACKEND_RETRY_CAP_MS = 4000
 MAX_MESSAGE_BYTES = 256 * 1024  # task messages carry references and digests only; a receipt is < 4 KiB
 
 
@@ -97,6 +108,24 @@ def _broker_transport_options(broker_url: str, visibility: int) -> dict[str, Any
     return options
 
 
+def publish_retries(tolerance: float = OUTAGE_TOLERANCE) -> int:
+    """Publish retries whose sleeps add up to at least ``tolerance`` seconds."""
+    total, interval, retries = 0.0, PUBLISH_RETRY_START, 0
+    while total < tolerance:
+        total += min(interval, PUBLISH_RETRY_MAX)
+        interval += PUBLISH_RETRY_STEP
+        retries += 1
+    return retries
+
+
+def backend_retries(tolerance: float = OUTAGE_TOLERANCE) -> int:
+    """Result-backend retries whose jittered sleeps add up to ``tolerance`` seconds with a wide margin: the mean
+    sleep at the cap is cap/2, and 30 % more retries put the sum's mean ~6 standard deviations above the tolerance
+    (150 uniform sleeps have a standard deviation of ~14 s around their mean)."""
+    mean_sleep = BACKEND_RETRY_CAP_MS / 2000
+    return int(1.3 * tolerance / mean_sleep) + 1
+
+
 def celery_config(settings: Settings, *, hospitals: Iterable[str] = ()) -> dict[str, Any]:
     visibility = settings.task_time_limit * 2 + 60
     config: dict[str, Any] = {
@@ -129,18 +158,21 @@ def celery_config(settings: Settings, *, hospitals: Iterable[str] = ()) -> dict[
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        # A broker restart must not cost a hospital the update it just trained: publishing its receipt (the fold
-        # callback) and storing its result keep retrying for about two minutes instead of Celery's ~1 s default.
-        # Both are safe to repeat (the fold is idempotent, a result is keyed by task id).
+        # A broker outage must not cost a hospital the update it just trained: publishing its receipt (the fold
+        # callback) and storing its result keep retrying for OUTAGE_TOLERANCE (Celery's defaults give up after ~1 s
+        # and ~50 s). Both are safe to repeat (the fold is idempotent, a result is keyed by task id).
         "task_publish_retry_policy": {
-            "max_retries": 40,
-            "interval_start": 0.5,
-            "interval_step": 0.5,
-            "interval_max": 3,
+            "max_retries": publish_retries(),
+            "interval_start": PUBLISH_RETRY_START,
+            "interval_step": PUBLISH_RETRY_STEP,
+            "interval_max": PUBLISH_RETRY_MAX,
         },
         "result_backend_always_retry": True,
-        "result_backend_max_retries": 40,
-        "result_backend_max_sleep_between_retries_ms": 3000,
+        "result_backend_max_retries": backend_retries(),
+        "result_backend_max_sleep_between_retries_ms": BACKEND_RETRY_CAP_MS,
+        # A running late-ack task keeps running through a connection loss (Celery 6 will cancel it by default): a
+        # short outage must not throw away every training in progress. Its result is stored once Redis is back.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
     }
     tls = _tls_options(settings)

@@ -3,7 +3,8 @@
 With late acks and requeue-on-worker-loss, a task whose input crashes the process (out of memory, a native
 library abort) would come back after every crash. Each delivery increments a counter keyed by task id in the
 result backend's Redis (or in process memory for the in-process demo); past ``MEDHEAVEN_MAX_DELIVERIES`` the task
-fails without running, which is recorded, acknowledged and visible in Flower.
+fails without running, which is recorded, acknowledged and visible in Flower. Every delivery after the first is
+reported (``workers.task_state.report_redelivery``: a log line and Flower's Retries count).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from typing import Any
 
 from medheaven.errors import MedHeavenError
+from workers.task_state import report_redelivery
 
 _LOCAL_COUNTS: dict[str, int] = {}
 _LOCAL_LOCK = threading.Lock()
@@ -40,6 +42,8 @@ def count_delivery(task: Any, *, limit: int) -> int:
         with _LOCAL_LOCK:
             count = _LOCAL_COUNTS.get(task_id, 0) + 1
             _LOCAL_COUNTS[task_id] = count
+    if count > 1:
+        report_redelivery(task, count)
     if count > limit:
         raise DeliveryLimitError(
             f"task {task.name}[{task_id}] was delivered {count} times without finishing (limit {limit}); it is "

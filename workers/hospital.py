@@ -16,6 +16,7 @@ from celery import Task, bootsteps
 
 from workers.app import app, settings
 from workers.guard import count_delivery
+from workers.lease import announce
 
 if TYPE_CHECKING:
     from medheaven.federated.hospital import HospitalNode
@@ -70,6 +71,7 @@ app.steps["worker"].add(HospitalStartupCheck)
 
 def _guard(task: Task) -> None:
     count_delivery(task, limit=settings().max_deliveries)
+    announce(task)  # the worker's main pid joins the STARTED meta: see workers.lease
 
 
 @app.task(name="medheaven.hospital.stats", bind=True)
@@ -106,7 +108,23 @@ def train(self: Task, spec: dict[str, Any], hospital: str) -> dict[str, Any]:
         log.warning("dropped the train task of %s for %s round %s untrained: %s", hospital, round_spec.kind,
                     round_spec.round, closed)  # fmt: skip
         raise RoundClosedError(f"train task of {hospital!r} dropped without training: {closed}")
+    folded = _already_folded(node.store, round_spec, hospital)
+    if folded is not None:
+        # a task given back after a false alarm (its worker was frozen, not dead, and finished after all)
+        log.warning("dropped the train task of %s for %s round %s untrained: %s", hospital, round_spec.kind,
+                    round_spec.round, folded)  # fmt: skip
+        raise RoundClosedError(f"train task of {hospital!r} dropped without training: {folded}")
     return node.train(round_spec).to_dict()
+
+
+def _already_folded(store: Any, spec: Any, hospital: str) -> str | None:
+    from medheaven.federated.ledger import Ledger
+    from medheaven.federated.paths import RunPaths
+
+    key = RunPaths(spec.run).ledger(spec.kind, spec.round, spec.attempt)
+    if store.exists(key) and hospital in Ledger.from_dict(store.get_json(key)).folded_hospitals:
+        return f"{hospital}'s update is already folded into attempt {spec.attempt} of {spec.kind} round {spec.round}"
+    return None
 
 
 @app.task(name="medheaven.hospital.validate", bind=True)

@@ -34,7 +34,7 @@ from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
 from medheaven.federated.results import committed_average, committed_manifest, open_committed
-from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Receipt, RoundSpec, RunDescription
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ class HospitalNode:
         if self.audit and stored:
             self.audit_updates[(spec.run, spec.round)] = packed
         timings["encrypt_upload"] = time.perf_counter() - clock
-        released = released_metrics(metrics) if training.dp is None or training.dp.release_metrics else {}
+        released = released_metrics(metrics) if training.releases_metrics else {}
         return self._receipt(spec, key, digest, size, released, timings, privacy=privacy)
 
     def _train_private(self, cache: _RunCache, model: keras.Model, spec: RoundSpec) -> dict[str, float]:
@@ -399,6 +399,12 @@ class HospitalNode:
         """Metrics of a committed global model on this hospital's validation patients (finite values only)."""
         from medheaven.model import predict_risk, set_flat_weights
 
+        config = RunPaths(run).config
+        if (
+            self.store.exists(config)
+            and not LocalTraining.from_dict(self.store.get_json(config)["training"]).releases_metrics
+        ):
+            return {}  # --no-dp-metrics: the final model's validation metrics are withheld like the per-round ones
         cache = self._run(run)
         prepared = self._prepared(cache)
         model = self._model(cache)

@@ -43,6 +43,12 @@ class LocalTraining:
     def rate_for(self, round_number: int) -> float:
         return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
 
+    @property
+    def releases_metrics(self) -> bool:
+        """Whether hospitals report validation metrics (per round and of the final model): off under DP-SGD with
+        ``--no-dp-metrics``, since the accountant does not cover them."""
+        return self.dp is None or self.dp.release_metrics
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dp"] = self.dp.to_dict() if self.dp is not None else None

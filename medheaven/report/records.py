@@ -22,6 +22,7 @@ from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import Manifest, RunDescription
+from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
 from medheaven.store.base import Store
 
 PHASES = ("fetch_decrypt", "evaluate", "train", "encrypt_upload", "fold")
@@ -47,6 +48,8 @@ class RoundRow:
     phase_source: str  # "critical path" or "per-phase maximum"
     bytes_up: int
     global_bytes: int
+    # hospital -> the spent (ε, δ, z) it signed in this round's receipt under DP-SGD; empty without DP
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class RunRecords:
     @property
     def last_round(self) -> int:
         return max(self.global_sha256) if self.global_sha256 else -1
+
+    def privacy(self, model_round: int | None = None) -> ModelPrivacy | None:
+        """Each hospital's spent (ε, δ) behind the model of ``model_round`` (default: the last); None without DP."""
+        return model_privacy(run_dp(self.config), [(row.round, row.privacy) for row in self.rounds], up_to=model_round)
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,11 @@ def round_row(manifest: Manifest, history: dict[str, Any], *, hospitals: Any = (
         phase_source=source,
         bytes_up=int(history.get("bytes_up", sum(int(e.get("size", 0)) for e in manifest.folded))),
         global_bytes=int(history.get("global_bytes", manifest.result_size)),
+        privacy={
+            str(e["hospital"]): {k: float(v) for k, v in dict(e["privacy"]).items()}
+            for e in manifest.folded
+            if e.get("privacy")
+        },
     )
 
 

@@ -97,6 +97,7 @@ def report_blocks(
     blocks += _verification_section(records, verification)
     blocks += _bytes_section(records)
     blocks += _privacy_section(records)
+    blocks += _dp_section(records)
     return blocks
 
 
@@ -407,4 +408,51 @@ def _privacy_section(records: RunRecords) -> list[Block]:
                 "party with store access saw every update and every global model in the clear.**"
             )
         )
+    return blocks
+
+
+def _dp_section(records: RunRecords) -> list[Block]:
+    """Patient-level DP-SGD: the run's setting and each hospital's spent (ε, δ) behind the reported models."""
+    blocks: list[Block] = [Heading(2, "Differential privacy")]
+    last = records.privacy()
+    if last is None:
+        blocks.append(
+            Paragraph(
+                "This run trained without DP-SGD: the released models carry **no** (ε, δ) bound, and a membership-"
+                "inference attack on them is not ruled out (start a run with `--dp-epsilon` for one)."
+            )
+        )
+        return blocks
+    selected = records.test_round
+    chosen = records.privacy(selected) if selected is not None and selected != records.last_round else None
+    header: tuple[str, ...] = ("hospital", f"ε, last model (round {records.last_round})", "δ", "noise multiplier z")
+    header += (f"ε, tested model (round {selected})",) if chosen is not None else ()
+    rows = []
+    for hospital in records.hospitals:
+        spend = last.per_hospital.get(hospital)
+        row: tuple[str, ...] = (
+            hospital,
+            _fmt(spend.epsilon, 3) if spend else "0 (never folded)",
+            f"{spend.delta:g}" if spend else "n/a",
+            _fmt(spend.noise_multiplier, 3) if spend else "n/a",
+        )
+        if chosen is not None:
+            earlier = chosen.per_hospital.get(hospital)
+            row += (_fmt(earlier.epsilon, 3) if earlier else "0 (never folded)",)
+        rows.append(row)
+    metrics = (
+        "Their per-round validation metrics were released in the clear and are **not** covered by this bound "
+        '(see the README, "Differential privacy").'
+        if last.release_metrics
+        else "Hospitals withheld their per-round validation metrics (`--no-dp-metrics`)."
+    )
+    blocks += [
+        Paragraph(
+            f"Every hospital trained with patient-level DP-SGD: target ε = {last.target_epsilon:g} per patient at "
+            f"δ = {last.delta:g}, each patient's gradient clipped to L2 norm C = {last.clip:g}. Each hospital's ε is "
+            "the cumulative spend it signed in its last receipt folded into the model (RDP accountant, "
+            f"`dp-accounting`); the model's guarantee towards a hospital's patients is that hospital's row. {metrics}"
+        ),
+        Table(header, tuple(rows)),
+    ]
     return blocks

@@ -1,0 +1,84 @@
+"""Liveness leases on real Redis (workers.lease) and the coordinator's use of them (coordinator.loop): a worker that
+stops renewing, or is replaced under its name, is lost; a clean stop or a worker without a lease is never taken for
+lost; a lost worker's task is given back to its hospital's queue and the dead task ends with the reason."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from coordinator.loop import Coordinator, HospitalStatus, RoundProgress
+from coordinator.messaging import TaskState
+from coordinator.run import RunConfig
+from medheaven.federated.wire import RoundSpec
+from medheaven.store.local import LocalStore
+from workers.lease import REGISTRY_KEY, LeaseRenewer, LeaseState, lease_key, lease_state
+
+
+def test_lease_live_while_renewed_expired_when_not_unknown_after_a_clean_stop(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    renewer = LeaseRenewer(client, "h1-0@host", ttl=1, every=0.2)
+    renewer.start()
+    time.sleep(1.5)  # past the ttl: only renewals keep it alive
+    assert lease_state(client, "h1-0@host") is LeaseState.LIVE
+    holder = int(client.get(lease_key("h1-0@host")))
+    assert lease_state(client, "h1-0@host", holder) is LeaseState.LIVE
+    # the same name renewed by another main process: the worker that announced ``holder + 1`` is gone
+    assert lease_state(client, "h1-0@host", holder + 1) is LeaseState.EXPIRED
+    renewer._stop.set()  # a death: renewals stop, nothing deregisters
+    renewer._thread.join()
+    time.sleep(1.3)
+    assert lease_state(client, "h1-0@host") is LeaseState.EXPIRED
+    renewer.stop()  # a clean stop deregisters
+    assert lease_state(client, "h1-0@host") is LeaseState.UNKNOWN
+    assert not client.sismember(REGISTRY_KEY, "h1-0@host")
+    assert lease_state(client, "never-leased@host") is LeaseState.UNKNOWN
+
+
+class _LostWorkerTransport:
+    """h2's task is STARTED on a worker that the lease says is lost."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        self.marked: list[tuple[str, str]] = []
+
+    def send_hospital_task(
+        self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
+    ) -> dict[str, str]:
+        self.sent.append((name, args))
+        return {"task": f"task-{len(self.sent)}", "fold": f"fold-{len(self.sent)}"}
+
+    def send_aggregate_task(self, name: str, args: tuple[Any, ...]) -> str:
+        raise AssertionError("not used here")
+
+    def state(self, task_id: str) -> TaskState:
+        return TaskState("STARTED")
+
+    def lost_worker(self, task_id: str) -> str | None:
+        return "h2-0@host" if task_id == "old-h2" else None
+
+    def mark_lost(self, task_id: str, reason: str) -> None:
+        self.marked.append((task_id, reason))
+
+
+def test_coordinator_gives_a_lost_workers_task_back_to_its_hospital_queue(tmp_path: Path) -> None:
+    transport = _LostWorkerTransport()
+    config = RunConfig(run="lost", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)
+    coordinator = Coordinator(LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001)
+    spec = RoundSpec("lost", 1, 1, "update", ("h1", "h2"), 2, time.time() + 60, "ab" * 32)
+    dispatch: dict[str, Any] = {"h1": {"task": "old-h1", "fold": "f1"}, "h2": {"task": "old-h2", "fold": "f2"}}
+    progress = RoundProgress(spec, {h: HospitalStatus(h, "training") for h in ("h1", "h2")})
+    coordinator._give_back_lost_tasks(spec, dispatch, progress)
+    assert transport.sent == [("train", (spec.to_dict(), "h2"))]
+    assert dispatch["h2"] == {"task": "task-1", "fold": "fold-1", "lost": ["old-h2"]}
+    assert dispatch["h1"] == {"task": "old-h1", "fold": "f1"}
+    stored = coordinator.store.get_json(coordinator.paths.dispatch("update", 1, 1))
+    assert stored == dispatch  # the given-back task is what a resumed coordinator watches
+    [(task_id, reason)] = transport.marked
+    assert task_id == "old-h2"
+    assert "worker h2-0@host was lost while running h2's train task for update round 1" in reason
+    assert "as task task-1" in reason
+    assert progress.statuses["h2"].state == "queued" and progress.statuses["h1"].state == "training"
