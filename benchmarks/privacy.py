@@ -42,6 +42,7 @@ from coordinator.simulation import (
     run_in_threads,
     simulation_config,
 )
+from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
@@ -74,6 +75,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", default="64,32")
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument(
+        "--encryption",
+        choices=["default", "ckks"],
+        default="default",
+        help="default: the simulation's default scheme; ckks: the CKKS plan (as PRIVACY.md was measured)",
+    )
     parser.add_argument("--mode", choices=["threads", "processes"], default="processes")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--synthetic-rows", type=int, default=20000)
@@ -90,13 +97,12 @@ class ReleasedModel:
     holder, like every hospital), with the federation's standardiser."""
 
     def __init__(self, simulation: Simulation, run: str) -> None:
-        from medheaven.crypto.context import load_secret_context
         from medheaven.data import FeatureLayout
-        from medheaven.export import decrypt_global_model, decrypt_standardiser
+        from medheaven.export import decrypt_global_model, decrypt_standardiser, load_key_holder_context
         from medheaven.model import build_model, set_flat_weights
 
         store = simulation.store()
-        secret = load_secret_context(simulation.keys.secret)
+        secret = load_key_holder_context(simulation.keys.secret)
         decrypted = decrypt_global_model(store, secret, run)
         self.round = decrypted.round
         self.layout = FeatureLayout.from_dict(decrypted.description.layout)
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "nproc": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
-        "encryption": "on (CKKS, the default plan)",
+        "encryption": "CKKS, the default plan" if args.encryption == "ckks" else "the simulation's default scheme",
         "attack": "loss-threshold (per patient mean cross-entropy under the last round's decrypted global model); "
         "members: one hospital's training patients; non-members: an equal-size sample of held-out test patients",
     }
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         scheme=args.scheme,
         seed=args.seed,
         synthetic_rows=args.synthetic_rows,
+        params=plan_ckks_parameters() if args.encryption == "ckks" else None,
     )
     model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
     results["parameters"] = model.parameter_count()

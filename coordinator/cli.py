@@ -19,14 +19,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from coordinator.loop import Coordinator, require_run_config
+from coordinator.options import (
+    DP_CLIP,
+    DP_DELTA,
+    DP_METRICS,
+    DP_NOISE,
+    DpClipOption,
+    DpDeltaOption,
+    DpEpsilonOption,
+    DpMetricsOption,
+    DpNoiseOption,
+    dp_config,
+    local_training,
+)
 from coordinator.progress import ProgressObserver, history_privacy
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.cli_support import command, print_json, set_debug, stderr, stdout
+from medheaven.cli.support import command, print_json, set_debug, stderr, stdout
 from medheaven.errors import BrokerUnreachableError, QuorumNotReachedError
-from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
-from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
 from medheaven.store.base import Store
 
@@ -150,17 +161,11 @@ def run(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
-    dp_epsilon: Annotated[
-        float | None, typer.Option("--dp-epsilon", help="Patient-level DP-SGD: target ε per hospital (off if unset).")
-    ] = None,
-    dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (with --dp-epsilon).")] = 1e-5,
-    dp_clip: Annotated[float, typer.Option("--dp-clip", help="DP-SGD clipping norm C per patient.")] = 1.0,
-    dp_noise: Annotated[
-        float, typer.Option("--dp-noise", help="Fix z instead of calibrating it from ε and --rounds.")
-    ] = 0.0,
-    dp_metrics: Annotated[
-        bool, typer.Option("--dp-metrics/--no-dp-metrics", help="Report validation metrics (not DP; see README).")
-    ] = True,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = DP_DELTA,
+    dp_clip: DpClipOption = DP_CLIP,
+    dp_noise: DpNoiseOption = DP_NOISE,
+    dp_metrics: DpMetricsOption = DP_METRICS,
 ) -> None:
     """Start a new run and drive it to the end.
 
@@ -180,15 +185,13 @@ def run(
         rounds=rounds,
         min_hospitals=min_hospitals or len(hospital_ids),
         round_timeout=round_timeout or settings.round_timeout,
-        training=LocalTraining(
+        training=local_training(
             epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
             lr_decay=lr_decay,
-            dp=None
-            if dp_epsilon is None
-            else DpConfig(dp_epsilon, dp_delta, clip=dp_clip, noise_multiplier=dp_noise, release_metrics=dp_metrics),
-            planned_rounds=rounds,
+            rounds=rounds,
+            dp=dp_config(dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics),
         ),
         evaluator=evaluator,
         test_path=test_data,

@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from coordinator.loop import LogObserver, RoundProgress
+from coordinator.options import local_training
 from coordinator.progress import rounds_table
 from coordinator.simulation import (
     SimulationResult,
@@ -23,7 +24,8 @@ from coordinator.simulation import (
 )
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.hospital import HospitalNode
-from medheaven.federated.wire import LocalTraining, RoundSpec
+from medheaven.federated.wire import RoundSpec
+from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
 
 _err = Console(stderr=True)
@@ -96,6 +98,7 @@ def run_demo(
     synthetic_rows: int,
     plaintext: bool,
     quiet: bool,
+    dp: DpConfig | None = None,
 ) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings()
@@ -118,7 +121,9 @@ def run_demo(
         run=f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         rounds=rounds,
         round_timeout=settings.round_timeout,
-        training=LocalTraining(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        training=local_training(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, rounds=rounds, dp=dp
+        ),
         plaintext=plaintext,
     )
     model = default_model(simulation, seed=seed)

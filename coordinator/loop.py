@@ -420,7 +420,7 @@ class Coordinator:
         folded at most once."""
         task_name = self.HOSPITAL_TASKS[spec.kind]
         for hospital, status in progress.statuses.items():
-            if status.state != "training":
+            if status.state is not HospitalState.TRAINING:
                 continue
             old = dispatch[hospital]
             worker = self.transport.lost_worker(old["task"])
@@ -431,9 +431,8 @@ class Coordinator:
             self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
             self.transport.mark_lost(
                 old["task"],
-                f"worker {worker} was lost while running {hospital}'s {task_name} task for {spec.kind} round "
-                f"{spec.round} (its liveness lease expired); the coordinator gave the task back to {hospital}'s "
-                f"queue as task {new['task']}",
+                f"its liveness lease expired; the coordinator gave {hospital}'s {task_name} task for {spec.kind} "
+                f"round {spec.round} back to {hospital}'s queue as task {new['task']}",
             )
             status.state, status.detail = HospitalState.QUEUED, f"worker {worker} lost; task given back to its queue"
             self.observer.message(

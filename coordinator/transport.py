@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
-from celery.exceptions import BackendGetMetaError, BackendStoreError, WorkerLostError
+from celery.exceptions import BackendGetMetaError, BackendStoreError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +20,7 @@ from medheaven.errors import BrokerUnreachableError
 from workers.config import AGGREGATE_QUEUE, hospital_queue
 from workers.config import OUTAGE_TOLERANCE as WORKERS_OUTAGE_TOLERANCE
 from workers.lease import LEASE_TTL, LeaseState, lease_state, redis_client
+from workers.task_state import mark_worker_lost, running_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -172,13 +173,17 @@ class CeleryTransport:
         return self._retrying(f"reading the liveness lease of task {task_id}'s worker", read)
 
     def mark_lost(self, task_id: str, reason: str) -> None:
-        """End a task whose worker died in FAILURE with ``WorkerLostError(reason)`` in the result backend, so that
-        the task's state says what happened instead of STARTED forever (Flower, ``AsyncResult``). A worker that was
-        only frozen and finishes after all overwrites it with its own SUCCESS."""
-        self._retrying(
-            f"recording task {task_id} as lost",
-            lambda: self.app.backend.mark_as_failure(task_id, WorkerLostError(reason), call_errbacks=False),
-        )
+        """End a task whose worker died in FAILURE with ``WorkerLostError("worker lost: <worker> ...: <reason>")``,
+        in the result backend and as a ``task-failed`` event for Flower (``workers.task_state.mark_worker_lost``), so
+        that its state says what happened instead of STARTED forever. A task no longer STARTED is left alone; a
+        worker that was only frozen and finishes after all overwrites the failure with its own SUCCESS."""
+
+        def mark() -> None:
+            task = running_task(self.app, task_id)
+            if task is not None:
+                mark_worker_lost(self.app, task, reason=reason)
+
+        self._retrying(f"recording task {task_id} as lost", mark)
 
 
 def shadow_name(task: str, party: str, where: tuple[str, int | None]) -> str:

@@ -113,7 +113,7 @@ def typer_roots() -> dict[str, Any]:
     import typer
 
     from coordinator.cli import app as coordinator_app
-    from medheaven.cli import app as medheaven_app
+    from medheaven.cli.root import app as medheaven_app
 
     return {
         "medheaven": typer.main.get_command(medheaven_app),

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _modules_after_import(module: str) -> set[str]:
@@ -16,3 +20,33 @@ def test_architecture_round_loop_imports_no_celery() -> None:
     loaded = _modules_after_import("coordinator.loop")
     framework = sorted(m for m in loaded if m.split(".")[0] in {"celery", "kombu", "workers"})
     assert not framework, f"importing coordinator.loop loaded {framework}: the loop must depend on Transport only"
+
+
+def _imported_packages(path: Path) -> set[tuple[int, str]]:
+    """Top-level packages a module imports anywhere in its body (functions too: a deferred import is an edge)."""
+    found: set[tuple[int, str]] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def test_architecture_library_imports_nothing_from_the_application() -> None:
+    library = ROOT / "medheaven"
+    modules = sorted(library.rglob("*.py"))
+    assert len(modules) > 50, f"found only {len(modules)} modules under {library}"
+    edges = [
+        f"{path.relative_to(ROOT)}:{line} imports {package}"
+        for path in modules
+        for line, package in sorted(_imported_packages(path))
+        if package in {"coordinator", "workers"}
+    ]
+    assert not edges, "medheaven/ must not depend on the application or the workers:\n" + "\n".join(edges)
+
+
+def test_architecture_import_scan_sees_deferred_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from coordinator.demo import run_demo\n    import workers.app\n")
+    assert {package for _, package in _imported_packages(sample)} == {"coordinator", "workers"}

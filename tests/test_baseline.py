@@ -16,8 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from medheaven.baseline import chance_notes, run_baseline, score_predictions
+from medheaven.cli.data import baseline_command
 from medheaven.data import generate_synthetic, get_schema, load_dataset, load_frame
-from medheaven.data.cli import baseline_command
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIABETES_FILE = SHARED_DATA / "diabetes-130-us" / "diabetic_data.csv.gz"

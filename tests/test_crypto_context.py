@@ -399,7 +399,7 @@ def test_context_secret_round_trip_through_file_decrypts(
 def test_context_keys_init_command_writes_the_chosen_mode(encryption: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from medheaven.cli import app
+    from medheaven.cli.root import app
 
     result = CliRunner().invoke(
         app, ["keys", "init", "--out", str(tmp_path), "--scheme", "ckks", "--encryption", encryption, "--json"]
@@ -418,7 +418,7 @@ def test_context_keys_init_command_writes_the_chosen_mode(encryption: str, tmp_p
 def test_context_keys_init_command_refuses_an_unknown_mode(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from medheaven.cli import app
+    from medheaven.cli.root import app
 
     result = CliRunner().invoke(
         app, ["keys", "init", "--out", str(tmp_path), "--scheme", "ckks", "--encryption", "rot13"]
@@ -431,7 +431,7 @@ def test_context_keys_init_command_refuses_an_unknown_mode(tmp_path: Path) -> No
 def test_context_keys_init_command_defaults_to_bfv_masked(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from medheaven.cli import app
+    from medheaven.cli.root import app
     from medheaven.crypto.bfv import BfvPublicKeys, BfvSecretKeys
     from medheaven.crypto.codec import load_public_keys, load_secret_keys
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 import pytest
-from fault_support import BackgroundRun, federation, kill_family, wait_for
+from fault_support import BackgroundRun, federation, freeze, kill_family, wait_for
 from federation_support import small_simulation
 from flower_support import PASSWORD, USER, flower, http
 from test_release import COUNT_RATIOS, SEARCH, _metric_dicts, consistent_sizes
@@ -36,7 +36,7 @@ from medheaven.federated.nodes import schema_reader
 from medheaven.federated.release import RELEASE_DECIMALS
 from medheaven.settings import Settings
 from workers.config import hospital_queue
-from workers.task_state import WORKER_LOST, live_workers, lost_tasks, mark_worker_lost
+from workers.task_state import WORKER_LOST, live_workers, lost_tasks, mark_lost_tasks, mark_worker_lost
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +147,9 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
 
         running = wait_for(making_initial_model, timeout=120, what="h1's initial model task", interval=0.05)
         victim = psutil.Process(int(running["worker_pid"]))
+        victim.send_signal(signal.SIGSTOP)  # frozen first, so that the kill is certainly mid-task
+        still = making_initial_model()
+        assert still is not None and still["id"] == running["id"], "the initial model was made before the kill"
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         redelivered_id = str(running["id"])
@@ -154,10 +157,14 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
         # round 2: h2's whole worker dies mid-training; nothing inside it can report that, the lost-worker check can
         wait_for(lambda: training(2, h2), timeout=120, what="h2's round-2 training", interval=0.02)
         lost_id = fed.dispatch(RUN, 2)[h2]["task"]
+        freeze(fed.worker(f"{h2}-0"))  # frozen first, so that the kill is certainly mid-task
+        assert fed.train_state(RUN, 2, h2)[0] == "STARTED", "h2's training finished before the kill"
         kill_family(fed.worker(f"{h2}-0"))
-        lost = lost_tasks(fed.app, [lost_id, fed.dispatch(RUN, 2)[h1]["task"]], live=live_workers(fed.app))
+        round_2 = [lost_id, fed.dispatch(RUN, 2)[h1]["task"]]
+        lost = lost_tasks(fed.app, round_2, live=live_workers(fed.app))
         assert [t.task_id for t in lost] == [lost_id] and lost[0].worker.startswith(f"{h2}-0@"), lost
-        assert mark_worker_lost(fed.app, lost[0], reason="it stopped answering pings")
+        marked = mark_lost_tasks(fed.app, round_2, live=live_workers(fed.app), reason="it stopped answering pings")
+        assert [t.task_id for t in marked] == [lost_id]
         assert not mark_worker_lost(fed.app, lost[0], reason="again"), "a finished task was marked twice"
         with pytest.raises(QuorumNotReachedError, match="round 2"):
             run.result(timeout=120)
@@ -245,6 +252,10 @@ def test_dashboard_in_chromium_shows_failures_redeliveries_and_no_sample_counts(
                         lost_id: "task-worker-lost",
                         redelivered_id: "task-redelivered",
                     }.get(uuid)
+                    if shot is None:  # the other task pages: the same server-rendered HTML, read without a browser
+                        status, texts[f"/task/{uuid}"] = http(f"{base}/task/{uuid}")
+                        assert status == 200 and name in texts[f"/task/{uuid}"], (uuid, name)
+                        continue
                     body = visit(f"/task/{uuid}", shot)
                     assert name in body
                     if uuid == failed_round["uuid"]:

@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from medheaven.cli.data import baseline_command, data_app
 from medheaven.data import generate_synthetic, get_schema, load_dataset
-from medheaven.data.cli import baseline_command, data_app
 from medheaven.errors import DataFileError, SchemaError, TargetError
 
 

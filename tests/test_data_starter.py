@@ -13,9 +13,9 @@ from generic_support import tumour_frame, write_tumour_data
 from typer.testing import CliRunner
 
 from coordinator.demo import run_demo
-from medheaven.cli_results import export_command, predict_command
+from medheaven.cli.data import data_app
+from medheaven.cli.results import export_command, predict_command
 from medheaven.data import get_schema, load_dataset
-from medheaven.data.cli import data_app
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "schema.md"
 

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, prepare_simulation
-from medheaven.cli_doctor import doctor_command
+from medheaven.cli.doctor import doctor_command
 from medheaven.crypto.signing import create_hospital_identity
 from medheaven.doctor import CheckResult, diagnose, redact_url, run_checks, secret_material_kind
 from medheaven.federated.setup import init_keys
@@ -95,9 +95,9 @@ def test_doctor_fails_on_a_wrong_fingerprint(simulation: Simulation, redis_url: 
 def test_doctor_fails_on_a_secret_context_of_another_key_set(
     simulation: Simulation, redis_url: str, tmp_path: Path
 ) -> None:
-    from medheaven.crypto.context import load_public_context
+    from medheaven.crypto.codec import load_public_keys
 
-    other = init_keys(tmp_path / "other", load_public_context(simulation.keys.public).params)
+    other = init_keys(tmp_path / "other", load_public_keys(simulation.keys.public).params)
     results = run_checks("hospital", _hospital(simulation, redis_url, secret_context=other.secret))
     assert "MEDHEAVEN_CONTEXT_FINGERPRINT is" in _failure(results, "secret context")
     unpinned = _hospital(simulation, redis_url, secret_context=other.secret, context_fingerprint=None)

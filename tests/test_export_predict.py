@@ -18,7 +18,7 @@ from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, default_model, hospital_nodes, run_in_threads, simulation_config
-from medheaven.cli_results import export_command, predict_command, report_command
+from medheaven.cli.results import export_command, predict_command, report_command
 from medheaven.data import FeatureLayout, encode_features, generate_synthetic, get_schema, load_dataset
 from medheaven.federated.evaluation import binary_metrics
 from medheaven.federated.paths import RunPaths
@@ -31,7 +31,7 @@ ROUNDS = 2
 # the three commands as the lead will register them, for a fresh interpreter (no TensorFlow loaded yet)
 FRESH_CLI = """
 import sys, typer
-from medheaven.cli_results import export_command, predict_command, report_command
+from medheaven.cli.results import export_command, predict_command, report_command
 app = typer.Typer(pretty_exceptions_enable=False)
 app.command("report")(report_command)
 app.command("export")(export_command)

@@ -13,7 +13,7 @@ from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.context import load_public_context, load_secret_context
+from medheaven.crypto.codec import load_public_keys, load_secret_keys
 from medheaven.crypto.masks import load_agreement_key
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
@@ -45,12 +45,12 @@ def test_drive_store_carries_a_whole_federation(tmp_path: Path, monkeypatch: pyt
             return open_drive_store(folder, settings=settings, backoff_base=0.01)
 
         operator = drive()
-        publish_public_context(operator, load_public_context(simulation.keys.public))
+        publish_public_context(operator, load_public_keys(simulation.keys.public))
         for hospital, files in simulation.identities.items():
             register_hospital(operator, hospital, files.verify_key.read_text(), files.agreement_public.read_text())
         config = simulation_config(simulation, run="drive", rounds=2, round_timeout=300)
         create_run(operator, config, model=default_model(simulation), layout=simulation.layout)
-        secret = load_secret_context(simulation.keys.secret)
+        secret = load_secret_keys(simulation.keys.secret)
         nodes = {
             h: HospitalNode(
                 hospital_id=h,

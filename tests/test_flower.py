@@ -75,3 +75,27 @@ def test_flower_metrics_behind_the_login_when_switched_on(tmp_path: Path, redis_
         assert status == 200 and "flower_events_total" in body
         # FLOWER_READ_ONLY=false gives the controls back to Flower (the workers still refuse them, workers.readonly)
         assert http(f"{base}/api/worker/pool/grow/nobody@x?n=2", method="POST")[0] == 404
+
+
+def test_flower_state_of_a_redelivered_task_shows_redelivered_then_retries() -> None:
+    """What Flower's event state makes of the events a pool-process crash and its redelivery send: Celery's
+    task-rejected (requeue), then our task-redelivered (workers.task_state.report_redelivery), then success."""
+    from flower.events import EventsState
+
+    from workers.task_state import REDELIVERED_EVENT
+
+    state = EventsState()
+    received = {"name": "train · h1 · round 1 · r", "retries": 0, "args": "()", "kwargs": "{}"}
+    events: list[tuple[str, dict[str, object]]] = [
+        ("task-received", received), ("task-started", {}), ("task-rejected", {"requeue": True}),
+        ("task-received", received), ("task-started", {}),
+        (REDELIVERED_EVENT, {"retries": 1, "deliveries": 2, "redelivered": True}),
+    ]  # fmt: skip
+    for clock, (kind, fields) in enumerate(events, start=1):
+        state.event({"type": kind, "uuid": "t1", "hostname": "h1-0@x", "timestamp": 1e9 + clock, "clock": clock,
+                     "local_received": 1e9 + clock, **fields})  # fmt: skip
+    task = state.tasks["t1"]
+    assert (task.state, task.retries) == ("REDELIVERED", 1)
+    state.event({"type": "task-succeeded", "uuid": "t1", "hostname": "h1-0@x", "timestamp": 1e9 + 9, "clock": 9,
+                 "local_received": 1e9 + 9, "result": "{}", "runtime": 1.0})  # fmt: skip
+    assert (task.state, task.as_dict()["retries"]) == ("SUCCESS", 1)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app as coordinator_app
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
-from medheaven.cli_results import export_command, predict_command, report_command
+from medheaven.cli.results import export_command, predict_command, report_command
 from medheaven.export import Preprocessing, preprocessing_path
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import LocalTraining

@@ -15,7 +15,7 @@ from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
-from medheaven.cli_results import export_command, predict_command, report_command
+from medheaven.cli.results import export_command, predict_command, report_command
 from medheaven.errors import DataFileError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import Manifest

@@ -16,6 +16,7 @@ dead worker can say it died. This module is what that someone calls:
   the exception, and one more failure on that worker). A task that already finished is left alone. Call it for a
   task whose message will not run again in this round (its worker is dead and nothing gave the message back); a
   message given back to the queue runs again and its new delivery records its own states.
+* ``mark_lost_tasks(app, task_ids, live=..., reason=...)``: both steps in one call, returning what it marked.
 
 Redeliveries are made visible from the other side: ``report_redelivery`` runs inside the task (``workers.guard``
 calls it on every delivery after the first) and sends a ``task-redelivered`` event carrying ``retries`` (deliveries
@@ -111,6 +112,11 @@ def mark_worker_lost(app: Celery, task: RunningTask, *, reason: str) -> bool:
     return True
 
 
+def mark_lost_tasks(app: Celery, task_ids: list[str], *, live: set[str], reason: str) -> list[RunningTask]:
+    """``lost_tasks`` then ``mark_worker_lost`` for each: the tasks now recorded as FAILURE "worker lost"."""
+    return [task for task in lost_tasks(app, task_ids, live=live) if mark_worker_lost(app, task, reason=reason)]
+
+
 def report_redelivery(task: Any, deliveries: int) -> None:
     """Inside a task on its second or later delivery: say so in the worker log and in Flower.
 
@@ -123,7 +129,9 @@ def report_redelivery(task: Any, deliveries: int) -> None:
         "task %s[%s] delivered %d times (redelivered flag %s): an earlier delivery's worker process was lost",
         task.name, request.id, deliveries, redelivered,
     )  # fmt: skip
-    try:
-        task.send_event(REDELIVERED_EVENT, retries=deliveries - 1, deliveries=deliveries, redelivered=redelivered)
+    try:  # no publish retry: the task must not wait out a broker outage (up to ~2 min) for a monitoring event
+        task.send_event(
+            REDELIVERED_EVENT, retry=False, retries=deliveries - 1, deliveries=deliveries, redelivered=redelivered
+        )
     except Exception:  # a monitoring event must never cost the task itself; the log line above stays
         log.exception("could not send the %s event of task %s", REDELIVERED_EVENT, request.id)

@@ -40,10 +40,26 @@ def _private_folder() -> Path:
         if folder is None or not folder.is_dir():
             # mkdtemp makes a fresh 0700 folder with an unpredictable name, so a shared /dev/shm is safe here
             parent = _RAM_FOLDER if os.access(_RAM_FOLDER, os.W_OK | os.X_OK) else None
-            folder = Path(tempfile.mkdtemp(prefix="medheaven-seal-", dir=parent))
+            _sweep_dead(Path(parent or tempfile.gettempdir()))
+            folder = Path(tempfile.mkdtemp(prefix=f"medheaven-seal-{pid}-", dir=parent))
             _folder[pid] = folder
             atexit.register(shutil.rmtree, folder, True)
         return folder
+
+
+def _sweep_dead(parent: Path) -> None:
+    """Remove this user's folders left by processes that ended without running ``atexit`` (forked pool workers end
+    with ``os._exit``). They hold public ciphertext scratch files only: secret keys are unlinked as soon as read."""
+    for folder in parent.glob("medheaven-seal-*-*"):
+        try:
+            owner_pid = int(folder.name.split("-")[2])
+            if folder.stat().st_uid != os.getuid() or owner_pid == os.getpid():
+                continue
+            os.kill(owner_pid, 0)  # alive (or not ours to signal): keep it
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, IndexError, OSError):
+            continue
 
 
 def _scratch(*, fresh: bool) -> Path:

@@ -8,30 +8,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from medheaven.cli_support import command, print_json, stderr, stdout
+from medheaven.cli.support import StoreOption, command, open_store_option, print_json, stderr, stdout
 from medheaven.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from medheaven.privacy.spent import ModelPrivacy
 
-StoreOption = Annotated[
-    str | None, typer.Option("--store", help="file:///path or drive://<folder-id>; default MEDHEAVEN_STORE.")
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the paths written.")]
 REPORT_FORMATS = ("md", "html")
-
-
-def _open_store(url: str | None) -> Any:
-    from medheaven.settings import Settings
-    from medheaven.store import open_store
-
-    settings = Settings() if url is None else Settings(store=url)
-    return open_store(settings.store, settings=settings)
 
 
 @command
@@ -70,7 +59,7 @@ def report_command(
 
         secret = load_key_holder_context(secret_context)
     files = write_report(
-        _open_store(store),
+        open_store_option(store),
         run,
         out or Path(f"{run}-report"),
         baseline=load_baseline(baseline) if baseline is not None else None,
@@ -125,7 +114,9 @@ def export_command(
     from medheaven.export import export_model, load_key_holder_context
 
     secret = load_key_holder_context(secret_context)
-    result = export_model(_open_store(store), secret, run, out, round_number=round_number, split_schema=split_schema)
+    result = export_model(
+        open_store_option(store), secret, run, out, round_number=round_number, split_schema=split_schema
+    )
     summary = {
         "model": str(result.model_path),
         "preprocessing": str(result.preprocessing_path),

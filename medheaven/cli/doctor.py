@@ -1,7 +1,7 @@
 """``medheaven doctor --role hospital|aggregator|coordinator``: check this node before it joins the federation.
 
 Registered in ``medheaven.cli`` as ``app.command("doctor")(doctor_command)``. Until then (or without the
-``medheaven`` entry point) ``python -m medheaven.cli_doctor --role hospital`` runs the same command.
+``medheaven`` entry point) ``python -m medheaven.cli.doctor --role hospital`` runs the same command.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medheaven.cli_support import command, print_json, stdout
+from medheaven.cli.support import command, print_json, stdout
 
 _MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]WARN[/yellow]", "fail": "[red]FAIL[/red]", "skip": "skip"}
 

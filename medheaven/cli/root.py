@@ -1,4 +1,7 @@
-"""The ``medheaven`` command: key ceremony, data preparation, the embedded demo, verification and the store.
+"""The ``medheaven`` command: key ceremony, data preparation, verification and the store.
+
+Commands that need the application side (``demo``, from ``coordinator/``) are plugins declared in the
+``medheaven.commands`` entry-point group and loaded on demand (``medheaven.cli.plugins``).
 
 Every command has ``--help`` with an example. Errors print one line (``error: ...``) and exit 2; ``--debug``
 shows tracebacks and debug logs. Results go to stdout, logs and progress to stderr.
@@ -11,15 +14,17 @@ from typing import Annotated
 
 import typer
 
-from medheaven.cli_doctor import doctor_command
-from medheaven.cli_results import export_command, predict_command, report_command
-from medheaven.cli_support import command, print_json, set_debug, stdout
-from medheaven.data.cli import baseline_command, data_app
+from medheaven.cli.data import baseline_command, data_app
+from medheaven.cli.doctor import doctor_command
+from medheaven.cli.plugins import PluginGroup
+from medheaven.cli.results import export_command, predict_command, report_command
+from medheaven.cli.support import StoreOption, command, open_store_option, print_json, set_debug, stdout
 
 app = typer.Typer(
     help="MedHeaven: federated readmission models trained across hospitals with CKKS-encrypted FedAvg.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=PluginGroup,
 )
 keys_app = typer.Typer(help="Create and inspect the federation's CKKS key material.", no_args_is_help=True)
 hospital_app = typer.Typer(help="Hospital identities (Ed25519) and the registry.", no_args_is_help=True)
@@ -42,17 +47,7 @@ def main_options(
     set_debug(debug)
 
 
-def _store(store_url: str | None):  # type: ignore[no-untyped-def]
-    from medheaven.settings import Settings
-    from medheaven.store import open_store
-
-    settings = Settings() if store_url is None else Settings(store=store_url)
-    return open_store(settings.store, settings=settings)
-
-
-StoreOption = Annotated[
-    str | None, typer.Option("--store", help="file:///path or drive://<folder-id>; default MEDHEAVEN_STORE.")
-]
+_store = open_store_option
 
 
 # -- keys -------------------------------------------------------------------------------------------------
@@ -265,56 +260,7 @@ def federation_publish(
     stdout.print(f"published public context {context.fingerprint}")
 
 
-# -- demo and verification --------------------------------------------------------------------------------
-@app.command("demo")
-@command
-def demo(
-    data: Annotated[Path | None, typer.Option("--data", help="Data file; default: synthetic diabetes130.")] = None,
-    schema: Annotated[str, typer.Option("--schema")] = "diabetes130",
-    schema_file: Annotated[Path | None, typer.Option("--schema-file")] = None,
-    hospitals: Annotated[int, typer.Option("--hospitals", min=1)] = 3,
-    rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
-    scheme: Annotated[str, typer.Option("--scheme", help="iid | dirichlet:ALPHA | column:NAME")] = "iid",
-    epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    rows: Annotated[int, typer.Option("--synthetic-rows", help="Size of the synthetic data set.")] = 20000,
-    out: Annotated[Path, typer.Option("--out", help="Working folder (data, keys, store).")] = Path("medheaven-demo"),
-    plaintext: Annotated[
-        bool, typer.Option("--plaintext-insecure", help="INSECURE comparison mode: no encryption.")
-    ] = False,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Run a whole encrypted federation on this machine: split data, key ceremony, rounds, test, verification.
-
-    With no services configured it runs in one process (Celery memory:// transport, worker threads). With
-    MEDHEAVEN_BROKER_URL=redis://... it starts real worker processes over Redis instead.
-
-    Example: medheaven demo --hospitals 3 --rounds 5
-    """
-    from coordinator.demo import run_demo
-
-    report = run_demo(
-        out=out,
-        data=data,
-        schema=schema,
-        schema_file=schema_file,
-        hospitals=hospitals,
-        rounds=rounds,
-        scheme=scheme,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        synthetic_rows=rows,
-        plaintext=plaintext,
-        quiet=json_output,
-    )
-    if json_output:
-        print_json(report)
-
-
+# -- verification -------------------------------------------------------------------------------------------
 @app.command("verify")
 @command
 def verify(

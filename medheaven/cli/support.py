@@ -7,13 +7,16 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from medheaven.errors import MedHeavenError
+
+if TYPE_CHECKING:
+    from medheaven.store.base import Store
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -54,6 +57,21 @@ def command(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
 
     return wrapper
+
+
+#: ``--store`` of every command that reads or writes the store; ``open_store_option`` opens what it names.
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="file:///path or drive://<folder-id>; default MEDHEAVEN_STORE.")
+]
+
+
+def open_store_option(url: str | None) -> Store:
+    """The store ``--store`` names, with the process's settings (MEDHEAVEN_STORE when the option is not given)."""
+    from medheaven.settings import Settings
+    from medheaven.store import open_store
+
+    settings = Settings() if url is None else Settings(store=url)
+    return open_store(settings.store, settings=settings)
 
 
 def print_json(value: Any) -> None:

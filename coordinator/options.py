@@ -1,0 +1,51 @@
+"""Command-line options shared by ``medheaven-coordinator run`` and ``medheaven demo``: one definition each.
+
+A command takes them as parameters typed with these aliases and turns them into the run's records with the
+functions below, so both commands accept, default, document and validate the same values the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from medheaven.federated.wire import LocalTraining
+from medheaven.privacy.config import DpConfig
+
+DpEpsilonOption = Annotated[
+    float | None, typer.Option("--dp-epsilon", help="Patient-level DP-SGD: target ε per hospital (off if unset).")
+]
+DpDeltaOption = Annotated[float, typer.Option("--dp-delta", help="DP δ (with --dp-epsilon).")]
+DpClipOption = Annotated[float, typer.Option("--dp-clip", help="DP-SGD clipping norm C per patient.")]
+DpNoiseOption = Annotated[
+    float, typer.Option("--dp-noise", help="Fix z instead of calibrating it from ε and --rounds.")
+]
+DpMetricsOption = Annotated[
+    bool, typer.Option("--dp-metrics/--no-dp-metrics", help="Report validation metrics (not DP; see README).")
+]
+#: Defaults of the options above (Annotated options take their default from the parameter, so it is kept here once).
+DP_DELTA, DP_CLIP, DP_NOISE, DP_METRICS = 1e-5, 1.0, 0.0, True
+
+
+def dp_config(epsilon: float | None, delta: float, clip: float, noise: float, metrics: bool) -> DpConfig | None:
+    """The DP-SGD setting the options ask for (None without ``--dp-epsilon``); ``DpConfig`` refuses bad values."""
+    if epsilon is None:
+        return None
+    return DpConfig(epsilon, delta, clip=clip, noise_multiplier=noise, release_metrics=metrics)
+
+
+def local_training(
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    rounds: int,
+    dp: DpConfig | None,
+    lr_decay: float = 1.0,
+) -> LocalTraining:
+    # planned_rounds is what a hospital calibrates its DP-SGD noise for: the run's number of rounds
+    return LocalTraining(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_decay=lr_decay, dp=dp,
+        planned_rounds=rounds,
+    )  # fmt: skip
