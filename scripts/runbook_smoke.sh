@@ -66,7 +66,7 @@ store="file://$work/store"
 
 # -- 1. key ceremony: the key holder (hospital h1) ---------------------------------------------------------
 cd "$work/h1"
-medheaven keys init --out keys/
+medheaven keys init --out keys/ --max-hospitals 20 --max-total-samples 500000
 fingerprint="$(medheaven keys show keys/context.public --json | python -c 'import json, sys; print(json.load(sys.stdin)["fingerprint"])')"
 # out of band: the secret context to every other hospital (mode 600), the public context to the operator
 install -d -m 700 "$work/h2/keys"
