@@ -106,7 +106,7 @@ def model_spec(layout: Any, seed: int) -> Any:
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from medheaven.federated.evaluation import binary_metrics
+    from medheaven.evaluation.metrics import binary_metrics
 
     return float(binary_metrics(labels, scores)["roc_auc"])
 
@@ -192,9 +192,9 @@ def medheaven_test_aucs(out: Path, run: str, rounds: int) -> list[float]:
     """Held-out ROC-AUC of every committed round's global model (a key holder decrypts each; benchmark only)."""
     from medheaven.crypto.context import load_secret_context
     from medheaven.data import FeatureLayout, encode_features
-    from medheaven.export import decrypt_global_model, decrypt_standardiser
     from medheaven.federated.nodes import schema_reader
     from medheaven.model import build_model, predict_risk, set_flat_weights
+    from medheaven.serving.export import decrypt_global_model, decrypt_standardiser
     from medheaven.store.local import LocalStore
 
     store, secret = LocalStore(out / "store"), load_secret_context(out / "keys" / "context.secret")

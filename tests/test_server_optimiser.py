@@ -16,7 +16,6 @@ from federation_support import small_simulation
 from coordinator.simulation import default_model, hospital_nodes, run_in_threads, simulation_config
 from medheaven.crypto.codec import load_secret_keys
 from medheaven.errors import ConfigurationError
-from medheaven.export import decrypt_global_model
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.server_optimiser import (
     ServerOptimiser,
@@ -27,6 +26,7 @@ from medheaven.federated.server_optimiser import (
 )
 from medheaven.federated.verify import verify_round
 from medheaven.federated.wire import RunDescription
+from medheaven.serving.export import decrypt_global_model
 
 ROUNDS = 3
 FEDADAM = ServerOptimiser.parse("fedadam", learning_rate=0.02)
@@ -127,7 +127,7 @@ def test_another_process_and_export_re_derive_the_same_model(adam_run) -> None: 
     script = (
         "import hashlib, sys, numpy as np\n"
         "from medheaven.crypto.codec import load_secret_keys\n"
-        "from medheaven.export import decrypt_global_model\n"
+        "from medheaven.serving.export import decrypt_global_model\n"
         "from pathlib import Path\n"
         "from medheaven.store.local import LocalStore\n"
         "m = decrypt_global_model(LocalStore(Path(sys.argv[1])), load_secret_keys(Path(sys.argv[2])), sys.argv[3], int(sys.argv[4]))\n"
