@@ -171,16 +171,21 @@ def service_secrets(service: dict[str, Any]) -> list[str]:
 
 
 def key_material(name: str, path: str) -> str | None:
-    """What key a secret or a mount exposes: 'keys folder', 'secret context', 'signing key:<hospital>' or None."""
+    """What key a secret or a mount exposes: 'keys folder', 'secret context', 'signing key:<hospital>',
+    'agreement key:<hospital>' or None."""
     base = PurePosixPath(path).name
     if base == "keys":
         return "keys folder"
     if base.endswith(".secret") or "context_secret" in name:
         return "secret context"
-    if base.endswith(".signing.pem"):
-        return f"signing key:{base.removesuffix('.signing.pem')}"
-    if "signing" in name:
-        return f"signing key:{name.split('_signing', maxsplit=1)[0]}"
+    for kind, suffix, marker in (
+        ("signing key", ".signing.pem", "_signing"),
+        ("agreement key", ".agreement.pem", "_agreement"),
+    ):
+        if base.endswith(suffix):
+            return f"{kind}:{base.removesuffix(suffix)}"
+        if marker.lstrip("_") in name:
+            return f"{kind}:{name.split(marker, maxsplit=1)[0]}"
     return None
 
 
@@ -261,7 +266,7 @@ def check_hospital_data_isolation(compose: Compose) -> list[str]:
 
 
 def check_key_custody(compose: Compose) -> list[str]:
-    """Only hospitals hold the secret context, each only its own signing key; nobody else holds either."""
+    """Only hospitals hold the secret context, each only its own signing and agreement keys; nobody else holds any."""
     problems = []
     files = secret_files(compose)
     for name, service in compose["services"].items():
@@ -274,7 +279,7 @@ def check_key_custody(compose: Compose) -> list[str]:
                 continue
             if not is_hospital:
                 problems.append(f"{name} can read {kind} ({source})")
-            elif kind.startswith("signing key:") and kind.split(":", 1)[1] != hospital_id:
+            elif kind.startswith(("signing key:", "agreement key:")) and kind.split(":", 1)[1] != hospital_id:
                 problems.append(f"{name} (hospital {hospital_id}) can read another hospital's {kind} ({source})")
             elif kind == "keys folder":
                 problems.append(f"{name} mounts a whole keys folder ({source}); mount only its own key files")
@@ -284,8 +289,8 @@ def check_key_custody(compose: Compose) -> list[str]:
                 problems.append(f"{name} sets {variable}")
         if is_hospital:
             kinds = {kind for _, kind in held}
-            if "secret context" not in kinds or f"signing key:{hospital_id}" not in kinds:
-                problems.append(f"{name} lacks its secret context or its own signing key")
+            if not {"secret context", f"signing key:{hospital_id}", f"agreement key:{hospital_id}"} <= kinds:
+                problems.append(f"{name} lacks its secret context or its own signing or agreement key")
     return problems
 
 
@@ -656,6 +661,8 @@ MUTATIONS: list[tuple[str, Callable[[Compose], None], Checker, str]] = [
      check_key_custody, "aggregator sets MEDHEAVEN_SECRET_CONTEXT"),
     ("hospital gets another's key", _append("services.hospital-a.secrets", "b_signing_key"),
      check_key_custody, "another hospital's signing key:b"),
+    ("hospital gets another's agreement key", _append("services.hospital-a.secrets", "b_agreement_key"),
+     check_key_custody, "another hospital's agreement key:b"),
     ("hospital without its key", _set("services.hospital-c.secrets", ["context_secret"]),
      check_key_custody, "hospital-c lacks"),
     ("literal broker password", _set("services.aggregator.environment", {"MEDHEAVEN_BROKER_URL": "redis://:hunter2@redis:6379/0"}),
