@@ -11,6 +11,7 @@ from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
 from coordinator.transport import CeleryTransport
+from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy import DpConfig, PrivacyLedger
 from medheaven.privacy.accountant import LedgerEntry
@@ -21,18 +22,26 @@ from workers.cluster import ProcessCluster
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("plaintext", [False, True], ids=["encrypted", "plaintext"])
-def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, redis_url: str, plaintext: bool) -> None:
-    simulation = small_simulation(tmp_path, rows=2000)
-    run = "dp-plain" if plaintext else "dp-enc"
+@pytest.mark.parametrize("scheme", ["masked", "ckks", "plaintext"])
+def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, redis_url: str, scheme: str) -> None:
+    """A hospital at its budget refuses; the round commits with the others. Under the masked default its refusal
+    closes the attempt (the cohort's masks cannot cancel without it) and the survivors re-train in a fresh attempt,
+    which their ledgers charge again (conservatively: a coalition holding the other members' masks could unmask an
+    upload of the closed attempt), so this run plans two rounds of budget for its one round; the closed attempt is
+    judged at its deadline, hence the short timeout."""
+    plaintext = scheme == "plaintext"
+    params = plan_ckks_parameters() if scheme == "ckks" else None
+    simulation = small_simulation(tmp_path, rows=2000, params=params)
+    run = f"dp-{scheme}"
     dp = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
-    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=dp, planned_rounds=1)
+    planned = 2 if scheme == "masked" else 1
+    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=dp, planned_rounds=planned)
     config = simulation_config(
         simulation,
         run=run,
         rounds=1,
         min_hospitals=2,
-        round_timeout=300,
+        round_timeout=30 if scheme == "masked" else 300,
         training=training,
         plaintext=plaintext,
         score_test=False,

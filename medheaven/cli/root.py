@@ -26,8 +26,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=PluginGroup,
 )
-keys_app = typer.Typer(help="Create and inspect the federation's CKKS key material.", no_args_is_help=True)
-hospital_app = typer.Typer(help="Hospital identities (Ed25519) and the registry.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create and inspect the federation's key material (bfv-masked default, or ckks).", no_args_is_help=True
+)
+hospital_app = typer.Typer(
+    help="Hospital identities (Ed25519 signing and X25519 agreement keys) and the registry.", no_args_is_help=True
+)
 federation_app = typer.Typer(help="Publish federation-wide public material to the store.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(hospital_app, name="hospital")
