@@ -24,20 +24,24 @@ from coordinator.options import (
     DP_DELTA,
     DP_METRICS,
     DP_NOISE,
+    SERVER_OPTIMISER,
     DpClipOption,
     DpDeltaOption,
     DpEpsilonOption,
     DpMetricsOption,
     DpNoiseOption,
+    ServerLrOption,
+    ServerMomentumOption,
+    ServerOptimiserOption,
     dp_config,
     local_training,
+    server_step,
 )
 from coordinator.progress import ProgressObserver, history_privacy
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli.support import command, print_json, set_debug, stderr, stdout
 from medheaven.errors import BrokerUnreachableError, QuorumNotReachedError
-from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
 from medheaven.settings import Settings
 from medheaven.store.base import Store
@@ -137,15 +141,9 @@ def run(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")] = 1.0,
-    server_optimiser: Annotated[
-        str, typer.Option("--server-optimiser", help="Server step the hospitals apply: fedavg | fedavgm | fedadam.")
-    ] = "fedavgm",
-    server_lr: Annotated[
-        float | None, typer.Option("--server-lr", help="Server learning rate (default: 1 fedavgm, 0.01 fedadam).")
-    ] = None,
-    server_momentum: Annotated[
-        float | None, typer.Option("--server-momentum", help="FedAvgM momentum (default 0.5) / FedAdam beta_1 (0.9).")
-    ] = None,
+    server_optimiser: ServerOptimiserOption = SERVER_OPTIMISER,
+    server_lr: ServerLrOption = None,
+    server_momentum: ServerMomentumOption = None,
     hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
     dropout: Annotated[float, typer.Option("--dropout")] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -207,7 +205,7 @@ def run(
         evaluator=evaluator,
         test_path=test_data,
         plaintext=plaintext,
-        server=ServerOptimiser.parse(server_optimiser, learning_rate=server_lr, momentum=server_momentum),
+        server=server_step(server_optimiser, server_lr, server_momentum),
     )
     store = _open_store(settings)
     if layout is not None:

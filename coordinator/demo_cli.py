@@ -17,12 +17,17 @@ from coordinator.options import (
     DP_DELTA,
     DP_METRICS,
     DP_NOISE,
+    SERVER_OPTIMISER,
     DpClipOption,
     DpDeltaOption,
     DpEpsilonOption,
     DpMetricsOption,
     DpNoiseOption,
+    ServerLrOption,
+    ServerMomentumOption,
+    ServerOptimiserOption,
     dp_config,
+    server_step,
 )
 from medheaven.cli.support import command, print_json
 
@@ -40,15 +45,9 @@ def demo(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")] = 1.0,
-    server_optimiser: Annotated[
-        str, typer.Option("--server-optimiser", help="Server step the hospitals apply: fedavg | fedavgm | fedadam.")
-    ] = "fedavgm",
-    server_lr: Annotated[
-        float | None, typer.Option("--server-lr", help="Server learning rate (default: 1 fedavgm, 0.01 fedadam).")
-    ] = None,
-    server_momentum: Annotated[
-        float | None, typer.Option("--server-momentum", help="FedAvgM momentum (default 0.5) / FedAdam beta_1 (0.9).")
-    ] = None,
+    server_optimiser: ServerOptimiserOption = SERVER_OPTIMISER,
+    server_lr: ServerLrOption = None,
+    server_momentum: ServerMomentumOption = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     rows: Annotated[int, typer.Option("--synthetic-rows", help="Size of the synthetic data set.")] = 20000,
     out: Annotated[Path, typer.Option("--out", help="Working folder (data, keys, store).")] = Path("medheaven-demo"),
@@ -70,7 +69,6 @@ def demo(
     Example: medheaven demo --hospitals 3 --rounds 5
     """
     from coordinator.demo import run_demo
-    from medheaven.federated.server_optimiser import ServerOptimiser
 
     report = run_demo(
         out=out,
@@ -84,7 +82,7 @@ def demo(
         batch_size=batch_size,
         learning_rate=learning_rate,
         lr_decay=lr_decay,
-        server=ServerOptimiser.parse(server_optimiser, learning_rate=server_lr, momentum=server_momentum),
+        server=server_step(server_optimiser, server_lr, server_momentum),
         dp=dp_config(dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics),
         seed=seed,
         synthetic_rows=rows,

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy.config import DpConfig
 
@@ -26,6 +27,23 @@ DpMetricsOption = Annotated[
 ]
 #: Defaults of the options above (Annotated options take their default from the parameter, so it is kept here once).
 DP_DELTA, DP_CLIP, DP_NOISE, DP_METRICS = 1e-5, 1.0, 0.0, True
+
+ServerOptimiserOption = Annotated[
+    str, typer.Option("--server-optimiser", help="Server step the hospitals apply: fedavg | fedavgm | fedadam.")
+]
+ServerLrOption = Annotated[
+    float | None, typer.Option("--server-lr", help="Server learning rate (default: 1 fedavgm, 0.01 fedadam).")
+]
+ServerMomentumOption = Annotated[
+    float | None, typer.Option("--server-momentum", help="FedAvgM momentum (default 0.5) / FedAdam beta_1 (0.9).")
+]
+#: FedAvgM (momentum 0.5) with batch 256: the best mean validation ROC-AUC of the grid in BENCHMARKS.md ("Recipe")
+SERVER_OPTIMISER = "fedavgm"
+
+
+def server_step(kind: str, learning_rate: float | None, momentum: float | None) -> ServerOptimiser:
+    """The server step the options ask for; ``ServerOptimiser.parse`` refuses unknown kinds and bad values."""
+    return ServerOptimiser.parse(kind, learning_rate=learning_rate, momentum=momentum)
 
 
 def dp_config(epsilon: float | None, delta: float, clip: float, noise: float, metrics: bool) -> DpConfig | None:
