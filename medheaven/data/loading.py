@@ -14,13 +14,14 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 
 from medheaven.data.diabetes130 import clean_diabetes130, diabetes130_schema
+from medheaven.data.distinct import distinct_codes, map_distinct, take_distinct
 from medheaven.data.encoding import FeatureLayout
 from medheaven.data.generic import (
     COMMA_DECIMAL,
@@ -235,21 +236,30 @@ def _clean(raw: pd.DataFrame, schema: Schema, path: Path) -> tuple[pd.DataFrame,
 
 def parse_numeric(values: pd.Series, *, column: str, path: Path | str, decimal: str = ".") -> pd.Series:
     """Numbers or missing; anything else is an error naming the values (never quietly made missing or the mean)."""
-    text = values.astype("object")
-    missing = text.isna() | text.astype(str).str.strip().isin(NUMERIC_MISSING)
-    present = text.where(~missing)
+    codes, distinct = distinct_codes(values)  # parsed once per distinct value (medheaven.data.distinct)
+    missing_distinct = distinct.isna() | distinct.astype(str).str.strip().isin(NUMERIC_MISSING)
+    present = distinct.where(~missing_distinct)
     if decimal == ",":
-        present = present.astype("object").where(missing, present.astype(str).str.replace(",", ".", regex=False))
-    parsed = pd.to_numeric(present, errors="coerce").astype(np.float64)
+        present = present.astype("object").where(
+            missing_distinct, present.astype(str).str.replace(",", ".", regex=False)
+        )
+    parsed = take_distinct(pd.to_numeric(present, errors="coerce").astype(np.float64), codes, values.index)
+    missing = take_distinct(missing_distinct, codes, values.index)
     bad = (parsed.isna() | np.isinf(parsed)) & ~missing
     if bad.any():
-        raise DataFileError(numeric_error(text, bad, column=column, path=path, decimal=decimal))
+        raise DataFileError(numeric_error(values.astype("object"), bad, column=column, path=path, decimal=decimal))
     return parsed
 
 
 def clean_categorical(values: pd.Series) -> pd.Series:
-    text = values.astype("object").where(values.notna(), MISSING).astype(str).str.strip()
-    return text.where(text != "", MISSING).astype("object")
+    return map_distinct(values, _category)
+
+
+def _category(value: object) -> str:
+    """A level as text without surrounding blanks; a missing or blank cell is ``"missing"``."""
+    if isinstance(value, str):
+        return value.strip() or MISSING
+    return MISSING if bool(pd.isna(cast("Any", value))) else (str(value).strip() or MISSING)
 
 
 def _group(raw: pd.DataFrame, schema: Schema) -> pd.Series:
