@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -135,6 +136,54 @@ def compile_model(model: keras.Model, *, learning_rate: float, optimizer: str = 
     else:
         raise ConfigurationError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     model.compile(optimizer=opt, loss="binary_crossentropy", steps_per_execution=STEPS_PER_EXECUTION)
+
+
+def train_epochs(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int) -> None:
+    """``epochs`` passes of the compiled model's own ``train_step`` over shuffled batches of ``batch_size`` rows.
+
+    The steps ``model.fit(x, y, epochs=..., batch_size=..., shuffle=True)`` applies, the same loss, regularisers,
+    dropout and optimiser in the same order, without ``fit``'s per-call machinery: ``fit`` builds a ``tf.data``
+    pipeline, an epoch iterator and its callbacks on every call, which cost 3-4x the training itself on a
+    hospital's 16,000 rows (0.2 s vs 0.05 s, 2 cores) and is paid by every hospital every round. Here one traced
+    function per model runs a whole epoch as one graph loop (traced once per process: the shapes are symbolic), and
+    each epoch's order is a fresh permutation from NumPy's generator, which ``keras.utils.set_random_seed`` seeds.
+    """
+    import tensorflow as tf
+
+    features = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
+    labels = tf.convert_to_tensor(np.asarray(y, dtype=np.float32))
+    run_epoch = _epoch_function(model)
+    for _ in range(epochs):
+        order = np.random.permutation(len(labels)).astype(np.int32)  # the global generator: set_random_seed seeds it
+        run_epoch(features, labels, tf.constant(order), tf.constant(batch_size, dtype=tf.int32))
+
+
+_EPOCH_FUNCTIONS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
+
+
+def _epoch_function(model: keras.Model) -> Any:
+    import tensorflow as tf
+
+    function = _EPOCH_FUNCTIONS.get(model)
+    if function is None:
+        n_features = int(model.inputs[0].shape[-1])
+        step = tf.autograph.experimental.do_not_convert(model.train_step)
+
+        def run_epoch(features: Any, labels: Any, order: Any, batch: Any) -> None:
+            for start in tf.range(0, tf.shape(order)[0], batch):
+                rows = order[start : start + batch]
+                step((tf.gather(features, rows), tf.gather(labels, rows)))
+
+        function = _EPOCH_FUNCTIONS[model] = tf.function(
+            run_epoch,
+            input_signature=[
+                tf.TensorSpec([None, n_features], tf.float32),
+                tf.TensorSpec([None], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ],
+        )
+    return function
 
 
 def get_flat_weights(model: keras.Model) -> np.ndarray:

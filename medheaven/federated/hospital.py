@@ -329,7 +329,7 @@ class HospitalNode:
 
     def train(self, spec: RoundSpec) -> Receipt:
         """Fetch and check the global model, evaluate it, train locally, upload the encrypted pre-scaled update."""
-        from medheaven.model import get_flat_weights, predict_risk, set_flat_weights
+        from medheaven.model import get_flat_weights, predict_risk, set_flat_weights, train_epochs
 
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -358,13 +358,12 @@ class HospitalNode:
             if training.dp is not None:
                 privacy = self._train_private(cache, model, spec)
             else:
-                model.fit(
+                train_epochs(
+                    model,
                     prepared["train_x"],
                     prepared["train_y"],
                     epochs=training.epochs,
                     batch_size=training.batch_size,
-                    shuffle=True,
-                    verbose=0,
                 )
             trained = get_flat_weights(model)
         timings["train"] = time.perf_counter() - clock
