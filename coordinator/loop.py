@@ -28,7 +28,7 @@ from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.round_policy import CLOCK_SKEW, Verdict, decide, on_time, safe_cohort
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
-from medheaven.privacy.local import BUDGET_MARKER
+from medheaven.privacy.config import BUDGET_MARKER
 from medheaven.store.base import Store
 
 log = logging.getLogger(__name__)

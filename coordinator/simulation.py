@@ -88,7 +88,6 @@ def prepare_simulation(
     params: Parameters | None = None,
 ) -> Simulation:
     from medheaven.data import (
-        encode_features,
         fit_layout,
         generate_synthetic,
         get_schema,
@@ -107,7 +106,7 @@ def prepare_simulation(
         frame = load_dataset(data, source_schema)
     parts, test = split_dataset(frame, hospitals=hospitals, scheme=scheme, test_fraction=test_fraction, seed=seed)
     layout = fit_layout(frame, source_schema)
-    max_abs_feature = source_schema.max_abs_feature or _planned_bound(encode_features(frame, layout))
+    max_abs_feature = source_schema.max_abs_feature or _planned_bound(frame, layout)
     data_dir = root / "data"
     write_split(
         data_dir,
@@ -152,13 +151,19 @@ def simulation_parameters(*, rows: int = 500_000, max_abs_feature: float = 1000.
     return planned
 
 
-def _planned_bound(features: Any) -> float:
+def _planned_bound(frame: Any, layout: Any) -> float:
+    """The bound planned from the pooled features' largest finite magnitude. Only the numeric columns are encoded
+    for it: the one-hot columns are 0 or 1, and encoding all of them (the whole frame, ~190 MB for the real data)
+    cost a second and the demo's peak memory for that one number."""
     import numpy as np
 
+    from medheaven.data import FeatureLayout, encode_features
     from medheaven.data.encoding import planned_feature_bound
 
-    finite = features[np.isfinite(features)]
-    return planned_feature_bound(float(np.max(np.abs(finite))) if finite.size else 0.0)
+    numeric = encode_features(frame, FeatureLayout(numeric=layout.numeric, categorical=()))
+    finite = numeric[np.isfinite(numeric)]
+    largest = max(float(np.max(np.abs(finite))) if finite.size else 0.0, 1.0 if layout.categorical else 0.0)
+    return planned_feature_bound(largest)
 
 
 @dataclass

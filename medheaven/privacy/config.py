@@ -8,6 +8,11 @@ from typing import Any
 
 from medheaven.errors import ConfigurationError
 
+# the coordinator recognises a hospital's refusal (privacy.local.PrivacyBudgetError) by this prefix in the task's
+# error text (it crosses the broker as text); here, not in privacy.local, so that the coordinator need not load the
+# accountant and dp-accounting to know it
+BUDGET_MARKER = "privacy budget spent:"
+
 
 @dataclass(frozen=True)
 class DpConfig:

@@ -16,15 +16,11 @@ import numpy as np
 
 from medheaven.errors import MedHeavenError
 from medheaven.privacy.accountant import LedgerEntry, PrivacyLedger, calibrate_noise
-from medheaven.privacy.config import DpConfig
+from medheaven.privacy.config import BUDGET_MARKER, DpConfig
 from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_per_round
 
 if TYPE_CHECKING:
     import keras
-
-
-# the coordinator recognises a refusal by this prefix in the task's error text (it crosses the broker as text)
-BUDGET_MARKER = "privacy budget spent:"
 
 
 class PrivacyBudgetError(MedHeavenError):
