@@ -47,6 +47,7 @@ class ThreadCluster:
         self._context: Any = None
 
     def __enter__(self) -> ThreadCluster:
+        from celery.contrib.testing import tasks as _celery_test_tasks  # noqa: F401 (registers celery.ping)
         from celery.contrib.testing.worker import start_worker
 
         from workers import aggregator as aggregator_tasks
@@ -77,10 +78,26 @@ class ThreadCluster:
 
         try:
             if self._context is not None:
+                self._wake_for_shutdown()
                 self._context.__exit__(exc_type, exc, tb)
         finally:
             hospital_tasks.use_node_factory(None)
             aggregator_tasks.use_node(None)
+
+    def _wake_for_shutdown(self) -> None:
+        """Ask the worker to stop and wake its event loop, so that it stops now.
+
+        The embedded worker runs Celery's blocking loop (``memory://`` has no async support), which waits up to 2 s
+        in ``drain_events`` before it looks at the shutdown flag again: the demo spent that, and more under load,
+        idle after its last task. Celery's own test ``ping`` task (it returns "pong") on the aggregator's queue is a
+        message the loop receives at once. Two of them: the loop sees the flag after one drain, and then drains
+        once more (``synloop`` runs its cycle in a ``finally``) before it ends.
+        """
+        from celery.worker import state
+
+        state.should_terminate = 0  # what Celery's start_worker sets on exit, set before the wake-ups
+        for _ in range(2):
+            self.app.send_task("celery.ping", queue=AGGREGATE_QUEUE)
 
 
 @dataclass
