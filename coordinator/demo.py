@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,25 @@ def audit_last_round(nodes: dict[str, HospitalNode], result: SimulationResult, r
     }
 
 
+def preload_tensorflow() -> threading.Thread:
+    """Import TensorFlow and Keras on a thread while this one prepares the data and keys.
+
+    The embedded demo's worker threads need them from the initial model on, and importing them costs 2-3 s (more
+    under load) that were spent with nothing else running, after the statistics phase. A parallel import overlaps
+    the parts of either that release the GIL (loading TensorFlow's shared libraries; pandas' CSV tokenizer, zlib,
+    numpy). Only the embedded demo does this: a prefork worker's parent must not import TensorFlow before forking.
+    """
+
+    def load() -> None:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    thread = threading.Thread(target=load, name="preload-tensorflow", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_demo(
     *,
     out: Path,
@@ -108,6 +128,8 @@ def run_demo(
     if out.exists():
         shutil.rmtree(out)
     started = time.monotonic()
+    if settings.broker_url.startswith("memory://"):
+        preload_tensorflow()
     simulation = prepare_simulation(
         out,
         data=data,
