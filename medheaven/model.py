@@ -122,6 +122,7 @@ def build_model(spec: ModelSpec) -> keras.Model:
 #: steps halved an epoch on 40,000 rows (0.97 s -> 0.42 s, batch 64, 2 cores, idle machine); 32 ran as fast as 64
 #: (0.71 s each under load 21) with half the unrolled graph to trace once per process. The same batches in the same
 #: order are applied; only the dispatch changes. XLA (``jit_compile``) was measured too and was 5-10x slower here.
+#: Hospitals train through ``train_epochs`` (a whole epoch per call); this serves ``fit`` (the baselines).
 STEPS_PER_EXECUTION = 32
 
 

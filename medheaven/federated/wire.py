@@ -37,7 +37,7 @@ class LocalTraining:
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     lr_decay: float = 1.0  # the learning rate of round r is learning_rate * lr_decay ** (r - 1)
-    # patient-level DP-SGD (medheaven.privacy); None trains with plain Keras fit. planned_rounds feeds calibration
+    # patient-level DP-SGD (medheaven.privacy); None trains with plain Keras steps (model.train_epochs). planned_rounds feeds calibration
     dp: DpConfig | None = None
     planned_rounds: int = 1
 

@@ -1,5 +1,5 @@
 """One hospital's private local training for one round: calibrate z (first round), check the budget, run DP-SGD,
-record the spend. The hospital node calls :func:`train_private` instead of ``model.fit`` when the run sets ``dp``.
+record the spend. The hospital node calls :func:`train_private` instead of ``model.train_epochs`` when the run sets ``dp``.
 
 Calibration is per hospital: q = expected batch patients / that hospital's training patients is private to the
 hospital, so each hospital calibrates its own z from the run's target (ε, δ) and planned rounds before its first
