@@ -175,12 +175,19 @@ def _epoch_function(model: keras.Model) -> Any:
         step = tf.autograph.experimental.do_not_convert(model.train_step)
 
         def run_epoch(features: Any, labels: Any, order: Any, batch: Any) -> None:
-            for start in tf.range(0, tf.shape(order)[0], batch):
+            def one_batch(start: Any) -> tuple[Any]:
                 rows = order[start : start + batch]
-                step((tf.gather(features, rows), tf.gather(labels, rows)))
+                logs = step((tf.gather(features, rows), tf.gather(labels, rows)))
+                with tf.control_dependencies(tf.nest.flatten(logs)):  # this batch's update before the next one
+                    return (start + batch,)
 
+            tf.while_loop(lambda start: start < tf.shape(order)[0], one_batch, (tf.constant(0),))
+
+        # an explicit graph loop, not AutoGraph's conversion of a Python loop: that conversion needs the function's
+        # source and fell back to Python (an error on a symbolic tensor) when the demo ran as `python -c ...`
         function = _EPOCH_FUNCTIONS[model] = tf.function(
             run_epoch,
+            autograph=False,
             input_signature=[
                 tf.TensorSpec([None, n_features], tf.float32),
                 tf.TensorSpec([None], tf.float32),
