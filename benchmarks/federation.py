@@ -77,13 +77,13 @@ def round_breakdown(store: Store, run: str, round_number: int) -> dict[str, floa
     coordinator polling). Hospitals overlap, so only the last one folded is on the path."""
     manifest = Manifest.from_dict(store.get_json(RunPaths(run).manifest(Phase.UPDATE, round_number)))
     seconds = manifest.finalised_at - manifest.opened_at
-    last = max(manifest.folded, key=lambda e: float(e.get("folded_at", 0.0)))
-    timings = {k: float(v) for k, v in dict(last.get("timings", {})).items()}
+    last = max(manifest.folded, key=lambda e: e.at)
+    timings = dict(last.timings)
     phases = {phase: timings.get(phase, 0.0) for phase in (*HOSPITAL_PHASES, "fold")}
     phases["finalise"] = float(manifest.timings.get("finalise", 0.0))
     phases["other"] = seconds - sum(phases.values())
     phases["seconds"] = seconds
-    phases["fold_sum_all_hospitals"] = sum(float(dict(e.get("timings", {})).get("fold", 0.0)) for e in manifest.folded)
+    phases["fold_sum_all_hospitals"] = sum(e.timings.get("fold", 0.0) for e in manifest.folded)
     return phases
 
 

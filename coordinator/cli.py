@@ -226,7 +226,7 @@ def run(
         store,
         config,
         model=model,
-        layout=feature_layout.to_dict(),
+        layout=feature_layout,
         max_abs_feature=max_abs_feature or settings.max_abs_feature,
     )
     _drive(store, config, settings, quiet=quiet, json_output=json_output)

@@ -41,7 +41,7 @@ import numpy as np
 import tenseal as ts
 
 from medheaven.crypto.planning import CkksParameters
-from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError
+from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError, ParameterPlanningError
 from medheaven.private_files import check_private_file_mode
 
 CONTEXT_FORMAT = 1
@@ -236,7 +236,7 @@ def _unwrap(data: bytes, *, source: str) -> tuple[str, CkksParameters, str, byte
         key_id = payload.get("key_id", b"")
         if not isinstance(key_id, bytes) or len(key_id) not in (0, 32):
             raise ValueError("key_id must be 32 bytes")
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException, ParameterPlanningError) as exc:
         raise CryptoError(f"{source} is not a MedHeaven context file ({exc}); run `medheaven keys init`") from exc
     return kind, params, fingerprint, raw, str(encryption), key_id
 

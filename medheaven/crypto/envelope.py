@@ -51,6 +51,7 @@ from medheaven.errors import (
     ShapeMismatchError,
     SignatureError,
 )
+from medheaven.records import typed_field
 
 ENVELOPE_FORMAT = 2
 LEGACY_FORMAT = 1
@@ -333,11 +334,7 @@ def _chunk_views(data: bytes, unpacker: msgpack.Unpacker, limits: EnvelopeLimits
 
 
 def _field(payload: dict[str, object], name: str, kind: type) -> object:
-    value = payload[name]
-    # bool is an int subclass in Python; a msgpack true must not pass as a round number
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise EnvelopeFormatError(f"envelope field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+    return typed_field(payload, name, kind, what="envelope", error=EnvelopeFormatError)
 
 
 def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelope:

@@ -24,10 +24,11 @@ Security: the total coefficient-modulus bit count must not exceed the Homomorphi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from medheaven.errors import ParameterPlanningError
+from medheaven.records import decode_record, encode_record
 
 #: max total coefficient-modulus bits for 128-bit security (HE standard, ternary secret), by ring dimension
 SECURITY_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -81,20 +82,11 @@ class CkksParameters:
         return 2 * self.poly_modulus_degree * (len(self.coeff_mod_bit_sizes) - 1) * 8 + 65536
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["coeff_mod_bit_sizes"] = list(self.coeff_mod_bit_sizes)
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CkksParameters:
-        return cls(
-            poly_modulus_degree=int(data["poly_modulus_degree"]),
-            coeff_mod_bit_sizes=tuple(int(b) for b in data["coeff_mod_bit_sizes"]),
-            scale_bits=int(data["scale_bits"]),
-            max_abs_weight=float(data["max_abs_weight"]),
-            max_total_samples=int(data["max_total_samples"]),
-            precision=float(data["precision"]),
-        )
+        return decode_record(cls, data, what="CKKS parameters", error=ParameterPlanningError)
 
 
 def plan_ckks_parameters(

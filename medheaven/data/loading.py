@@ -21,7 +21,6 @@ import pandas as pd
 from rich.console import Console
 
 from medheaven.data.diabetes130 import clean_diabetes130, diabetes130_schema
-from medheaven.data.encoding import FeatureLayout
 from medheaven.data.generic import (
     COMMA_DECIMAL,
     drop_identifier_columns,
@@ -33,6 +32,7 @@ from medheaven.data.generic import (
 from medheaven.data.johns import clean_johns, johns_schema
 from medheaven.data.schemas import DELIMITERS, GROUP, LABEL, MISSING, PREPARED, SCHEMA_NAMES, Schema
 from medheaven.errors import DataFileError, SchemaError, TargetError
+from medheaven.feature_layout import FeatureLayout
 
 # Read everything as text first: only "?" and empty cells are missing, so that "None" (a real level of
 # max_glu_serum and A1Cresult: test not taken) and "NA" survive as values.

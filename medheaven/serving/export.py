@@ -309,7 +309,7 @@ def export_model(
     decrypted = decrypt_global_model(store, secret, run, chosen)
     description = decrypted.description
     standardiser = decrypt_standardiser(store, secret, description)
-    layout = FeatureLayout.from_dict(description.layout)
+    layout = description.layout
     source_schema = read_split_schema(split_schema, layout) if split_schema is not None else None
     if split_schema is None and (default := default_split_schema(store, run)) is not None:
         # best effort: the test file's folder may hold another split's schema.json; it only records the target
@@ -346,7 +346,7 @@ def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy 
     if dp is None:
         return None
     rounds = [
-        (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
+        (r, {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy})
         for r in range(1, round_number + 1)
         for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
     ]
