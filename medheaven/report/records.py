@@ -12,7 +12,6 @@ hospital's own validation split; :attr:`RoundRow.evaluated_round` says which mod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
+from medheaven.records import read_json_object
 from medheaven.store.base import Store
 
 PHASES = ("fetch_decrypt", "evaluate", "train", "encrypt_upload", "fold")
@@ -255,22 +255,16 @@ def _stats_row(manifest: Manifest) -> StatsRow:
 
 def load_baseline(path: Path) -> Baseline:
     """Read the output of ``medheaven baseline --json``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataFileError(f"baseline file {path} does not exist; write it with `medheaven baseline --json`") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFileError(
-            f"baseline file {path} is not JSON ({exc}); write it with `medheaven baseline --json`"
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("centralised"), dict):
+    remedy = "write it with `medheaven baseline --json`"
+    data = read_json_object(path, what="baseline file", remedy=remedy, error=DataFileError)
+    if not isinstance(data.get("centralised"), dict):
         raise DataFileError(
             f"baseline file {path} has no 'centralised' results: it must be the output of `medheaven baseline --json`"
         )
     local = data.get("local", {})
     if not isinstance(local, dict):
         raise DataFileError(f"baseline file {path}: 'local' must map hospitals to their results")
-    details = {k: data[k] for k in ("data", "schema", "split", "test", "training") if k in data}
+    details: dict[str, Any] = {k: data[k] for k in ("data", "schema", "split", "test", "training") if k in data}
     return Baseline(
         centralised=_numbers(data["centralised"]),
         local={str(h): _numbers(v) for h, v in local.items() if isinstance(v, dict)},
