@@ -37,6 +37,7 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import msgpack
 
@@ -239,13 +240,7 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     Also returns the offset at which the ``sig`` key starts (-1 if absent): the end of format 2's signed body."""
     unpacker = msgpack.Unpacker(
         io.BytesIO(data),  # shares data's buffer; the unpacker reads it in small pieces
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
+        **_msgpack_bounds(limits),
         max_buffer_size=max(limits.max_chunk_bytes + 64, 1 << 20),
     )
     try:
@@ -283,20 +278,24 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     return payload, sig_offset
 
 
+def _msgpack_bounds(limits: EnvelopeLimits) -> dict[str, Any]:
+    """The decoder's limits, checked by msgpack before it allocates (both decoders of an envelope use them)."""
+    return {
+        "raw": False,
+        "strict_map_key": True,
+        "max_bin_len": limits.max_chunk_bytes,
+        "max_str_len": 256,
+        "max_array_len": limits.max_chunks,
+        "max_map_len": _MAX_MAP_LEN,
+        "max_ext_len": 0,
+    }
+
+
 def _refuse_non_map(data: bytes, limits: EnvelopeLimits) -> None:
     """Name what a non-map envelope is, or why it is not msgpack at all (rare, so the plain bounded decoder).
 
     Decoding errors propagate to the caller, which classifies them like its own."""
-    value = msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
-    )
+    value = msgpack.unpackb(data, **_msgpack_bounds(limits))
     raise EnvelopeFormatError(f"envelope must be a msgpack map, got {type(value).__name__}")
 
 
