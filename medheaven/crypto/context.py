@@ -90,13 +90,20 @@ def _fingerprint(public_raw: bytes, key_id: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class PublicContext:
-    """Holds and adds ciphertexts; cannot decrypt."""
+class _KeySet:
+    """What a public and a secret context both record. Only their own classes are ever handed around: code typed
+    to take a ``PublicContext`` cannot be given a ``SecretContext`` (they are siblings, neither is the other)."""
 
     params: CkksParameters
     fingerprint: str
     tenseal: ts.Context
     encryption: str = PUBLIC_KEY
+
+
+@dataclass(frozen=True)
+class PublicContext(_KeySet):
+    """Holds and adds ciphertexts; cannot decrypt."""
+
     key_id: bytes = b""
 
     def __post_init__(self) -> None:
@@ -121,13 +128,8 @@ class PublicContext:
 
 
 @dataclass(frozen=True)
-class SecretContext:
+class SecretContext(_KeySet):
     """Encrypts and decrypts. Only hospitals (key holders) ever construct one."""
-
-    params: CkksParameters
-    fingerprint: str
-    tenseal: ts.Context
-    encryption: str = PUBLIC_KEY
 
     def __post_init__(self) -> None:
         if not self.tenseal.has_secret_key():

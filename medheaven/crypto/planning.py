@@ -89,6 +89,16 @@ class CkksParameters:
         return decode_record(cls, data, what="CKKS parameters", error=ParameterPlanningError)
 
 
+def check_planning_bounds(*, max_abs_weight: float, max_total_samples: int, precision: float) -> None:
+    """The bounds every scheme's planner takes, refused when they cannot mean anything."""
+    if not math.isfinite(max_abs_weight) or max_abs_weight <= 0:
+        raise ParameterPlanningError(f"max_abs_weight must be a positive number, got {max_abs_weight}")
+    if max_total_samples < 1:
+        raise ParameterPlanningError(f"max_total_samples must be >= 1, got {max_total_samples}")
+    if not 0 < precision < 1:
+        raise ParameterPlanningError(f"precision must be in (0, 1), got {precision}")
+
+
 def plan_ckks_parameters(
     *,
     max_abs_weight: float = 8.0,
@@ -100,12 +110,7 @@ def plan_ckks_parameters(
     The ciphertext count follows from the model's parameter count (``chunk_count``); it does not change which
     parameters are feasible, because every slot is bounded by the same B.
     """
-    if not math.isfinite(max_abs_weight) or max_abs_weight <= 0:
-        raise ParameterPlanningError(f"max_abs_weight must be a positive number, got {max_abs_weight}")
-    if max_total_samples < 1:
-        raise ParameterPlanningError(f"max_total_samples must be >= 1, got {max_total_samples}")
-    if not 0 < precision < 1:
-        raise ParameterPlanningError(f"precision must be in (0, 1), got {precision}")
+    check_planning_bounds(max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision)
 
     bound = max_total_samples * max(max_abs_weight, 1.0)
     for degree, chain in _CANDIDATES:
