@@ -60,12 +60,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        server = ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser()
         return decode_record(
-            cls,
-            data,
-            what=f"run.json of run {data.get('run')!r}",
-            required=("training",),
-            server=ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser(),
+            cls, data, what=f"run.json of run {data.get('run')!r}", required=("training",), server=server
         )
 
 

@@ -88,9 +88,13 @@ class LedgerEntry:
         )
 
 
-def entries_of(data: dict[str, Any], status: EntryStatus) -> tuple[LedgerEntry, ...]:
-    """The entries a stored ledger, manifest or failure record lists under ``status.value`` (absent: none)."""
-    return tuple(LedgerEntry.from_dict(e, default=status) for e in data.get(status.value, []))
+def ledger_entries(data: dict[str, Any]) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...]]:
+    """The folded and the rejected entries a stored ledger, manifest or failure record lists (absent: none)."""
+
+    def listed(status: EntryStatus) -> tuple[LedgerEntry, ...]:
+        return tuple(LedgerEntry.from_dict(e, default=status) for e in data.get(status.value, []))
+
+    return listed(EntryStatus.FOLDED), listed(EntryStatus.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -139,13 +143,8 @@ class Ledger:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ledger:
-        return decode_record(
-            cls,
-            data,
-            what="round ledger",
-            folded=entries_of(data, EntryStatus.FOLDED),
-            rejected=entries_of(data, EntryStatus.REJECTED),
-        )
+        folded, rejected = ledger_entries(data)
+        return decode_record(cls, data, what="round ledger", folded=folded, rejected=rejected)
 
     @classmethod
     def empty(cls, run: str, kind: Phase, round_number: int, attempt: int) -> Ledger:
@@ -196,7 +195,7 @@ class AttemptTombstone:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptTombstone:
-        return decode_record(cls, data, what="attempt failure record", rejected=entries_of(data, EntryStatus.REJECTED))
+        return decode_record(cls, data, what="attempt failure record", rejected=ledger_entries(data)[1])
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import msgpack
 from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.feature_layout import FeatureLayout
-from medheaven.federated.ledger import EntryStatus, LedgerEntry, entries_of
+from medheaven.federated.ledger import LedgerEntry, ledger_entries
 from medheaven.federated.phase import Phase
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
@@ -26,6 +26,8 @@ from medheaven.records import decode_record, encode_record, typed_field
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
 MAX_RECEIPT_FIELDS = 32
+_TRAINING_REQUIRED = ("epochs", "batch_size", "learning_rate", "optimizer")  # the rest has defaults older runs lack
+_ENTRIES = ("folded", "rejected")
 #: Domain separation of receipt signatures from envelope signatures (same Ed25519 hospital key, distinct messages).
 RECEIPT_DOMAIN = b"medheaven/receipt/v1\x00"
 
@@ -58,13 +60,8 @@ class LocalTraining:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalTraining:
-        return decode_record(
-            cls,
-            data,
-            what="local training settings",
-            required=("epochs", "batch_size", "learning_rate", "optimizer"),
-            dp=DpConfig.from_dict(data["dp"]) if data.get("dp") else None,
-        )
+        dp = DpConfig.from_dict(data["dp"]) if data.get("dp") else None  # {} and null both mean no DP
+        return decode_record(cls, data, what="local training settings", required=_TRAINING_REQUIRED, dp=dp)
 
 
 @dataclass(frozen=True)
@@ -327,11 +324,5 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        return decode_record(
-            cls,
-            data,
-            what="manifest",
-            required=("folded", "rejected"),
-            folded=entries_of(data, EntryStatus.FOLDED),
-            rejected=entries_of(data, EntryStatus.REJECTED),
-        )
+        folded, rejected = ledger_entries(data)
+        return decode_record(cls, data, what="manifest", required=_ENTRIES, folded=folded, rejected=rejected)
