@@ -19,12 +19,13 @@ from medheaven.errors import DataFileError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import Manifest
 from medheaven.report import load_baseline, load_run_records
+from medheaven.report.document import to_markdown
 from medheaven.report.records import OTHER_PHASE, round_row
 from medheaven.report.render import PLOT_FILES
+from medheaven.report.threat_model import threat_model_outline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN = "report"
-
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,8 @@ def test_report_writes_readable_plots_and_markdown_embedding_them(
     assert "| within bound | yes |" in report
     assert f"The model scored on the held-out test set is round {test['round']}" in report
     assert "What each party saw" in report and "n_k" in report
+    # the threat model from its one source (tests/test_report_threat_model.py keeps README.md equal to it)
+    assert to_markdown([threat_model_outline()]) in report and "This run used scheme `bfv-masked`" in report
 
 
 def test_report_without_secret_context_explains_how_to_verify(finished: Simulation, tmp_path: Path) -> None:
