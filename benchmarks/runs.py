@@ -17,6 +17,9 @@ from typing import Any
 from coordinator.simulation import Simulation, prepare_simulation
 from medheaven.crypto.codec import Parameters
 
+# the options of add_split_arguments, by their argparse names, which are prepare_simulation's keywords
+SPLIT_OPTIONS = ("data", "schema", "hospitals", "scheme", "seed", "synthetic_rows")
+
 
 def add_split_arguments(parser: argparse.ArgumentParser, *, seed_help: str) -> None:
     """The data set and its split across hospitals: one split and key set serves every run of a benchmark."""
@@ -30,16 +33,8 @@ def add_split_arguments(parser: argparse.ArgumentParser, *, seed_help: str) -> N
 
 def split_simulation(args: argparse.Namespace, *, params: Parameters | None = None) -> Simulation:
     """The simulation the split options of :func:`add_split_arguments` describe, prepared under ``args.out``."""
-    return prepare_simulation(
-        args.out,
-        data=args.data,
-        schema=args.schema,
-        hospitals=args.hospitals,
-        scheme=args.scheme,
-        seed=args.seed,
-        synthetic_rows=args.synthetic_rows,
-        params=params,
-    )
+    split: dict[str, Any] = {name: getattr(args, name) for name in SPLIT_OPTIONS}
+    return prepare_simulation(args.out, params=params, **split)
 
 
 def with_retries(
