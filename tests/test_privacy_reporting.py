@@ -26,7 +26,6 @@ ROUNDS = 2
 DP = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
 
 
-
 @pytest.fixture(scope="module")
 def dp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Simulation, list[dict[str, Any]]]:
     simulation = small_simulation(tmp_path_factory.mktemp("dp-report"), hospitals=2, rows=1200)
@@ -60,7 +59,9 @@ def test_report_shows_epsilon_and_delta_per_hospital(
     dp_run: tuple[Simulation, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     simulation, history = dp_run
-    result = CliRunner().invoke(medheaven_app, ["report", RUN, "--store", simulation.store_url(), "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        medheaven_app, ["report", RUN, "--store", simulation.store_url(), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.md").read_text()
     section = report[report.index("## Differential privacy") :]
