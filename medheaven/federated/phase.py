@@ -66,9 +66,7 @@ class Phase(StrEnum):
     def vector_length(self, run: RunDescription) -> int:
         """Length of every envelope of the phase (the uploads and the committed sum)."""
         if self is Phase.STATS:
-            from medheaven.data import FeatureLayout  # pandas; only the statistics phase needs the layout
-
-            features = FeatureLayout.from_dict(run.layout).n_features
+            features = run.layout.n_features
             return 3 * features if run.stats_lanes is None else run.stats_lanes.vector_length(features)
         return run.vector_length
 
