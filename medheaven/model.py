@@ -156,6 +156,8 @@ def train_epochs(
         run_epoch(features, labels, tf.constant(order), tf.constant(batch_size, dtype=tf.int32))
 
 
+# one traced epoch per model, kept for the process (the function refers to its model, so an entry is not freed):
+# the models trained here are the process's pooled ones (model_pool.py), one per architecture and optimiser
 _EPOCH_FUNCTIONS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
 
 
