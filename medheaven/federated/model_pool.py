@@ -3,9 +3,10 @@
 A hospital worker serves one hospital, so this changes nothing there. The embedded demo serves every hospital from
 one process: building a model and tracing its training function once per hospital cost about a second each on 2
 cores (more under load), i.e. most of round 1. The hospitals now take turns on one model under a lock, and each
-keeps its own optimiser state (the Adam moments that stay with a hospital across rounds, ``HospitalNode.train``):
-it is swapped in before that hospital trains and out before another does, so every hospital still trains its own
-local model from the global weights exactly as before. The state never leaves the process.
+keeps its own optimiser state (the Adam moments that stay with a hospital across rounds, ``HospitalNode.train``)
+and its own dropout seed-generator state: they are swapped in before that hospital trains and out before another
+does, so every hospital still trains its own local model from the global weights exactly as before, with the
+dropout masks its own process would draw. The state never leaves the process.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ class ModelSlot:
     saved: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
 
     def switch_to(self, owner: tuple[str, str]) -> None:
-        """Make the model's optimiser hold ``owner``'s state (fresh the first time). Call with ``lock`` held."""
+        """Make the model hold ``owner``'s state (fresh the first time). Call with ``lock`` held."""
         if self.owner == owner:
             return
-        variables = self.model.optimizer.variables
+        variables = _hospital_state(self.model)
         if self.owner is not None:
             self.saved[self.owner] = [np.array(v.numpy(), copy=True) for v in variables]
         for variable, value in zip(variables, self.saved.get(owner, self.fresh), strict=True):
@@ -58,6 +59,14 @@ def model_slot(spec: ModelSpec, *, optimizer: str, learning_rate: float) -> Mode
             model = build_model(spec)
             compile_model(model, learning_rate=learning_rate, optimizer=optimizer)
             model.optimizer.build(model.trainable_variables)
-            slot = ModelSlot(model, fresh=[np.array(v.numpy(), copy=True) for v in model.optimizer.variables])
+            slot = ModelSlot(model, fresh=[np.array(v.numpy(), copy=True) for v in _hospital_state(model)])
             _SLOTS[key] = slot
         return slot
+
+
+def _hospital_state(model: keras.Model) -> list[keras.Variable]:
+    """What a hospital's own model would carry from round to round besides the weights it gets from the global
+    model: the optimiser's state and the dropout layers' seed-generator state (``non_trainable_variables``). With
+    the seed state swapped too, each hospital draws the dropout masks its own worker process would, whatever order
+    the demo's threads train in, so a run is reproducible."""
+    return [*model.optimizer.variables, *model.non_trainable_variables]
