@@ -13,6 +13,7 @@ import redis
 from coordinator.loop import Coordinator, HospitalState, HospitalStatus, RoundProgress
 from coordinator.messaging import TaskState
 from coordinator.run import RunConfig
+from medheaven.federated.round_policy import Dropout
 from medheaven.federated.wire import RoundSpec
 from medheaven.store.local import LocalStore
 from workers.lease import REGISTRY_KEY, LeaseRenewer, LeaseState, lease_key, lease_state
@@ -85,3 +86,23 @@ def test_coordinator_gives_a_lost_workers_task_back_to_its_hospital_queue(tmp_pa
     )
     assert progress.statuses["h2"].state is HospitalState.QUEUED
     assert progress.statuses["h1"].state is HospitalState.TRAINING
+
+
+def test_coordinator_does_not_give_back_a_lost_task_of_a_masked_attempt(tmp_path: Path) -> None:
+    """Under pairwise masks the attempt cannot commit without h2, and nothing says another worker of h2 is alive to
+    re-train before the deadline: the task is marked lost, recorded as such (a resumed coordinator reads LOST too),
+    and not sent again; the round policy then abandons the attempt (``round_policy.Dropout.LOST``)."""
+    transport = _LostWorkerTransport()
+    config = RunConfig(run="lost", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)
+    coordinator = Coordinator(LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001)
+    spec = RoundSpec("lost", 1, 1, "update", ("h1", "h2"), 2, time.time() + 60, "ab" * 32, cohort=("h1", "h2"))
+    dispatch: dict[str, Any] = {"h1": {"task": "old-h1", "fold": "f1"}, "h2": {"task": "old-h2", "fold": "f2"}}
+    progress = RoundProgress(spec, {h: HospitalStatus(h, HospitalState.TRAINING) for h in ("h1", "h2")})
+    coordinator._give_back_lost_tasks(spec, dispatch, progress)
+    assert transport.sent == []
+    assert dispatch["h2"] == {"task": "old-h2", "fold": "f2", "worker_lost": "h2-0@host"}
+    assert coordinator.store.get_json(coordinator.paths.dispatch("update", 1, 1)) == dispatch
+    [(task_id, reason)] = transport.marked
+    assert task_id == "old-h2" and "cannot commit without h2" in reason
+    assert progress.statuses["h2"].state is HospitalState.LOST
+    assert progress.gone() == {"h2": Dropout.LOST}
