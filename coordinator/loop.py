@@ -52,6 +52,11 @@ FINALISE_TIMEOUT = 300.0
 RESEND_AFTER = 30.0
 #: Seconds a failed round keeps polling its unfinished hospitals so that their reasons, too, reach the operator.
 REASON_GRACE = 15.0
+#: Seconds between two questions whether a hospital whose task was given back after its worker died has any live
+#: worker left to take it; with none, the hospital counts as lost for the round policy (``Dropout.LOST``).
+LIVENESS_EVERY = 5.0
+#: Seconds a hospital must have had no live worker before it counts as lost (a restarted worker is up by then).
+NO_WORKER_FOR = 10.0
 
 
 class HospitalState(StrEnum):
@@ -65,7 +70,7 @@ class HospitalState(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"  # its task raised
     BUDGET_SPENT = "budget spent"  # refused to train, or left out of the attempt: its DP budget is spent
-    LOST = "worker lost"  # its worker died with the task (lease expired) and a masked attempt cannot wait for it
+    LOST = "worker lost"  # its worker died with the task and no live worker of the hospital is left to take it
     LATE = "late"  # no folded update before the deadline
 
     @property
@@ -163,6 +168,8 @@ class Coordinator:
         # what a failed round tells the operator to do next; a demo cannot be resumed, so it passes its own
         self.retry_advice = retry_advice or f"run `medheaven-coordinator resume --run-id {config.run}`"
         self._budget_cache: dict[tuple[int, int], dict[str, str]] = {}
+        self._rounds_watched: set[int] = set()  # training rounds this process saw to their commit
+        self._consumers: dict[str, tuple[float, float | None]] = {}  # hospital -> (asked at, no live worker since)
 
     # -- store queries -----------------------------------------------------------------------------------
     def manifest(self, kind: Phase, round_number: int) -> Manifest | None:
@@ -427,13 +434,7 @@ class Coordinator:
                 status.state, status.detail = HospitalState.REJECTED, rejected[hospital]
             else:
                 task: TaskState = self.transport.state(ids["task"])
-                if task.state == "FAILURE" and ids.get("worker_lost"):
-                    status.state = HospitalState.LOST
-                    status.detail = (
-                        f"worker {ids['worker_lost']} died with its task; this masked attempt cannot commit without "
-                        f"{hospital}, so the task was not given back"
-                    )
-                elif task.state == "FAILURE":
+                if task.state == "FAILURE":
                     error = task.error or ""
                     # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
                     status.state = HospitalState.BUDGET_SPENT if BUDGET_MARKER in error else HospitalState.FAILED
@@ -450,6 +451,12 @@ class Coordinator:
                         progress.on_time.add(hospital)
                 elif task.state == "STARTED":
                     status.state = HospitalState.TRAINING
+                elif ids.get("lost") and self._no_live_worker(hospital):
+                    status.state = HospitalState.LOST
+                    status.detail = (
+                        f"its worker died with the task ({len(ids['lost'])}x); the task was given back, but no live "
+                        "worker consumes its queue"
+                    )
             progress.statuses[hospital] = status
         for hospital, why in self._budget_spent(spec.kind, spec.round, spec.attempt).items():
             if hospital not in spec.hospitals:  # left out when the attempt opened (``_affordable``)
@@ -523,9 +530,6 @@ class Coordinator:
             worker = self.transport.lost_worker(old["task"])
             if worker is None:
                 continue
-            if spec.cohort:
-                self._lost_in_masked_attempt(spec, dispatch, status, worker)
-                continue
             new = self.transport.send_hospital_task(task_name, (spec.to_dict(), hospital), hospital, fold=True)
             dispatch[hospital] = {**new, "lost": [*old.get("lost", []), old["task"]]}
             self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
@@ -540,30 +544,17 @@ class Coordinator:
                 f"{spec.round}: gave the task back to {hospital}'s queue"
             )
 
-    def _lost_in_masked_attempt(
-        self, spec: RoundSpec, dispatch: dict[str, Any], status: HospitalStatus, worker: str
-    ) -> None:
-        """A masked attempt whose member's worker died: the task is marked lost, not given back, and the round
-        policy counts the member out (``Dropout.LOST``). Why not give it back as an unmasked round does: the attempt
-        can only commit if that hospital re-trains and uploads before the deadline, which needs another live
-        worker of that hospital, and the coordinator cannot tell one from here (a lease names a worker, not its
-        hospital); a task waiting in a queue nobody consumes would hold every survivor until the deadline. The
-        survivors re-train in a fresh attempt at once instead; the hospital rejoins at the next round."""
-        hospital, task_name = status.hospital, self.HOSPITAL_TASKS[spec.kind]
-        old = dispatch[hospital]
-        dispatch[hospital] = {**old, "worker_lost": worker}  # recorded first: a resumed coordinator reads LOST
-        self.store.put_json(self.paths.dispatch(spec.kind, spec.round, spec.attempt), dispatch)
-        self.transport.mark_lost(
-            old["task"],
-            f"its liveness lease expired during {spec.kind} round {spec.round} attempt {spec.attempt}, a masked "
-            f"attempt that cannot commit without {hospital}: not given back, the survivors retry without it",
-        )
-        status.state = HospitalState.LOST
-        status.detail = f"worker {worker} died with its task; not given back (masked attempt)"
-        self.observer.message(
-            f"{hospital}'s worker {worker} was lost while running its {task_name} task for {spec.kind} round "
-            f"{spec.round} attempt {spec.attempt}: the masked attempt cannot commit without it"
-        )
+    def _no_live_worker(self, hospital: str) -> bool:
+        """Whether ``hospital`` has had no live worker to take a given-back task for ``NO_WORKER_FOR`` seconds
+        (asked at most every ``LIVENESS_EVERY`` seconds: an inspect broadcast waits a second for replies), so that
+        a worker a service manager is restarting has time to come up. Unknown counts as alive."""
+        now = self.clock()
+        asked_at, none_since = self._consumers.get(hospital, (-math.inf, None))
+        if now - asked_at >= LIVENESS_EVERY:
+            consumers = self.transport.live_consumers(hospital)
+            none_since = (none_since if none_since is not None else now) if consumers == 0 else None
+            self._consumers[hospital] = (now, none_since)
+        return none_since is not None and now - none_since >= NO_WORKER_FOR
 
     def _settled(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
         """The round's statuses once its unfinished hospitals have finished or REASON_GRACE has passed: a round
@@ -705,9 +696,12 @@ class Coordinator:
         self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
 
     def unreachable(self, round_number: int) -> dict[str, str]:
-        """Hospitals the last attempts of training round ``round_number`` saw lost with their worker or silent to
-        the deadline (their latest state over that round's attempts), with that state: a phase after the rounds
-        (the final validation, the test scoring) does not wait a whole timeout for a hospital known gone."""
+        """Hospitals the attempts of training round ``round_number`` saw lost with their worker or silent to the
+        deadline (their latest state over that round's attempts), with that state: a phase after the rounds (the
+        final validation, the test scoring) does not wait a whole timeout for a hospital known gone. Only for a
+        round this process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
+        if round_number not in self._rounds_watched:
+            return {}
         records = [r for r in self.failed_attempts() if r["kind"] == Phase.UPDATE and r["round"] == round_number]
         records.sort(key=lambda r: int(r["attempt"]))
         records += [r for r in self.history() if int(r["round"]) == round_number]
@@ -739,8 +733,8 @@ class Coordinator:
         holder = self.config.key_holder
         if (why := self.unreachable(self.last_committed_round()).get(holder)) is not None:
             self.observer.message(
-                f"held-out test not scored: the key holder {holder!r} is {why}; score it later with "
-                f"`medheaven-coordinator resume --run-id {self.config.run}` once {holder} is back"
+                f"held-out test not scored: the key holder {holder!r} is {why}; once {holder} is back, "
+                f"`medheaven-coordinator resume --run-id {self.config.run}` scores it"
             )
             return
         last, validation_auc = self.selected_round()
@@ -768,6 +762,7 @@ class Coordinator:
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
+        self._rounds_watched.add(spec.round)
         record = round_record(manifest)
         record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
         record["reasons"] = reasons

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("scheme", ["masked", "ckks", "plaintext"])
-def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, redis_url: str, scheme: str) -> None:
+def test_privacy_hospital_at_budget_left_out_and_round_proceeds(tmp_path: Path, redis_url: str, scheme: str) -> None:
     """A hospital at its budget is left out of the round by the coordinator, which knows from the hospital's signed
     statistics receipt that one more round would exceed its target ε; the round opens once, without it, and
     commits with the others under the quorum rule. Under the masked default that matters twice: an attempt opened
