@@ -28,7 +28,7 @@ def privacy_receipts(store: Store, paths: RunPaths, round_number: int, attempt: 
 
     def folded_in(committed: Manifest, where: str) -> Iterator[Receipt]:
         for entry in committed.folded:
-            yield str(entry["hospital"]), dict(entry.get("privacy", {})), where
+            yield entry.hospital, dict(entry.privacy), where
 
     for number in range(round_number, 0, -1):
         last = attempt - 1

@@ -40,6 +40,13 @@ ServerMomentumOption = Annotated[
 #: FedAvgM (momentum 0.5) with batch 256: the best mean validation ROC-AUC of the grid in BENCHMARKS.md ("Recipe")
 SERVER_OPTIMISER = "fedavgm"
 
+LocalEpochsOption = Annotated[int, typer.Option("--local-epochs", min=1)]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1)]
+LearningRateOption = Annotated[float, typer.Option("--learning-rate")]
+LrDecayOption = Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")]
+#: batch 256 with FedAvgM (momentum 0.5): the best mean validation ROC-AUC of the grid in BENCHMARKS.md ("Recipe")
+LOCAL_EPOCHS, BATCH_SIZE, LEARNING_RATE, LR_DECAY = 1, 256, 1e-3, 1.0
+
 
 def server_step(kind: str, learning_rate: float | None, momentum: float | None) -> ServerOptimiser:
     """The server step the options ask for; ``ServerOptimiser.parse`` refuses unknown kinds and bad values."""

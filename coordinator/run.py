@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from medheaven.crypto.codec import Parameters, public_keys_from_bytes
@@ -11,11 +12,13 @@ from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
 from medheaven.errors import ConfigurationError, PackingError, RunStateError
+from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import is_masked
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
+from medheaven.records import decode_record, encode_record
 from medheaven.store.base import Store
 
 
@@ -53,25 +56,13 @@ class RunConfig:
         return self.evaluator or self.hospitals[0]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["hospitals"] = list(self.hospitals)
-        data["training"] = self.training.to_dict()
-        data["server"] = self.server.to_dict()
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return cls(
-            run=str(data["run"]),
-            hospitals=tuple(data["hospitals"]),
-            rounds=int(data["rounds"]),
-            min_hospitals=int(data["min_hospitals"]),
-            round_timeout=float(data["round_timeout"]),
-            training=LocalTraining.from_dict(data["training"]),
-            evaluator=data.get("evaluator"),
-            test_path=data.get("test_path"),
-            plaintext=bool(data.get("plaintext", False)),
-            server=ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser(),
+        server = ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser()
+        return decode_record(
+            cls, data, what=f"run.json of run {data.get('run')!r}", required=("training",), server=server
         )
 
 
@@ -80,7 +71,7 @@ def create_run(
     config: RunConfig,
     *,
     model: ModelSpec,
-    layout: dict[str, Any],
+    layout: FeatureLayout | Mapping[str, Any],
     max_abs_feature: float = 1000.0,
 ) -> RunDescription:
     """Write ``run.json`` and ``model.json`` for a new run; refuses to touch an existing run."""
@@ -123,7 +114,7 @@ def create_run(
         model=model,
         params=params,
         fingerprint=fingerprint,
-        layout=layout,
+        layout=layout if isinstance(layout, FeatureLayout) else FeatureLayout.from_dict(dict(layout)),
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
         server=config.server,

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from medheaven.crypto.planning import check_planning_bounds
 from medheaven.errors import ParameterPlanningError
 
 SCHEME_NAME = "bfv-masked"
@@ -168,12 +169,7 @@ def plan_bfv_parameters(
     precision: float = 1e-6,
 ) -> BfvParameters:
     """The largest t the noise bound allows for ``max_hospitals``, then the finest step the wrap bound allows."""
-    if not math.isfinite(max_abs_weight) or max_abs_weight <= 0:
-        raise ParameterPlanningError(f"max_abs_weight must be a positive number, got {max_abs_weight}")
-    if max_total_samples < 1:
-        raise ParameterPlanningError(f"max_total_samples must be >= 1, got {max_total_samples}")
-    if not 0 < precision < 1:
-        raise ParameterPlanningError(f"precision must be in (0, 1), got {precision}")
+    check_planning_bounds(max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision)
     if max_hospitals < 1:
         raise ParameterPlanningError(f"max_hospitals must be >= 1, got {max_hospitals}")
     bits = MAX_PLAIN_BITS

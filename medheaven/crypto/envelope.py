@@ -37,6 +37,7 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import msgpack
 
@@ -51,6 +52,7 @@ from medheaven.errors import (
     ShapeMismatchError,
     SignatureError,
 )
+from medheaven.records import typed_field
 
 ENVELOPE_FORMAT = 2
 LEGACY_FORMAT = 1
@@ -238,13 +240,7 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     Also returns the offset at which the ``sig`` key starts (-1 if absent): the end of format 2's signed body."""
     unpacker = msgpack.Unpacker(
         io.BytesIO(data),  # shares data's buffer; the unpacker reads it in small pieces
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
+        **_msgpack_bounds(limits),
         max_buffer_size=max(limits.max_chunk_bytes + 64, 1 << 20),
     )
     try:
@@ -282,20 +278,24 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     return payload, sig_offset
 
 
+def _msgpack_bounds(limits: EnvelopeLimits) -> dict[str, Any]:
+    """The decoder's limits, checked by msgpack before it allocates (both decoders of an envelope use them)."""
+    return {
+        "raw": False,
+        "strict_map_key": True,
+        "max_bin_len": limits.max_chunk_bytes,
+        "max_str_len": 256,
+        "max_array_len": limits.max_chunks,
+        "max_map_len": _MAX_MAP_LEN,
+        "max_ext_len": 0,
+    }
+
+
 def _refuse_non_map(data: bytes, limits: EnvelopeLimits) -> None:
     """Name what a non-map envelope is, or why it is not msgpack at all (rare, so the plain bounded decoder).
 
     Decoding errors propagate to the caller, which classifies them like its own."""
-    value = msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
-    )
+    value = msgpack.unpackb(data, **_msgpack_bounds(limits))
     raise EnvelopeFormatError(f"envelope must be a msgpack map, got {type(value).__name__}")
 
 
@@ -333,11 +333,7 @@ def _chunk_views(data: bytes, unpacker: msgpack.Unpacker, limits: EnvelopeLimits
 
 
 def _field(payload: dict[str, object], name: str, kind: type) -> object:
-    value = payload[name]
-    # bool is an int subclass in Python; a msgpack true must not pass as a round number
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise EnvelopeFormatError(f"envelope field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+    return typed_field(payload, name, kind, what="envelope", error=EnvelopeFormatError)
 
 
 def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelope:

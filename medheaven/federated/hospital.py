@@ -115,11 +115,11 @@ class HospitalNode:
 
     def _data(self, cache: _RunCache) -> HospitalData:
         if cache.data is None:
-            from medheaven.data import FeatureLayout, prepare_hospital_data
+            from medheaven.data import prepare_hospital_data
 
             if self._frame is None:
                 self._frame = self.reader(self.data_path)
-            layout = FeatureLayout.from_dict(cache.description.layout)
+            layout = cache.description.layout
             cache.data = prepare_hospital_data(
                 self._frame, layout, validation_fraction=self.validation_fraction, seed=self.seed
             )

@@ -43,12 +43,12 @@ def propose_levels(node: HospitalNode, min_patients: int) -> dict[str, Any]:
 
 def encrypt_level_counts(node: HospitalNode, spec: RoundSpec) -> Receipt:
     """Encrypt the per-candidate-level patient counts (as sufficient statistics of 0/1 indicators) and upload."""
-    from medheaven.data import FeatureLayout, SufficientStats
+    from medheaven.data import SufficientStats
     from medheaven.data.federated_layout import patient_indicators
 
     started = time.perf_counter()
     cache = node._run(spec.run)
-    indicators = patient_indicators(_frame(node), FeatureLayout.from_dict(cache.description.layout))
+    indicators = patient_indicators(_frame(node), cache.description.layout)
     vector = SufficientStats.of(indicators).to_vector()
     key, digest, size, _ = node._upload(cache.description, spec, vector)
     return node._receipt(spec, key, digest, size, {}, {"total": time.perf_counter() - started})
@@ -56,12 +56,11 @@ def encrypt_level_counts(node: HospitalNode, spec: RoundSpec) -> Receipt:
 
 def decide_layout(node: HospitalNode, layout_run: str, threshold: int) -> dict[str, Any]:
     """Key holders only: decrypt the summed counts here and return the layout they decide (no counts)."""
-    from medheaven.data import FeatureLayout
     from medheaven.data.federated_layout import final_layout
 
     description = node._run(layout_run).description
     manifest = committed_manifest(node.store, layout_run, kind=Phase.STATS, round_number=0)
     summed = open_committed(node.store, description, node.secret, manifest)
     totals = np.split(np.asarray(summed, dtype=np.float64), 3)[1]  # count | sum | sum of squares: sum = patients
-    candidates = FeatureLayout.from_dict(description.layout)
+    candidates = description.layout
     return final_layout(candidates, totals, threshold=threshold).to_dict()

@@ -66,9 +66,7 @@ class Phase(StrEnum):
     def vector_length(self, run: RunDescription) -> int:
         """Length of every envelope of the phase (the uploads and the committed sum)."""
         if self is Phase.STATS:
-            from medheaven.data import FeatureLayout  # pandas; only the statistics phase needs the layout
-
-            return 3 * FeatureLayout.from_dict(run.layout).n_features
+            return 3 * run.layout.n_features
         return run.vector_length
 
     def scale_bits(self, run: RunDescription) -> int:

@@ -46,6 +46,7 @@ from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
 from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
 from medheaven.private_files import check_private_file_mode, private_staging_dir, write_private_file
+from medheaven.records import read_json_object
 from medheaven.store.base import Store
 
 PREPROCESSING_FORMAT = 1
@@ -129,16 +130,8 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigurationError(
-                f"{path} does not exist: `medheaven export` writes it next to the .keras file; keep the two together"
-            ) from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"{path} is not valid JSON ({exc}); export the model again") from exc
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{path} must hold a JSON object; export the model again")
+        remedy = "`medheaven export` writes it next to the .keras file; keep the two together or export again"
+        data = read_json_object(path, what="preprocessing file", remedy=remedy, error=ConfigurationError)
         return cls.from_dict(data, source=str(path))
 
 
@@ -262,16 +255,8 @@ class ExportResult:
 
 def read_split_schema(path: Path, layout: FeatureLayout) -> dict[str, Any] | None:
     """The source schema recorded in a split's schema.json, checked against the run's features."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataFileError(
-            f"split schema {path} does not exist (it is the schema.json `medheaven data split` wrote)"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"split schema {path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise SchemaError(f"split schema {path} must hold a JSON object")
+    remedy = "pass the schema.json `medheaven data split` wrote"
+    data = read_json_object(path, what="split schema", remedy=remedy, error=DataFileError)
     features = set(data.get("numeric", [])) | set(data.get("categorical", []))
     expected = set(layout.numeric) | {c for c, _ in layout.categorical}
     if features != expected:
@@ -309,7 +294,7 @@ def export_model(
     decrypted = decrypt_global_model(store, secret, run, chosen)
     description = decrypted.description
     standardiser = decrypt_standardiser(store, secret, description)
-    layout = FeatureLayout.from_dict(description.layout)
+    layout = description.layout
     source_schema = read_split_schema(split_schema, layout) if split_schema is not None else None
     if split_schema is None and (default := default_split_schema(store, run)) is not None:
         # best effort: the test file's folder may hold another split's schema.json; it only records the target
@@ -346,7 +331,7 @@ def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy 
     if dp is None:
         return None
     rounds = [
-        (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
+        (r, {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy})
         for r in range(1, round_number + 1)
         for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
     ]
