@@ -231,3 +231,26 @@ def test_cohort_rule_allows_dropping_only_hospitals_that_never_uploaded() -> Non
     assert cohort == ("h1",) and problems == ("h2 uploaded in failed attempt 1 but would be left out",)
     # an attempt nobody uploaded in constrains nothing
     assert cohort_violations(("h9",), [EarlierAttempt(1, ("h1", "h2"), frozenset())]) == ()
+
+
+def test_attempt_tombstone_round_trips_with_folded_hospital_names_and_rejected_entries() -> None:
+    """A tombstone lists folded hospitals by name and rejected ones as ledger entries; reading one back (what the
+    coordinator does before every retry) must not take the names for entries."""
+    from medheaven.federated.ledger import AttemptTombstone
+
+    rejected = _ledger(rejected=("h3",)).rejected
+    tombstone = AttemptTombstone(
+        run="policy",
+        kind="update",
+        round=2,
+        attempt=1,
+        quorum=2,
+        reason="cohort incomplete: h3 refused",
+        at=OPENED + 9,
+        folded=("h1", "h2"),
+        rejected=rejected,
+        missing=(),
+        cohort=("h1", "h2", "h3"),
+        uploaded=("h1", "h2", "h3"),
+    )
+    assert AttemptTombstone.from_dict(tombstone.to_dict()) == tombstone
