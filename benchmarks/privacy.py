@@ -97,7 +97,6 @@ class ReleasedModel:
     holder, like every hospital), with the federation's standardiser."""
 
     def __init__(self, simulation: Simulation, run: str) -> None:
-        from medheaven.data import FeatureLayout
         from medheaven.model import build_model, set_flat_weights
         from medheaven.serving.export import decrypt_global_model, decrypt_standardiser, load_key_holder_context
 
@@ -105,7 +104,7 @@ class ReleasedModel:
         secret = load_key_holder_context(simulation.keys.secret)
         decrypted = decrypt_global_model(store, secret, run)
         self.round = decrypted.round
-        self.layout = FeatureLayout.from_dict(decrypted.description.layout)
+        self.layout = decrypted.description.layout
         self.standardiser = decrypt_standardiser(store, secret, decrypted.description)
         self.model = build_model(decrypted.description.model)
         set_flat_weights(self.model, decrypted.weights)

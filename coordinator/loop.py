@@ -674,26 +674,26 @@ def failure_reasons(progress: RoundProgress) -> dict[str, str]:
 
 def round_record(manifest: Manifest) -> dict[str, Any]:
     """Per-round metrics: the incoming model's validation metrics per hospital and their mean over hospitals."""
-    per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
+    per_hospital = {e.hospital: dict(e.metrics) for e in manifest.folded}
     mean = mean_metrics(per_hospital)
     phases: dict[str, float] = {}
     for entry in manifest.folded:
-        for phase, seconds in dict(entry.get("timings", {})).items():
-            phases[phase] = max(phases.get(phase, 0.0), float(seconds))
+        for phase, seconds in entry.timings.items():
+            phases[phase] = max(phases.get(phase, 0.0), seconds)
     return {
         "round": manifest.round,
         "attempt": manifest.attempt,
         "status": "committed",
         "participants": list(manifest.participants),
-        "rejected": [dict(r) for r in manifest.rejected],
+        "rejected": [r.to_dict() for r in manifest.rejected],
         "evaluated_round": manifest.round - 1,
         "metrics": per_hospital,
         "weighted": mean,
         # spent (ε, δ) per hospital under DP-SGD, as each hospital signed it in its receipt; absent without DP
-        "privacy": {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")},
+        "privacy": {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy},
         "seconds": manifest.finalised_at - manifest.opened_at,
         "phases_max": phases,
-        "bytes_up": sum(int(e.get("size", 0)) for e in manifest.folded),
+        "bytes_up": sum(e.size for e in manifest.folded),
         "global_bytes": manifest.result_size,
     }
 

@@ -34,7 +34,7 @@ from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
-from medheaven.federated.results import committed_average, committed_manifest, open_committed
+from medheaven.federated.results import committed_average, committed_standardiser
 from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
@@ -115,11 +115,11 @@ class HospitalNode:
 
     def _data(self, cache: _RunCache) -> HospitalData:
         if cache.data is None:
-            from medheaven.data import FeatureLayout, prepare_hospital_data
+            from medheaven.data import prepare_hospital_data
 
             if self._frame is None:
                 self._frame = self.reader(self.data_path)
-            layout = FeatureLayout.from_dict(cache.description.layout)
+            layout = cache.description.layout
             cache.data = prepare_hospital_data(
                 self._frame, layout, validation_fraction=self.validation_fraction, seed=self.seed
             )
@@ -232,12 +232,7 @@ class HospitalNode:
     def standardiser(self, run: str) -> Standardiser:
         cache = self._run(run)
         if cache.standardiser is None:
-            from medheaven.data import Standardiser, SufficientStats
-
-            manifest = committed_manifest(self.store, run, kind=Phase.STATS, round_number=0)
-            summed = open_committed(self.store, cache.description, self.secret, manifest)
-            # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
-            cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
+            cache.standardiser = committed_standardiser(self.store, cache.description, self.secret)
         return cache.standardiser
 
     def _prepared(self, cache: _RunCache) -> dict[str, np.ndarray]:
@@ -272,7 +267,7 @@ class HospitalNode:
                 f"{planned_feature_bound(largest):g}` (or MEDHEAVEN_MAX_ABS_FEATURE, or `max_abs_feature` in the "
                 "demo's schema file), otherwise fix the unit error in the data file"
             )
-        vector = SufficientStats.of(data.train_x).to_vector()
+        vector = cache.description.stats_upload(SufficientStats.of(data.train_x).to_vector())
         key, digest, size, _ = self._upload(cache.description, spec, vector)
         timings = {"total": time.perf_counter() - started}
         return self._receipt(spec, key, digest, size, {}, timings)
