@@ -175,9 +175,9 @@ class SimulationResult:
 def default_model(
     simulation: Simulation,
     *,
-    hidden: tuple[int, ...] = (64, 32),
-    dropout: float = 0.3,
-    l2: float = 1e-3,
+    hidden: tuple[int, ...] = ModelSpec.hidden,
+    dropout: float = ModelSpec.dropout,
+    l2: float = ModelSpec.l2,
     seed: int = 0,
 ) -> ModelSpec:
     """The readmission MLP of the centralised baseline (medheaven.evaluation.baseline), so results compare like for like."""

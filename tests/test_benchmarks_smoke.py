@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import aggregator, federation, privacy, scaling
+from benchmarks import aggregator, federation, privacy, recipe_cv, scaling
 
 
 def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
@@ -108,3 +108,19 @@ def test_privacy_benchmark_emits_table_with_attack(tmp_path: Path, capsys: pytes
     line = result["table"][1]
     assert {"test_roc_auc", "test_pr_auc", "roc_auc_gap_to_no_dp", "round_time_ratio_to_no_dp"} <= line.keys()
     assert line["roc_auc_gap_to_no_dp"] == pytest.approx(plain["test"]["roc_auc"] - private["test"]["roc_auc"])
+
+
+def test_recipe_cv_emits_one_validation_curve_per_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medheaven.data import generate_synthetic
+
+    data = tmp_path / "d.csv"
+    generate_synthetic(800, seed=1).to_csv(data, index=False)
+    recipe_cv.main(
+        ["--data", str(data), "--hospitals", "2", "--scheme", "iid", "--folds", "2", "--rounds", "1",
+         "--variant", "{}", "--variant", '{"features": "noprior+log", "hidden": [8]}']
+    )  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["variant"]["features"] for line in lines] == ["base", "noprior+log"]
+    for line in lines:
+        assert len(line["validation_roc_auc_mean"]) == 1 and len(line["final_per_fold"]) == 2
+        assert 0.0 <= line["final"] <= 1.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, expectation
 from medheaven.federated.result_spool import SpooledResult, spool_result
-from medheaven.federated.round_policy import Verdict, decide, lateness
+from medheaven.federated.round_policy import Dropout, Verdict, decide, lateness
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -345,9 +346,21 @@ class AggregatorNode:
         self._write_ledger(state)
         return FoldOutcome(FoldStatus.REJECTED, receipt.hospital, spec.round, reason, message).to_dict()
 
-    def finalise(self, run: str, kind: Phase | str, round_number: int, attempt: int) -> dict[str, Any]:
-        """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
+    def finalise(
+        self,
+        run: str,
+        kind: Phase | str,
+        round_number: int,
+        attempt: int,
+        dropouts: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Commit the round if the quorum was folded; otherwise record the failure. Idempotent.
+
+        ``dropouts``: hospitals the coordinator knows gone (``round_policy.Dropout`` values), so that the policy
+        names why a masked attempt is abandoned. They can only close an attempt the aggregator closes anyway (a
+        finalise never commits an incomplete cohort), so whoever sends them gains nothing over sending a finalise."""
         kind = Phase(kind)  # the task's argument arrives as the phase's name
+        gone = _parse_dropouts(dropouts or {}, run=run, kind=kind, round_number=round_number)
         paths = RunPaths(run)
         manifest_key = paths.manifest(kind, round_number)
         if self.store.exists(manifest_key):
@@ -357,7 +370,7 @@ class AggregatorNode:
         if spec.attempt != attempt:
             raise RoundMismatchError(f"finalise asked for attempt {attempt}, the open attempt is {spec.attempt}")
         state = self._state(spec)
-        decision = decide(spec, state.ledger, time.time(), closing=True)
+        decision = decide(spec, state.ledger, time.time(), gone=gone, closing=True)
         if decision.verdict is not Verdict.COMMIT:
             ledger = state.ledger
             members = spec.cohort or spec.hospitals
@@ -440,3 +453,14 @@ class AggregatorNode:
         )
         accumulator = state.accumulator
         return spool_result(result, accumulator.iter_chunks(), accumulator.chunk_count, folder=self.spool_folder)
+
+
+def _parse_dropouts(raw: Mapping[str, str], *, run: str, kind: Phase, round_number: int) -> dict[str, Dropout]:
+    try:
+        return {str(h): Dropout(why) for h, why in dict(raw).items()}
+    except (TypeError, ValueError):
+        known = ", ".join(d.value for d in Dropout)
+        raise RoundMismatchError(
+            f"finalise of {kind} round {round_number} of {run!r} named dropouts {dict(raw)!r}: each must be one of "
+            f"{known}; send the finalise again from a coordinator of this version"
+        ) from None

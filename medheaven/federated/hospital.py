@@ -270,7 +270,29 @@ class HospitalNode:
         vector = cache.description.stats_upload(SufficientStats.of(data.train_x).to_vector())
         key, digest, size, _ = self._upload(cache.description, spec, vector)
         timings = {"total": time.perf_counter() - started}
-        return self._receipt(spec, key, digest, size, {}, timings)
+        return self._receipt(spec, key, digest, size, {}, timings, privacy=self._budget_standing(cache, spec))
+
+    def _privacy_ledger(self, run: str) -> Path:
+        """This hospital's spent-ε ledger for ``run``, next to its data (it never leaves the hospital)."""
+        return self.data_path.parent / ".privacy" / f"{self.hospital_id}-{run}.json"
+
+    def _budget_standing(self, cache: _RunCache, spec: RoundSpec) -> dict[str, float]:
+        """Under DP-SGD, the statistics receipt says what this hospital has spent and what round 1 would bring it to
+        (``privacy.local.budget_standing``); empty without DP."""
+        from medheaven.privacy.local import budget_standing, plan_round
+
+        training, data = spec.training, self._data(cache)
+        if training.dp is None or data.train_groups is None:
+            return {}
+        entry = plan_round(
+            data.train_groups,
+            dp=training.dp,
+            planned_rounds=training.planned_rounds,
+            epochs=training.epochs,
+            batch_patients=training.batch_size,
+            round_number=1,
+        )
+        return budget_standing(self._privacy_ledger(spec.run), entry, dp=training.dp)
 
     def initial_model(self, run: str) -> tuple[bytes, str]:
         """Round 0: the deterministic initial weights, encrypted as a global model with total weight 1."""
@@ -381,7 +403,7 @@ class HospitalNode:
 
         training, data, prepared = spec.training, self._data(cache), self._prepared(cache)
         assert training.dp is not None and data.train_groups is not None
-        ledger = self.data_path.parent / ".privacy" / f"{self.hospital_id}-{spec.run}.json"
+        ledger = self._privacy_ledger(spec.run)
         done = train_private(
             model,
             prepared["train_x"],
