@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
@@ -121,18 +123,7 @@ def test_fold_outcome_round_trips() -> None:
 
 
 # -- masked attempts: all or nothing, and the cohort rule of a fresh attempt ------------------------------
-MASKED = RoundSpec(
-    run="policy",
-    round=2,
-    attempt=1,
-    kind="update",
-    hospitals=("h1", "h2", "h3"),
-    quorum=2,
-    deadline=DEADLINE,
-    base_sha256="ab" * 32,
-    opened_at=OPENED,
-    cohort=("h1", "h2", "h3"),
-)
+MASKED = dataclasses.replace(SPEC, cohort=("h1", "h2", "h3"))
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from transport_support import RecordingTransport
 
 from coordinator.loop import Coordinator, HospitalState, HospitalStatus, RoundProgress
 from coordinator.messaging import TaskState
@@ -38,18 +39,12 @@ def test_lease_live_while_renewed_expired_when_not_unknown_after_a_clean_stop(re
     assert lease_state(client, "never-leased@host") is LeaseState.UNKNOWN
 
 
-class _LostWorkerTransport:
+class _LostWorkerTransport(RecordingTransport):
     """h2's task is STARTED on a worker that the lease says is lost."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        super().__init__()
         self.marked: list[tuple[str, str]] = []
-
-    def send_hospital_task(
-        self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
-    ) -> dict[str, str]:
-        self.sent.append((name, args))
-        return {"task": f"task-{len(self.sent)}", "fold": f"fold-{len(self.sent)}"}
 
     def send_aggregate_task(self, name: str, args: tuple[Any, ...]) -> str:
         raise AssertionError("not used here")
