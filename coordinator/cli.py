@@ -127,7 +127,7 @@ def run(
     server_lr: options.ServerLrOption = None,
     server_momentum: options.ServerMomentumOption = None,
     hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
-    dropout: Annotated[float, typer.Option("--dropout")] = 0.1,
+    dropout: Annotated[float, typer.Option("--dropout")] = ModelSpec.dropout,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     evaluator: Annotated[str | None, typer.Option("--evaluator", help="Key holder for round 0 and test.")] = None,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Held-out file (simulations).")] = None,

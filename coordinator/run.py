@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from medheaven.crypto.bfv_planning import BfvParameters, plan_stats_lanes
 from medheaven.crypto.codec import Parameters, public_keys_from_bytes
 from medheaven.crypto.envelope import RUN_ID
 from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
-from medheaven.errors import ConfigurationError, PackingError, RunStateError
+from medheaven.errors import ConfigurationError, PackingError, ParameterPlanningError, RunStateError
 from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import is_masked
@@ -95,9 +96,14 @@ def create_run(
             )
         context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
         params, fingerprint = context.params, context.fingerprint
+    stats_lanes = None
     try:
-        stats_scale_bits(params, max_abs_feature=max_abs_feature)
-    except PackingError as exc:
+        if isinstance(params, BfvParameters) and not config.plaintext:
+            # bfv-masked: counts, and sums and squares in two limbs (bfv_planning.StatsLanes, derivation there)
+            stats_lanes = plan_stats_lanes(params, max_abs_feature=max_abs_feature)
+        else:
+            stats_scale_bits(params, max_abs_feature=max_abs_feature)
+    except (PackingError, ParameterPlanningError) as exc:
         raise ConfigurationError(
             f"--max-abs-feature {max_abs_feature:g} (MEDHEAVEN_MAX_ABS_FEATURE) is too large for this key set: {exc}"
         ) from exc
@@ -119,6 +125,7 @@ def create_run(
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
         server=config.server,
+        stats_lanes=stats_lanes,
     )
     if is_masked(description):
         # every hospital's X25519 public key must be registered before round 1; old registries lack them

@@ -33,6 +33,7 @@ from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import QuorumNotReachedError
+from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, RoundSpec, RunDescription
 from medheaven.model import ModelSpec
@@ -197,7 +198,7 @@ def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Co
     # a plaintext run: the coordinator reads the run's scheme (masked runs choose retry cohorts under the cohort rule)
     description = RunDescription(
         run="bare", model=ModelSpec(n_features=3), params=plan_ckks_parameters(), fingerprint=PLAINTEXT_FINGERPRINT,
-        layout={}, plaintext=True,
+        layout=FeatureLayout(numeric=("a", "b", "c"), categorical=()), plaintext=True,
     )  # fmt: skip
     store.put_json(RunPaths("bare").model, description.to_dict())
     return Coordinator(store, transport, config, poll_interval=0.001, **kwargs)

@@ -32,6 +32,9 @@ class RecordingTransport:
     def lost_worker(self, task_id: str) -> str | None:
         return None
 
+    def live_consumers(self, hospital: str) -> int | None:
+        return None  # nothing can be known: no hospital is ever taken for lost
+
     def mark_lost(self, task_id: str, reason: str) -> None:
         raise AssertionError(f"no worker is lost in this test, yet task {task_id} was marked lost: {reason}")
 

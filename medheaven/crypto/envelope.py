@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -174,27 +174,34 @@ class Envelope:
     def pack_streaming(self, chunks: Iterable[Chunk], count: int, *, with_signature: bool = True) -> bytearray:
         """The same bytes as ``to_bytes`` with ``chunks`` in place of ``self.chunks``, written one chunk at a time.
 
-        The aggregator serialises its running sum through this: only one serialised chunk exists at a time next to
-        the growing output, instead of every chunk plus a packed copy of them all (peak 2 models instead of 3).
+        Only one serialised chunk exists at a time next to the growing output, instead of every chunk plus a packed
+        copy of them all (peak 2 models instead of 3). ``write_streaming`` writes the same bytes to a file instead.
         """
+        out = bytearray()
+        self.write_streaming(out.extend, chunks, count, with_signature=with_signature)
+        return out
+
+    def write_streaming(
+        self, write: Callable[[bytes], object], chunks: Iterable[Chunk], count: int, *, with_signature: bool = True
+    ) -> None:
+        """``pack_streaming``'s bytes, handed to ``write`` piece by piece (the aggregator's finalise writes its sum
+        to a file this way, so the serialised sum never sits in memory next to the ciphertexts it came from)."""
         packer = msgpack.Packer(use_bin_type=True)
-        out = bytearray(packer.pack_map_header(len(_FIELDS if self.version == ENVELOPE_FORMAT else _FIELDS_V1)))
+        write(packer.pack_map_header(len(_FIELDS if self.version == ENVELOPE_FORMAT else _FIELDS_V1)))
         for name, value in self._header_fields():
-            out += packer.pack(name)
-            out += packer.pack(value)
-        out += packer.pack("chunks")
-        out += packer.pack_array_header(count)
+            write(packer.pack(name))
+            write(packer.pack(value))
+        write(packer.pack("chunks"))
+        write(packer.pack_array_header(count))
         written = 0
         for chunk in chunks:
-            out += packer.pack(chunk)
+            write(packer.pack(chunk))
             written += 1
         if written != count:
             raise ValueError(f"pack_streaming was promised {count} chunks and given {written}")
-        if not with_signature:
-            return out
-        out += packer.pack("sig")
-        out += packer.pack(self.signature)
-        return out
+        if with_signature:
+            write(packer.pack("sig"))
+            write(packer.pack(self.signature))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: EnvelopeLimits) -> Envelope:

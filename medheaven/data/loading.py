@@ -208,11 +208,13 @@ def _preview(columns: pd.Index, limit: int = 12) -> str:
 
 def _clean(raw: pd.DataFrame, schema: Schema, path: Path) -> tuple[pd.DataFrame, Schema]:
     keep = {schema.group_column, schema.target}
+    identifiers = [c for c in schema.identifier_columns if c in raw.columns and c not in keep]
+    if schema.name == "diabetes130":
+        # before the identifiers go: prior_encounters orders a patient's encounters by encounter_id
+        return clean_diabetes130(raw).drop(columns=identifiers), schema
     if schema.name == "generic":
         warn_absent_columns(raw, schema, path=path, console=_stderr)
-    raw = raw.drop(columns=[c for c in schema.identifier_columns if c in raw.columns and c not in keep])
-    if schema.name == "diabetes130":
-        return clean_diabetes130(raw), schema
+    raw = raw.drop(columns=identifiers)
     if schema.name == "johns":
         return clean_johns(raw), schema
     if schema.name == "generic":

@@ -88,13 +88,14 @@ class LedgerEntry:
         )
 
 
+def entries_of(data: dict[str, Any], status: EntryStatus) -> tuple[LedgerEntry, ...]:
+    """The entries of one status a stored record lists under that status' name (absent: none)."""
+    return tuple(LedgerEntry.from_dict(e, default=status) for e in data.get(status.value, []))
+
+
 def ledger_entries(data: dict[str, Any]) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...]]:
-    """The folded and the rejected entries a stored ledger, manifest or failure record lists (absent: none)."""
-
-    def listed(status: EntryStatus) -> tuple[LedgerEntry, ...]:
-        return tuple(LedgerEntry.from_dict(e, default=status) for e in data.get(status.value, []))
-
-    return listed(EntryStatus.FOLDED), listed(EntryStatus.REJECTED)
+    """The folded and the rejected entries a stored ledger or manifest lists (absent: none)."""
+    return entries_of(data, EntryStatus.FOLDED), entries_of(data, EntryStatus.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ class AttemptTombstone:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptTombstone:
-        return decode_record(cls, data, what="attempt failure record", rejected=ledger_entries(data)[1])
+        # its "folded" lists hospital names, not entries: only the rejected list holds ledger entries
+        return decode_record(cls, data, what="attempt failure record", rejected=entries_of(data, EntryStatus.REJECTED))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import numpy as np
 
+from medheaven.crypto.bfv_planning import StatsLanes
 from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.crypto.envelope import RUN_ID
 from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
@@ -79,6 +81,10 @@ class RunDescription:
     #: is written as format 1 without the field, so descriptions of earlier runs read unchanged and plain runs stay
     #: readable by earlier versions, while a run with a server step is format 2, which earlier readers must refuse
     server: ServerOptimiser = field(default_factory=ServerOptimiser)
+    #: how the statistics phase lays out its lanes (``bfv_planning.StatsLanes``: counts, sums and squares in two
+    #: limbs). None: one lane per statistic at ``packing.stats_scale_bits`` (ckks, plaintext, and bfv-masked runs
+    #: created before the two-lane layout, which stay readable as they were written)
+    stats_lanes: StatsLanes | None = None
 
     @property
     def scheme(self) -> Scheme:
@@ -91,6 +97,15 @@ class RunDescription:
     def vector_length(self) -> int:
         """Flat weights plus the spare slot holding the (scaled) sample count."""
         return self.model.parameter_count() + 1
+
+    def stats_upload(self, stats: np.ndarray) -> np.ndarray:
+        """A hospital's ``[counts, sums, squares]`` (``SufficientStats.to_vector``) as the statistics phase sends it
+        in this run: the two-limb lanes if it has them, else as is (``Phase.vector_length`` follows the same rule)."""
+        return stats if self.stats_lanes is None else self.stats_lanes.to_lanes(stats)
+
+    def stats_from_sum(self, summed: np.ndarray) -> np.ndarray:
+        """The decrypted sum of the statistics phase back to ``[counts, sums, squares]`` (exact recombination)."""
+        return summed if self.stats_lanes is None else self.stats_lanes.from_lanes(summed)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -111,6 +126,8 @@ class RunDescription:
         if not self.server.is_plain:
             data["format"] = 2
             data["server_optimiser"] = self.server.to_dict()
+        if self.stats_lanes is not None:
+            data["stats_lanes"] = self.stats_lanes.to_dict()
         return data
 
     @classmethod
@@ -129,6 +146,7 @@ class RunDescription:
             what=f"model.json of run {data.get('run')!r}",
             params=parameters_from_dict(dict(data["ckks"])),
             server=ServerOptimiser.from_dict(server) if isinstance(server, dict) else ServerOptimiser(),
+            stats_lanes=StatsLanes.from_dict(dict(data["stats_lanes"])) if data.get("stats_lanes") else None,
         )
 
 

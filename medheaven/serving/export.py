@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medheaven.crypto.codec import SecretKeys, secret_keys_from_bytes
-from medheaven.data import FeatureLayout, Standardiser, SufficientStats
+from medheaven.data import FeatureLayout, Standardiser
 from medheaven.data.partition import prepared_schema_for
 from medheaven.data.schemas import Schema
 from medheaven.errors import (
@@ -40,7 +40,12 @@ from medheaven.errors import (
 )
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
-from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
+from medheaven.federated.results import (
+    committed_average,
+    committed_manifest,
+    committed_standardiser,
+    last_committed_round,
+)
 from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
@@ -238,9 +243,7 @@ def decrypt_global_model(
 
 def decrypt_standardiser(store: Store, secret: SecretKeys | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
-    manifest = committed_manifest(store, description.run, kind=Phase.STATS, round_number=0)
-    summed = open_committed(store, description, secret, manifest)
-    return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
+    return committed_standardiser(store, description, secret)
 
 
 # -- the export -------------------------------------------------------------------------------------------
