@@ -9,6 +9,7 @@ from typing import Any
 
 from medheaven.crypto.bfv_planning import BfvParameters, plan_stats_lanes
 from medheaven.crypto.codec import Parameters, public_keys_from_bytes
+from medheaven.crypto.envelope import RUN_ID
 from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
@@ -17,7 +18,7 @@ from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import is_masked
 from medheaven.federated.server_optimiser import ServerOptimiser
-from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
+from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
 from medheaven.records import decode_record, encode_record
 from medheaven.store.base import Store

@@ -61,7 +61,8 @@ SCHEMES = ("plaintext", "ckks", "bfv-masked")  # codec.Scheme's values; envelope
 _FIELDS_V1 = frozenset({"v", "kind", "run", "round", "hosp", "fp", "base", "len", "scale", "chunks", "sig"})
 _FIELDS = _FIELDS_V1 | {"scheme"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: A run id, wherever one is named (run configuration, envelopes, receipts): it is also a store folder name.
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DOMAIN = b"medheaven-envelope/1\x00"
 _DOMAIN_V2 = b"medheaven-envelope/2\x00"
 _PLAINTEXT_FINGERPRINT = "0" * 64
@@ -361,7 +362,7 @@ def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelop
     if kind not in KINDS:
         raise EnvelopeVersionError(f"envelope kind {kind!r} is unknown (expected one of {KINDS})")
     run = str(_field(payload, "run", str))
-    if not _RUN_ID.fullmatch(run):
+    if not RUN_ID.fullmatch(run):
         raise EnvelopeFormatError(f"envelope run id {run!r} is malformed")
     round_number = int(_field(payload, "round", int))  # type: ignore[call-overload]
     if round_number < 0:

@@ -16,6 +16,7 @@ import numpy as np
 
 from medheaven.crypto.bfv_planning import StatsLanes
 from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
+from medheaven.crypto.envelope import RUN_ID
 from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
 from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.ledger import LedgerEntry, ledger_entries
@@ -25,7 +26,6 @@ from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
 from medheaven.records import decode_record, encode_record, typed_field
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
 MAX_RECEIPT_FIELDS = 32
 _TRAINING_REQUIRED = ("epochs", "batch_size", "learning_rate", "optimizer")  # the rest has defaults older runs lack
