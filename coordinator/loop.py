@@ -12,33 +12,29 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 from coordinator.budget import privacy_receipts
-from coordinator.messaging import TaskState, Transport
+from coordinator.messaging import Transport
 from coordinator.run import RunConfig
+from coordinator.status import HospitalState, RoundProgress, awaited, classify, failure_reasons
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.cohort import earlier_attempts
 from medheaven.federated.fedavg import mean_metrics
-from medheaven.federated.ledger import AttemptTombstone, FoldStatus, Ledger
+from medheaven.federated.ledger import AttemptTombstone, Ledger
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.round_policy import (
     CLOCK_SKEW,
-    Dropout,
     Verdict,
     cohort_violations,
     decide,
-    on_time,
     safe_cohort,
 )
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.privacy.budget import latest_reports, unaffordable
-from medheaven.privacy.local import BUDGET_MARKER
 from medheaven.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -57,67 +53,6 @@ REASON_GRACE = 15.0
 LIVENESS_EVERY = 5.0
 #: Seconds a hospital must have had no live worker before it counts as lost (a restarted worker is up by then).
 NO_WORKER_FOR = 10.0
-
-
-class HospitalState(StrEnum):
-    """Where one hospital stands in an attempt, as the coordinator sees it. The values are what history records,
-    failed-attempts records and the report read (``medheaven.report.records.STATES``)."""
-
-    QUEUED = "queued"  # dispatched, not yet picked up by its worker
-    TRAINING = "training"  # its task has started
-    UPLOADED = "uploaded"  # its task finished; the ledger has not yet said folded or rejected
-    FOLDED = "folded"
-    REJECTED = "rejected"
-    FAILED = "failed"  # its task raised
-    BUDGET_SPENT = "budget spent"  # refused to train, or left out of the attempt: its DP budget is spent
-    LOST = "worker lost"  # its worker died with the task and no live worker of the hospital is left to take it
-    LATE = "late"  # no folded update before the deadline
-
-    @property
-    def dropout(self) -> Dropout | None:
-        """Why the round policy may count this hospital out of the attempt (``round_policy.decide``'s ``gone``)."""
-        return _DROPOUTS.get(self)
-
-    @property
-    def unfinished(self) -> bool:
-        """Still expected to answer."""
-        return self in _UNFINISHED
-
-
-_UNFINISHED = frozenset({HospitalState.QUEUED, HospitalState.TRAINING, HospitalState.UPLOADED})
-_DROPOUTS = {
-    HospitalState.FAILED: Dropout.FAILED,
-    HospitalState.BUDGET_SPENT: Dropout.BUDGET_SPENT,
-    HospitalState.LOST: Dropout.LOST,
-}
-
-
-@dataclass
-class HospitalStatus:
-    hospital: str
-    state: HospitalState = HospitalState.QUEUED
-    detail: str = ""
-
-
-@dataclass
-class RoundProgress:
-    spec: RoundSpec
-    statuses: dict[str, HospitalStatus] = field(default_factory=dict)
-    on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
-    #: after the wait: the round policy's verdict, and the cohort members it counted out of a masked attempt
-    verdict: Verdict = Verdict.WAIT
-    dropouts: dict[str, Dropout] = field(default_factory=dict)
-
-    def gone(self) -> dict[str, Dropout]:
-        """Hospitals of the attempt known not to answer it, for the round policy."""
-        return {
-            h: why
-            for h, s in self.statuses.items()
-            if h in self.spec.hospitals and (why := s.state.dropout) is not None
-        }
-
-    def count(self, state: HospitalState) -> int:
-        return sum(1 for s in self.statuses.values() if s.state == state)
 
 
 class Observer(Protocol):
@@ -420,52 +355,17 @@ class Coordinator:
         return Ledger.from_dict(self.store.get_json(key))
 
     def _statuses(self, spec: RoundSpec, dispatch: dict[str, Any], ledger: Ledger) -> RoundProgress:
-        """Folded and rejected come from the ledger only: the aggregator writes it after verifying the hospital's
-        signed receipt and envelope. A fold task's own result is never trusted to end a hospital's wait (anyone who
-        can publish to the broker can run a fold task, or answer under a fold's id)."""
-        rejected = {entry.hospital: f"{entry.reason}: {entry.message}" for entry in ledger.rejected}
-        progress = RoundProgress(spec)
-        for hospital in spec.hospitals:
-            status = HospitalStatus(hospital)
-            ids = dispatch.get(hospital, {})
-            if hospital in ledger.folded_hospitals:
-                status.state = HospitalState.FOLDED
-            elif hospital in rejected:
-                status.state, status.detail = HospitalState.REJECTED, rejected[hospital]
-            else:
-                task: TaskState = self.transport.state(ids["task"])
-                if task.state == "FAILURE":
-                    error = task.error or ""
-                    # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
-                    status.state = HospitalState.BUDGET_SPENT if BUDGET_MARKER in error else HospitalState.FAILED
-                    status.detail = error
-                elif task.state == "SUCCESS":
-                    status.state = HospitalState.UPLOADED  # until the ledger says folded or rejected
-                    fold = self.transport.state(ids["fold"])
-                    outcome = fold.result if fold.state == "SUCCESS" and isinstance(fold.result, dict) else {}
-                    if outcome.get("status") == FoldStatus.NOISE.value:
-                        # the aggregator could not verify it as this hospital's answer: it is not folded, and it is
-                        # not waited for past the deadline (a forged result can cost that wait, never a decision)
-                        status.detail = f"its update was not accepted as verified ({outcome.get('message', '')})"
-                    elif self._completed_on_time(spec, task.result):
-                        progress.on_time.add(hospital)
-                elif task.state == "STARTED":
-                    status.state = HospitalState.TRAINING
-                elif ids.get("lost") and self._no_live_worker(hospital):
-                    status.state = HospitalState.LOST
-                    status.detail = (
-                        f"its worker died with the task ({len(ids['lost'])}x); the task was given back, but no live "
-                        "worker consumes its queue"
-                    )
-            progress.statuses[hospital] = status
-        for hospital, why in self._budget_spent(spec.kind, spec.round, spec.attempt).items():
-            if hospital not in spec.hospitals:  # left out when the attempt opened (``_affordable``)
-                progress.statuses[hospital] = HospitalStatus(hospital, HospitalState.BUDGET_SPENT, why)
-        return progress
-
-    def _completed_on_time(self, spec: RoundSpec, receipt: Any) -> bool:
-        completed_at = receipt.get("completed_at") if isinstance(receipt, dict) else None
-        return isinstance(completed_at, int | float) and on_time(spec, float(completed_at), self.clock())
+        """Each hospital's state now (``status.classify``), from the ledger, the transport's task states, this
+        process's view of the hospitals' live workers and the privacy receipts."""
+        return classify(
+            spec,
+            dispatch,
+            ledger,
+            task_state=self.transport.state,
+            now=self.clock(),
+            no_live_worker=self._no_live_worker,
+            budget_spent=self._budget_spent(spec.kind, spec.round, spec.attempt),
+        )
 
     def _wait(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
         """Poll until the round policy (``round_policy.decide``) says commit or fail."""
@@ -478,7 +378,7 @@ class Coordinator:
             self.observer.round_progress(progress)
             decision = decide(spec, ledger, self.clock(), on_time_pending=progress.on_time, gone=progress.gone())
             if decision.verdict is Verdict.WAIT:
-                self._pause(_awaited(dispatch, progress), until=spec.deadline)
+                self._pause(awaited(dispatch, progress), until=spec.deadline)
                 continue
             progress.verdict, progress.dropouts = decision.verdict, dict(decision.dropouts)
             if self.clock() >= spec.deadline:
@@ -565,7 +465,7 @@ class Coordinator:
             unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
-            self._pause(_awaited(dispatch, progress), until=limit)
+            self._pause(awaited(dispatch, progress), until=limit)
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
@@ -799,29 +699,6 @@ class Coordinator:
         if not self.store.exists(self.paths.history):
             return []
         return list(self.store.get_json(self.paths.history))
-
-
-def _awaited(dispatch: dict[str, Any], progress: RoundProgress) -> list[str]:
-    """The task whose next state would change each unfinished hospital's status: its own task until it has
-    answered, then the fold of its receipt."""
-    ids: list[str] = []
-    for hospital, status in progress.statuses.items():
-        sent = dispatch.get(hospital, {})
-        if status.state in {HospitalState.QUEUED, HospitalState.TRAINING} and "task" in sent:
-            ids.append(sent["task"])
-        elif status.state is HospitalState.UPLOADED and "fold" in sent:
-            ids.append(sent["fold"])
-    return ids
-
-
-def failure_reasons(progress: RoundProgress) -> dict[str, str]:
-    """Why each hospital that was not folded was not: the task's exception type and message, or the aggregator's
-    rejection, or the deadline (never a traceback; that stays in the worker's log)."""
-    return {
-        hospital: status.detail or status.state.value
-        for hospital, status in progress.statuses.items()
-        if status.state is not HospitalState.FOLDED
-    }
 
 
 def round_record(manifest: Manifest) -> dict[str, Any]:
