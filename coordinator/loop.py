@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from coordinator.budget import privacy_receipts
 from coordinator.messaging import Transport
 from coordinator.run import RunConfig
+from coordinator.selection import score_test, select_round, unreachable_hospitals, validate_final
 from coordinator.status import HospitalState, RoundProgress, awaited, classify, failure_reasons
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.cohort import earlier_attempts
@@ -133,9 +134,9 @@ class Coordinator:
             base = self.manifest(Phase.UPDATE, round_number - 1)
             assert base is not None
             self._phase(Phase.UPDATE, round_number, base=base.result_sha256)
-        self._validate_final()
+        validate_final(self)
         if self.config.test_path:
-            self._score_test()
+            score_test(self)
         return self.history()
 
     def _phase(self, kind: Phase, round_number: int, *, base: str) -> Manifest:
@@ -378,7 +379,7 @@ class Coordinator:
             self.observer.round_progress(progress)
             decision = decide(spec, ledger, self.clock(), on_time_pending=progress.on_time, gone=progress.gone())
             if decision.verdict is Verdict.WAIT:
-                self._pause(awaited(dispatch, progress), until=spec.deadline)
+                self.pause(awaited(dispatch, progress), until=spec.deadline)
                 continue
             progress.verdict, progress.dropouts = decision.verdict, dict(decision.dropouts)
             if self.clock() >= spec.deadline:
@@ -388,7 +389,7 @@ class Coordinator:
             log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
             return progress
 
-    def _pause(self, task_ids: list[str], *, until: float) -> None:
+    def pause(self, task_ids: list[str], *, until: float) -> None:
         """Wait for the next event instead of sleeping: until one of ``task_ids`` records a state (the transport
         wakes us), ``until`` (a deadline the caller acts on) or ``poll_interval`` passes. ``poll_interval`` is only
         the safety net for what no task announces (a ledger entry of a fold sent before a resend)."""
@@ -465,7 +466,7 @@ class Coordinator:
             unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
-            self._pause(awaited(dispatch, progress), until=limit)
+            self.pause(awaited(dispatch, progress), until=limit)
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
@@ -509,7 +510,7 @@ class Coordinator:
             if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
                 task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
                 self.observer.message(f"finalise of {spec.kind} round {spec.round} unanswered: sent it again")
-            self._pause([task_id], until=min(limit, sent_at + self.resend_after))
+            self.pause([task_id], until=min(limit, sent_at + self.resend_after))
         raise RoundError(
             f"the aggregator did not finalise {spec.kind} round {spec.round} within {FINALISE_TIMEOUT:.0f}s: "
             "is an aggregator worker consuming the 'aggregate' queue?"
@@ -518,7 +519,7 @@ class Coordinator:
     def _initial_model(self) -> None:
         holder = self.config.key_holder
         ids = self.transport.send_hospital_task("init_model", (self.config.run, holder), holder, fold=False)
-        result = self._await_task(ids["task"], f"initial model from {holder!r}", self.config.round_timeout)
+        result = self.await_task(ids["task"], f"initial model from {holder!r}", self.config.round_timeout)
         data = self.store.get(self.paths.global_model(0))
         if sha256_hex(data) != result["sha256"]:
             raise RoundError("round 0 model in the store does not match what the key holder reported; retry")
@@ -542,7 +543,7 @@ class Coordinator:
         )
         self.store.create_json(self.paths.manifest(Phase.UPDATE, 0), manifest.to_dict())
 
-    def _await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
+    def await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
         limit = self.clock() + timeout
         while self.clock() < limit:
             state = self.transport.state(task_id)
@@ -550,108 +551,23 @@ class Coordinator:
                 return dict(state.result)
             if state.state == "FAILURE":
                 raise RoundError(f"{what} failed: {state.error}")
-            self._pause([task_id], until=limit)
+            self.pause([task_id], until=limit)
         raise RoundError(f"{what} did not finish within {timeout:.0f}s: is that hospital's worker running?")
 
-    def _validate_final(self) -> None:
-        """Every hospital scores the last global model on its validation patients (the rounds' own records only
-        cover the models they started from); the result completes the curve that model selection reads."""
-        last = self.last_committed_round()
-        if self.store.exists(self.paths.final_validation) or last < 1:
-            return
-        skipped = self.unreachable(last)
-        for hospital, why in skipped.items():
-            self.observer.message(f"final validation skips {hospital}: {why}")
-        sent = {
-            hospital: self.transport.send_hospital_task(
-                "validate", (self.config.run, last, hospital), hospital, fold=False
-            )
-            for hospital in self.config.hospitals
-            if hospital not in skipped
-        }
-        per_hospital: dict[str, dict[str, float]] = {}
-        deadline = self.clock() + self.config.round_timeout
-        pending = dict(sent)
-        while pending and self.clock() < deadline:
-            for hospital, ids in list(pending.items()):
-                state = self.transport.state(ids["task"])
-                if state.done:
-                    if state.state == "SUCCESS":
-                        per_hospital[hospital] = dict(state.result["metrics"])
-                    del pending[hospital]
-                elif (worker := self.transport.lost_worker(ids["task"])) is not None:
-                    skipped[hospital] = f"{HospitalState.LOST}: worker {worker} died while validating"
-                    self.observer.message(f"final validation skips {hospital}: {skipped[hospital]}")
-                    del pending[hospital]
-            if pending:
-                self._pause([ids["task"] for ids in pending.values()], until=deadline)
-        record = {
-            "round": last,
-            "metrics": per_hospital,
-            "weighted": mean_metrics(per_hospital),
-            "missing": sorted(pending),
-            "skipped": dict(sorted(skipped.items())),  # known lost or silent: not waited for
-        }
-        self.store.put_json(self.paths.final_validation, record)
-        self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
-
     def unreachable(self, round_number: int) -> dict[str, str]:
-        """Hospitals the attempts of training round ``round_number`` saw lost with their worker or silent to the
-        deadline (their latest state over that round's attempts), with that state: a phase after the rounds (the
-        final validation, the test scoring) does not wait a whole timeout for a hospital known gone. Only for a
-        round this process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
+        """Hospitals training round ``round_number`` saw lost with their worker or silent to the deadline
+        (``selection.unreachable_hospitals``), which the phases after the rounds do not wait for. Only for a round this
+        process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
         if round_number not in self._rounds_watched:
             return {}
-        records = [r for r in self.failed_attempts() if r["kind"] == Phase.UPDATE and r["round"] == round_number]
-        records.sort(key=lambda r: int(r["attempt"]))
-        records += [r for r in self.history() if int(r["round"]) == round_number]
-        latest: dict[str, tuple[str, str]] = {}
-        for record in records:
-            reasons = dict(record.get("reasons", {}))
-            for hospital, state in dict(record.get("statuses", {})).items():
-                latest[hospital] = (str(state), str(reasons.get(hospital, "")))
-        gone = {HospitalState.LOST.value, HospitalState.LATE.value}
-        return {
-            h: f"{state} in round {round_number}" + (f" ({why})" if why and why != state else "")
-            for h, (state, why) in latest.items()
-            if state in gone
-        }
+        return unreachable_hospitals(round_number, self.failed_attempts(), self.history())
 
     def selected_round(self) -> tuple[int, float]:
-        """The committed round whose global model had the best mean validation ROC-AUC (federated early
-        stopping: hospitals' validation metrics only, never the held-out test set)."""
-        candidates = [(int(r["evaluated_round"]), float(r["weighted"]["roc_auc"])) for r in self.history()]
-        if self.store.exists(self.paths.final_validation):
-            final = self.store.get_json(self.paths.final_validation)
-            candidates.append((int(final["round"]), float(final["weighted"]["roc_auc"])))
-        scored = [(r, auc) for r, auc in candidates if r >= 1 and math.isfinite(auc)]  # not NaN, not untrained round 0
-        if not scored:
-            return self.last_committed_round(), float("nan")
-        return max(scored, key=lambda item: (item[1], item[0]))
-
-    def _score_test(self) -> None:
-        holder = self.config.key_holder
-        if (why := self.unreachable(self.last_committed_round()).get(holder)) is not None:
-            self.observer.message(
-                f"held-out test not scored: the key holder {holder!r} is {why}; once {holder} is back, "
-                f"`medheaven-coordinator resume --run-id {self.config.run}` scores it"
-            )
-            return
-        last, validation_auc = self.selected_round()
-        args = (self.config.run, last, holder)  # the hospital reads test_path from the run config
-        ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
-        record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
-        record = {
-            **record,
-            "selected_by": "best mean validation ROC-AUC over hospitals",
-            "validation_roc_auc": validation_auc,
-        }
-        self.store.put_json(self.paths.test_scores(), record)
-        metrics = record["metrics"]
-        self.observer.message(
-            f"held-out test of round {last} (best validation ROC-AUC {validation_auc:.3f}): "
-            f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}"
+        """The round whose model the held-out test scores (``selection.select_round``)."""
+        final = (
+            self.store.get_json(self.paths.final_validation) if self.store.exists(self.paths.final_validation) else None
         )
+        return select_round(self.history(), final, self.last_committed_round())
 
     # -- records -----------------------------------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
