@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from coordinator.budget import privacy_receipts
+from coordinator.history import read_failed_attempts, read_history, record_failure, record_round, round_record
 from coordinator.messaging import Transport
 from coordinator.run import RunConfig
 from coordinator.selection import score_test, select_round, unreachable_hospitals, validate_final
 from coordinator.status import HospitalState, RoundProgress, awaited, classify, failure_reasons
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.cohort import earlier_attempts
-from medheaven.federated.fedavg import mean_metrics
 from medheaven.federated.ledger import AttemptTombstone, Ledger
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
@@ -491,7 +491,7 @@ class Coordinator:
                     progress = self._settled(spec, dispatch)
                     progress.verdict, progress.dropouts = verdict, dropouts
                 reasons = failure_reasons(progress) if progress is not None else {}
-                self._record_failure(spec, failure, progress, reasons)
+                record_failure(self.store, self.paths, spec, failure, progress, reasons, at=self.clock())
                 tombstone = AttemptTombstone.from_dict(failure)
                 if spec.cohort and len(tombstone.folded) >= spec.quorum:
                     return tombstone  # enough survivors for a fresh attempt: ``_retry`` decides
@@ -569,78 +569,24 @@ class Coordinator:
         )
         return select_round(self.history(), final, self.last_committed_round())
 
-    # -- records -----------------------------------------------------------------------------------------
+    # -- records (``coordinator.history``) ----------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
-        reasons = failure_reasons(progress)
         if not spec.kind.trains:
-            missing = "".join(f"; not folded: {h} ({why})" for h, why in reasons.items())
+            missing = "".join(f"; not folded: {h} ({why})" for h, why in failure_reasons(progress).items())
             self.observer.message(
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
         self._rounds_watched.add(spec.round)
-        record = round_record(manifest)
-        record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
-        record["reasons"] = reasons
-        history = self.history()
-        history = [r for r in history if r["round"] != spec.round] + [record]
-        self.store.put_json(self.paths.history, sorted(history, key=lambda r: int(r["round"])))
+        record = round_record(manifest, progress)
+        record_round(self.store, self.paths, record)
         self.observer.round_finished(record)
 
-    def _record_failure(
-        self, spec: RoundSpec, failure: dict[str, Any], progress: RoundProgress | None, reasons: dict[str, str]
-    ) -> None:
-        """Keep why an attempt failed where ``status`` and ``--json`` read it, not only in the workers' logs."""
-        record = {
-            "kind": spec.kind.value,
-            "round": spec.round,
-            "attempt": spec.attempt,
-            "status": "failed",
-            "quorum": spec.quorum,
-            "folded": list(failure.get("folded", [])),
-            "statuses": {h: s.state.value for h, s in progress.statuses.items()} if progress is not None else {},
-            "reasons": reasons,
-            "at": self.clock(),
-        }
-        earlier = self.failed_attempts()
-        kept = [r for r in earlier if (r["kind"], r["round"], r["attempt"]) != (spec.kind, spec.round, spec.attempt)]
-        self.store.put_json(self.paths.failed_attempts, [*kept, record])
-
     def failed_attempts(self) -> list[dict[str, Any]]:
-        if not self.store.exists(self.paths.failed_attempts):
-            return []
-        return list(self.store.get_json(self.paths.failed_attempts))
+        return read_failed_attempts(self.store, self.paths)
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.store.exists(self.paths.history):
-            return []
-        return list(self.store.get_json(self.paths.history))
-
-
-def round_record(manifest: Manifest) -> dict[str, Any]:
-    """Per-round metrics: the incoming model's validation metrics per hospital and their mean over hospitals."""
-    per_hospital = {e.hospital: dict(e.metrics) for e in manifest.folded}
-    mean = mean_metrics(per_hospital)
-    phases: dict[str, float] = {}
-    for entry in manifest.folded:
-        for phase, seconds in entry.timings.items():
-            phases[phase] = max(phases.get(phase, 0.0), seconds)
-    return {
-        "round": manifest.round,
-        "attempt": manifest.attempt,
-        "status": "committed",
-        "participants": list(manifest.participants),
-        "rejected": [r.to_dict() for r in manifest.rejected],
-        "evaluated_round": manifest.round - 1,
-        "metrics": per_hospital,
-        "weighted": mean,
-        # spent (ε, δ) per hospital under DP-SGD, as each hospital signed it in its receipt; absent without DP
-        "privacy": {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy},
-        "seconds": manifest.finalised_at - manifest.opened_at,
-        "phases_max": phases,
-        "bytes_up": sum(e.size for e in manifest.folded),
-        "global_bytes": manifest.result_size,
-    }
+        return read_history(self.store, self.paths)
 
 
 def require_run_config(store: Store, run: str) -> RunConfig:
