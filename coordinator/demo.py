@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from coordinator.loop import LogObserver, RoundProgress
+from coordinator.loop import LogObserver
 from coordinator.options import LR_DECAY, local_training
 from coordinator.progress import rounds_table
 from coordinator.simulation import (
@@ -23,6 +23,7 @@ from coordinator.simulation import (
     run_in_threads,
     simulation_config,
 )
+from coordinator.status import RoundProgress
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.hospital import HospitalNode
 from medheaven.federated.server_optimiser import ServerOptimiser

@@ -40,7 +40,7 @@ class LayoutCoordinator(Coordinator):
         ids = self.transport.send_hospital_task(
             "layout_decide", (self.config.run, holder, threshold), holder, fold=False
         )
-        decided = self._await_task(ids["task"], f"layout decision by {holder!r}", self.config.round_timeout)
+        decided = self.await_task(ids["task"], f"layout decision by {holder!r}", self.config.round_timeout)
         return FeatureLayout.from_dict(decided)
 
 
@@ -107,7 +107,7 @@ def _proposals(coordinator: Coordinator, min_patients: int) -> dict[str, LevelPr
     }
     out: dict[str, LevelProposal] = {}
     for hospital, ids in sent.items():
-        result: dict[str, Any] = coordinator._await_task(
+        result: dict[str, Any] = coordinator.await_task(
             ids["task"], f"layout proposal of {hospital!r}", coordinator.config.round_timeout
         )
         out[hospital] = LevelProposal.from_dict(result, hospital=hospital)

@@ -12,32 +12,29 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 from coordinator.budget import privacy_receipts
-from coordinator.messaging import TaskState, Transport
+from coordinator.history import read_failed_attempts, read_history, record_failure, record_round, round_record
+from coordinator.messaging import Transport
 from coordinator.run import RunConfig
+from coordinator.selection import score_test, select_round, unreachable_hospitals, validate_final
+from coordinator.status import HospitalState, RoundProgress, awaited, classify, failure_reasons
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.cohort import earlier_attempts
-from medheaven.federated.fedavg import mean_metrics
-from medheaven.federated.ledger import AttemptTombstone, FoldStatus, Ledger
+from medheaven.federated.ledger import AttemptTombstone, Ledger
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
 from medheaven.federated.round_policy import (
     CLOCK_SKEW,
-    Dropout,
     Verdict,
     cohort_violations,
     decide,
-    on_time,
     safe_cohort,
 )
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
-from medheaven.privacy.config import BUDGET_MARKER
 from medheaven.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -56,67 +53,6 @@ REASON_GRACE = 15.0
 LIVENESS_EVERY = 5.0
 #: Seconds a hospital must have had no live worker before it counts as lost (a restarted worker is up by then).
 NO_WORKER_FOR = 10.0
-
-
-class HospitalState(StrEnum):
-    """Where one hospital stands in an attempt, as the coordinator sees it. The values are what history records,
-    failed-attempts records and the report read (``medheaven.report.records.STATES``)."""
-
-    QUEUED = "queued"  # dispatched, not yet picked up by its worker
-    TRAINING = "training"  # its task has started
-    UPLOADED = "uploaded"  # its task finished; the ledger has not yet said folded or rejected
-    FOLDED = "folded"
-    REJECTED = "rejected"
-    FAILED = "failed"  # its task raised
-    BUDGET_SPENT = "budget spent"  # refused to train, or left out of the attempt: its DP budget is spent
-    LOST = "worker lost"  # its worker died with the task and no live worker of the hospital is left to take it
-    LATE = "late"  # no folded update before the deadline
-
-    @property
-    def dropout(self) -> Dropout | None:
-        """Why the round policy may count this hospital out of the attempt (``round_policy.decide``'s ``gone``)."""
-        return _DROPOUTS.get(self)
-
-    @property
-    def unfinished(self) -> bool:
-        """Still expected to answer."""
-        return self in _UNFINISHED
-
-
-_UNFINISHED = frozenset({HospitalState.QUEUED, HospitalState.TRAINING, HospitalState.UPLOADED})
-_DROPOUTS = {
-    HospitalState.FAILED: Dropout.FAILED,
-    HospitalState.BUDGET_SPENT: Dropout.BUDGET_SPENT,
-    HospitalState.LOST: Dropout.LOST,
-}
-
-
-@dataclass
-class HospitalStatus:
-    hospital: str
-    state: HospitalState = HospitalState.QUEUED
-    detail: str = ""
-
-
-@dataclass
-class RoundProgress:
-    spec: RoundSpec
-    statuses: dict[str, HospitalStatus] = field(default_factory=dict)
-    on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
-    #: after the wait: the round policy's verdict, and the cohort members it counted out of a masked attempt
-    verdict: Verdict = Verdict.WAIT
-    dropouts: dict[str, Dropout] = field(default_factory=dict)
-
-    def gone(self) -> dict[str, Dropout]:
-        """Hospitals of the attempt known not to answer it, for the round policy."""
-        return {
-            h: why
-            for h, s in self.statuses.items()
-            if h in self.spec.hospitals and (why := s.state.dropout) is not None
-        }
-
-    def count(self, state: HospitalState) -> int:
-        return sum(1 for s in self.statuses.values() if s.state == state)
 
 
 class Observer(Protocol):
@@ -197,9 +133,9 @@ class Coordinator:
             base = self.manifest(Phase.UPDATE, round_number - 1)
             assert base is not None
             self._phase(Phase.UPDATE, round_number, base=base.result_sha256)
-        self._validate_final()
+        validate_final(self)
         if self.config.test_path:
-            self._score_test()
+            score_test(self)
         return self.history()
 
     def _phase(self, kind: Phase, round_number: int, *, base: str) -> Manifest:
@@ -423,52 +359,17 @@ class Coordinator:
         return Ledger.from_dict(self.store.get_json(key))
 
     def _statuses(self, spec: RoundSpec, dispatch: dict[str, Any], ledger: Ledger) -> RoundProgress:
-        """Folded and rejected come from the ledger only: the aggregator writes it after verifying the hospital's
-        signed receipt and envelope. A fold task's own result is never trusted to end a hospital's wait (anyone who
-        can publish to the broker can run a fold task, or answer under a fold's id)."""
-        rejected = {entry.hospital: f"{entry.reason}: {entry.message}" for entry in ledger.rejected}
-        progress = RoundProgress(spec)
-        for hospital in spec.hospitals:
-            status = HospitalStatus(hospital)
-            ids = dispatch.get(hospital, {})
-            if hospital in ledger.folded_hospitals:
-                status.state = HospitalState.FOLDED
-            elif hospital in rejected:
-                status.state, status.detail = HospitalState.REJECTED, rejected[hospital]
-            else:
-                task: TaskState = self.transport.state(ids["task"])
-                if task.state == "FAILURE":
-                    error = task.error or ""
-                    # a hospital at its DP budget refuses to train: its own state, not a crash; quorum decides
-                    status.state = HospitalState.BUDGET_SPENT if BUDGET_MARKER in error else HospitalState.FAILED
-                    status.detail = error
-                elif task.state == "SUCCESS":
-                    status.state = HospitalState.UPLOADED  # until the ledger says folded or rejected
-                    fold = self.transport.state(ids["fold"])
-                    outcome = fold.result if fold.state == "SUCCESS" and isinstance(fold.result, dict) else {}
-                    if outcome.get("status") == FoldStatus.NOISE.value:
-                        # the aggregator could not verify it as this hospital's answer: it is not folded, and it is
-                        # not waited for past the deadline (a forged result can cost that wait, never a decision)
-                        status.detail = f"its update was not accepted as verified ({outcome.get('message', '')})"
-                    elif self._completed_on_time(spec, task.result):
-                        progress.on_time.add(hospital)
-                elif task.state == "STARTED":
-                    status.state = HospitalState.TRAINING
-                elif ids.get("lost") and self._no_live_worker(hospital):
-                    status.state = HospitalState.LOST
-                    status.detail = (
-                        f"its worker died with the task ({len(ids['lost'])}x); the task was given back, but no live "
-                        "worker consumes its queue"
-                    )
-            progress.statuses[hospital] = status
-        for hospital, why in self._budget_spent(spec.kind, spec.round, spec.attempt).items():
-            if hospital not in spec.hospitals:  # left out when the attempt opened (``_affordable``)
-                progress.statuses[hospital] = HospitalStatus(hospital, HospitalState.BUDGET_SPENT, why)
-        return progress
-
-    def _completed_on_time(self, spec: RoundSpec, receipt: Any) -> bool:
-        completed_at = receipt.get("completed_at") if isinstance(receipt, dict) else None
-        return isinstance(completed_at, int | float) and on_time(spec, float(completed_at), self.clock())
+        """Each hospital's state now (``status.classify``), from the ledger, the transport's task states, this
+        process's view of the hospitals' live workers and the privacy receipts."""
+        return classify(
+            spec,
+            dispatch,
+            ledger,
+            task_state=self.transport.state,
+            now=self.clock(),
+            no_live_worker=self._no_live_worker,
+            budget_spent=self._budget_spent(spec.kind, spec.round, spec.attempt),
+        )
 
     def _wait(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
         """Poll until the round policy (``round_policy.decide``) says commit or fail."""
@@ -481,7 +382,7 @@ class Coordinator:
             self.observer.round_progress(progress)
             decision = decide(spec, ledger, self.clock(), on_time_pending=progress.on_time, gone=progress.gone())
             if decision.verdict is Verdict.WAIT:
-                self._pause(_awaited(dispatch, progress), until=spec.deadline)
+                self.pause(awaited(dispatch, progress), until=spec.deadline)
                 continue
             progress.verdict, progress.dropouts = decision.verdict, dict(decision.dropouts)
             if self.clock() >= spec.deadline:
@@ -491,7 +392,7 @@ class Coordinator:
             log.info("%s round %s attempt %s: %s", spec.kind, spec.round, spec.attempt, decision.reason)
             return progress
 
-    def _pause(self, task_ids: list[str], *, until: float) -> None:
+    def pause(self, task_ids: list[str], *, until: float) -> None:
         """Wait for the next event instead of sleeping: until one of ``task_ids`` records a state (the transport
         wakes us), ``until`` (a deadline the caller acts on) or ``poll_interval`` passes. ``poll_interval`` is only
         the safety net for what no task announces (a ledger entry of a fold sent before a resend)."""
@@ -568,7 +469,7 @@ class Coordinator:
             unfinished = any(s.state.unfinished for s in progress.statuses.values())
             if not unfinished or self.clock() >= limit:
                 return progress
-            self._pause(_awaited(dispatch, progress), until=limit)
+            self.pause(awaited(dispatch, progress), until=limit)
 
     def _finalise(
         self, spec: RoundSpec, progress: RoundProgress | None = None, dispatch: dict[str, Any] | None = None
@@ -593,7 +494,7 @@ class Coordinator:
                     progress = self._settled(spec, dispatch)
                     progress.verdict, progress.dropouts = verdict, dropouts
                 reasons = failure_reasons(progress) if progress is not None else {}
-                self._record_failure(spec, failure, progress, reasons)
+                record_failure(self.store, self.paths, spec, failure, progress, reasons, at=self.clock())
                 tombstone = AttemptTombstone.from_dict(failure)
                 if spec.cohort and len(tombstone.folded) >= spec.quorum:
                     return tombstone  # enough survivors for a fresh attempt: ``_retry`` decides
@@ -612,7 +513,7 @@ class Coordinator:
             if self.clock() - sent_at >= self.resend_after:  # idempotent; see RESEND_AFTER
                 task_id, sent_at = self.transport.send_aggregate_task("finalise", args), self.clock()
                 self.observer.message(f"finalise of {spec.kind} round {spec.round} unanswered: sent it again")
-            self._pause([task_id], until=min(limit, sent_at + self.resend_after))
+            self.pause([task_id], until=min(limit, sent_at + self.resend_after))
         raise RoundError(
             f"the aggregator did not finalise {spec.kind} round {spec.round} within {FINALISE_TIMEOUT:.0f}s: "
             "is an aggregator worker consuming the 'aggregate' queue?"
@@ -621,7 +522,7 @@ class Coordinator:
     def _initial_model(self) -> None:
         holder = self.config.key_holder
         ids = self.transport.send_hospital_task("init_model", (self.config.run, holder), holder, fold=False)
-        result = self._await_task(ids["task"], f"initial model from {holder!r}", self.config.round_timeout)
+        result = self.await_task(ids["task"], f"initial model from {holder!r}", self.config.round_timeout)
         data = self.store.get(self.paths.global_model(0))
         if sha256_hex(data) != result["sha256"]:
             raise RoundError("round 0 model in the store does not match what the key holder reported; retry")
@@ -645,7 +546,7 @@ class Coordinator:
         )
         self.store.create_json(self.paths.manifest(Phase.UPDATE, 0), manifest.to_dict())
 
-    def _await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
+    def await_task(self, task_id: str, what: str, timeout: float) -> dict[str, Any]:
         limit = self.clock() + timeout
         while self.clock() < limit:
             state = self.transport.state(task_id)
@@ -653,204 +554,42 @@ class Coordinator:
                 return dict(state.result)
             if state.state == "FAILURE":
                 raise RoundError(f"{what} failed: {state.error}")
-            self._pause([task_id], until=limit)
+            self.pause([task_id], until=limit)
         raise RoundError(f"{what} did not finish within {timeout:.0f}s: is that hospital's worker running?")
 
-    def _validate_final(self) -> None:
-        """Every hospital scores the last global model on its validation patients (the rounds' own records only
-        cover the models they started from); the result completes the curve that model selection reads."""
-        last = self.last_committed_round()
-        if self.store.exists(self.paths.final_validation) or last < 1:
-            return
-        skipped = self.unreachable(last)
-        for hospital, why in skipped.items():
-            self.observer.message(f"final validation skips {hospital}: {why}")
-        sent = {
-            hospital: self.transport.send_hospital_task(
-                "validate", (self.config.run, last, hospital), hospital, fold=False
-            )
-            for hospital in self.config.hospitals
-            if hospital not in skipped
-        }
-        per_hospital: dict[str, dict[str, float]] = {}
-        deadline = self.clock() + self.config.round_timeout
-        pending = dict(sent)
-        while pending and self.clock() < deadline:
-            for hospital, ids in list(pending.items()):
-                state = self.transport.state(ids["task"])
-                if state.done:
-                    if state.state == "SUCCESS":
-                        per_hospital[hospital] = dict(state.result["metrics"])
-                    del pending[hospital]
-                elif (worker := self.transport.lost_worker(ids["task"])) is not None:
-                    skipped[hospital] = f"{HospitalState.LOST}: worker {worker} died while validating"
-                    self.observer.message(f"final validation skips {hospital}: {skipped[hospital]}")
-                    del pending[hospital]
-            if pending:
-                self._pause([ids["task"] for ids in pending.values()], until=deadline)
-        record = {
-            "round": last,
-            "metrics": per_hospital,
-            "weighted": mean_metrics(per_hospital),
-            "missing": sorted(pending),
-            "skipped": dict(sorted(skipped.items())),  # known lost or silent: not waited for
-        }
-        self.store.put_json(self.paths.final_validation, record)
-        self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
-
     def unreachable(self, round_number: int) -> dict[str, str]:
-        """Hospitals the attempts of training round ``round_number`` saw lost with their worker or silent to the
-        deadline (their latest state over that round's attempts), with that state: a phase after the rounds (the
-        final validation, the test scoring) does not wait a whole timeout for a hospital known gone. Only for a
-        round this process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
+        """Hospitals training round ``round_number`` saw lost with their worker or silent to the deadline
+        (``selection.unreachable_hospitals``), which the phases after the rounds do not wait for. Only for a round this
+        process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
         if round_number not in self._rounds_watched:
             return {}
-        records = [r for r in self.failed_attempts() if r["kind"] == Phase.UPDATE and r["round"] == round_number]
-        records.sort(key=lambda r: int(r["attempt"]))
-        records += [r for r in self.history() if int(r["round"]) == round_number]
-        latest: dict[str, tuple[str, str]] = {}
-        for record in records:
-            reasons = dict(record.get("reasons", {}))
-            for hospital, state in dict(record.get("statuses", {})).items():
-                latest[hospital] = (str(state), str(reasons.get(hospital, "")))
-        gone = {HospitalState.LOST.value, HospitalState.LATE.value}
-        return {
-            h: f"{state} in round {round_number}" + (f" ({why})" if why and why != state else "")
-            for h, (state, why) in latest.items()
-            if state in gone
-        }
+        return unreachable_hospitals(round_number, self.failed_attempts(), self.history())
 
     def selected_round(self) -> tuple[int, float]:
-        """The committed round whose global model had the best mean validation ROC-AUC (federated early
-        stopping: hospitals' validation metrics only, never the held-out test set)."""
-        candidates = [(int(r["evaluated_round"]), float(r["weighted"]["roc_auc"])) for r in self.history()]
-        if self.store.exists(self.paths.final_validation):
-            final = self.store.get_json(self.paths.final_validation)
-            candidates.append((int(final["round"]), float(final["weighted"]["roc_auc"])))
-        scored = [(r, auc) for r, auc in candidates if r >= 1 and math.isfinite(auc)]  # not NaN, not untrained round 0
-        if not scored:
-            return self.last_committed_round(), float("nan")
-        return max(scored, key=lambda item: (item[1], item[0]))
-
-    def _score_test(self) -> None:
-        holder = self.config.key_holder
-        if (why := self.unreachable(self.last_committed_round()).get(holder)) is not None:
-            self.observer.message(
-                f"held-out test not scored: the key holder {holder!r} is {why}; once {holder} is back, "
-                f"`medheaven-coordinator resume --run-id {self.config.run}` scores it"
-            )
-            return
-        last, validation_auc = self.selected_round()
-        args = (self.config.run, last, holder)  # the hospital reads test_path from the run config
-        ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
-        record = self._await_task(ids["task"], f"test scoring by {holder!r}", self.config.round_timeout)
-        record = {
-            **record,
-            "selected_by": "best mean validation ROC-AUC over hospitals",
-            "validation_roc_auc": validation_auc,
-        }
-        self.store.put_json(self.paths.test_scores(), record)
-        metrics = record["metrics"]
-        self.observer.message(
-            f"held-out test of round {last} (best validation ROC-AUC {validation_auc:.3f}): "
-            f"ROC-AUC {metrics['roc_auc']:.3f}, PR-AUC {metrics['pr_auc']:.3f}"
+        """The round whose model the held-out test scores (``selection.select_round``)."""
+        final = (
+            self.store.get_json(self.paths.final_validation) if self.store.exists(self.paths.final_validation) else None
         )
+        return select_round(self.history(), final, self.last_committed_round())
 
-    # -- records -----------------------------------------------------------------------------------------
+    # -- records (``coordinator.history``) ----------------------------------------------------------------
     def _record(self, spec: RoundSpec, manifest: Manifest, progress: RoundProgress) -> None:
-        reasons = failure_reasons(progress)
         if not spec.kind.trains:
-            missing = "".join(f"; not folded: {h} ({why})" for h, why in reasons.items())
+            missing = "".join(f"; not folded: {h} ({why})" for h, why in failure_reasons(progress).items())
             self.observer.message(
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
         self._rounds_watched.add(spec.round)
-        record = round_record(manifest)
-        record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
-        record["reasons"] = reasons
-        history = self.history()
-        history = [r for r in history if r["round"] != spec.round] + [record]
-        self.store.put_json(self.paths.history, sorted(history, key=lambda r: int(r["round"])))
+        record = round_record(manifest, progress)
+        record_round(self.store, self.paths, record)
         self.observer.round_finished(record)
 
-    def _record_failure(
-        self, spec: RoundSpec, failure: dict[str, Any], progress: RoundProgress | None, reasons: dict[str, str]
-    ) -> None:
-        """Keep why an attempt failed where ``status`` and ``--json`` read it, not only in the workers' logs."""
-        record = {
-            "kind": spec.kind.value,
-            "round": spec.round,
-            "attempt": spec.attempt,
-            "status": "failed",
-            "quorum": spec.quorum,
-            "folded": list(failure.get("folded", [])),
-            "statuses": {h: s.state.value for h, s in progress.statuses.items()} if progress is not None else {},
-            "reasons": reasons,
-            "at": self.clock(),
-        }
-        earlier = self.failed_attempts()
-        kept = [r for r in earlier if (r["kind"], r["round"], r["attempt"]) != (spec.kind, spec.round, spec.attempt)]
-        self.store.put_json(self.paths.failed_attempts, [*kept, record])
-
     def failed_attempts(self) -> list[dict[str, Any]]:
-        if not self.store.exists(self.paths.failed_attempts):
-            return []
-        return list(self.store.get_json(self.paths.failed_attempts))
+        return read_failed_attempts(self.store, self.paths)
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.store.exists(self.paths.history):
-            return []
-        return list(self.store.get_json(self.paths.history))
-
-
-def _awaited(dispatch: dict[str, Any], progress: RoundProgress) -> list[str]:
-    """The task whose next state would change each unfinished hospital's status: its own task until it has
-    answered, then the fold of its receipt."""
-    ids: list[str] = []
-    for hospital, status in progress.statuses.items():
-        sent = dispatch.get(hospital, {})
-        if status.state in {HospitalState.QUEUED, HospitalState.TRAINING} and "task" in sent:
-            ids.append(sent["task"])
-        elif status.state is HospitalState.UPLOADED and "fold" in sent:
-            ids.append(sent["fold"])
-    return ids
-
-
-def failure_reasons(progress: RoundProgress) -> dict[str, str]:
-    """Why each hospital that was not folded was not: the task's exception type and message, or the aggregator's
-    rejection, or the deadline (never a traceback; that stays in the worker's log)."""
-    return {
-        hospital: status.detail or status.state.value
-        for hospital, status in progress.statuses.items()
-        if status.state is not HospitalState.FOLDED
-    }
-
-
-def round_record(manifest: Manifest) -> dict[str, Any]:
-    """Per-round metrics: the incoming model's validation metrics per hospital and their mean over hospitals."""
-    per_hospital = {e.hospital: dict(e.metrics) for e in manifest.folded}
-    mean = mean_metrics(per_hospital)
-    phases: dict[str, float] = {}
-    for entry in manifest.folded:
-        for phase, seconds in entry.timings.items():
-            phases[phase] = max(phases.get(phase, 0.0), seconds)
-    return {
-        "round": manifest.round,
-        "attempt": manifest.attempt,
-        "status": "committed",
-        "participants": list(manifest.participants),
-        "rejected": [r.to_dict() for r in manifest.rejected],
-        "evaluated_round": manifest.round - 1,
-        "metrics": per_hospital,
-        "weighted": mean,
-        # spent (ε, δ) per hospital under DP-SGD, as each hospital signed it in its receipt; absent without DP
-        "privacy": {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy},
-        "seconds": manifest.finalised_at - manifest.opened_at,
-        "phases_max": phases,
-        "bytes_up": sum(e.size for e in manifest.folded),
-        "global_bytes": manifest.result_size,
-    }
+        return read_history(self.store, self.paths)
 
 
 def require_run_config(store: Store, run: str) -> RunConfig:

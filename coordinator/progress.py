@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from coordinator.loop import HospitalState, RoundProgress
+from coordinator.status import HospitalState, RoundProgress
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import RoundSpec
 from medheaven.privacy.config import DpConfig

@@ -1,46 +1,45 @@
-"""Status classification: how the coordinator reads one hospital's state in an attempt from the ledger (the only
-source of folded and rejected) and its task's state, without Redis or Celery.
-
-The classification is ``Coordinator._statuses`` today (issue 17 asks for it to move out of ``coordinator/loop.py``
-into a module of its own); these tests name what it decides, so that move can keep them as they are.
+"""Status classification (``coordinator.status.classify``): how the coordinator reads one hospital's state in an
+attempt from the ledger (the only source of folded and rejected), its task's and its fold's states, whether its task
+was given back after its worker died, and the privacy receipts, without Redis, Celery or a store.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
-from transport_support import RecordingTransport
 
-from coordinator.loop import Coordinator, HospitalState, RoundProgress
 from coordinator.messaging import TaskState
-from coordinator.run import RunConfig
+from coordinator.status import HospitalState, HospitalStatus, RoundProgress, classify
 from medheaven.federated.ledger import EntryStatus, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.wire import RoundSpec
 from medheaven.privacy.local import BUDGET_MARKER
-from medheaven.store.local import LocalStore
 
 NOW, DEADLINE = 1000.0, 1060.0
 SPEC = RoundSpec("status", 2, 1, "update", ("h1",), 1, DEADLINE, "ab" * 32, opened_at=NOW - 10)
-DISPATCH = {"h1": {"task": "train-h1", "fold": "fold-h1"}}
+DISPATCH: dict[str, dict[str, Any]] = {"h1": {"task": "train-h1", "fold": "fold-h1"}}
 
 
-class _ScriptedTransport(RecordingTransport):
-    """Each task id answers with the state the test gives it; an id not given is PENDING."""
-
-    def __init__(self, states: dict[str, TaskState]) -> None:
-        super().__init__()
-        self.states = states
-
-    def state(self, task_id: str) -> TaskState:
-        return self.states.get(task_id, TaskState("PENDING"))
-
-
-def _classify(tmp_path: Path, ledger: Ledger, **states: TaskState) -> RoundProgress:
-    transport = _ScriptedTransport({f"{name.replace('_', '-')}": state for name, state in states.items()})
-    config = RunConfig(run="status", hospitals=("h1",), rounds=1, min_hospitals=1, round_timeout=60)
-    coordinator = Coordinator(LocalStore(tmp_path / "store"), transport, config, clock=lambda: NOW)
-    return coordinator._statuses(SPEC, DISPATCH, ledger)
+def _classify(
+    ledger: Ledger,
+    *,
+    no_live_worker: bool = False,
+    budget_spent: dict[str, str] | None = None,
+    dispatch: dict[str, dict[str, Any]] = DISPATCH,
+    **states: TaskState,
+) -> RoundProgress:
+    """Each task id answers with the state the test gives it (``train_h1`` for ``train-h1``); an id not given is
+    PENDING."""
+    scripted = {name.replace("_", "-"): state for name, state in states.items()}
+    return classify(
+        SPEC,
+        dispatch,
+        ledger,
+        task_state=lambda task_id: scripted.get(task_id, TaskState("PENDING")),
+        now=NOW,
+        no_live_worker=lambda hospital: no_live_worker,
+        budget_spent=budget_spent or {},
+    )
 
 
 def _ledger(*entries: LedgerEntry) -> Ledger:
@@ -54,13 +53,10 @@ EMPTY = _ledger()
 RECEIPT = {"completed_at": NOW - 1}
 
 
-def test_status_ledger_decides_folded_and_rejected_whatever_the_tasks_say(tmp_path: Path) -> None:
-    folded = _classify(
-        tmp_path, _ledger(LedgerEntry("h1", EntryStatus.FOLDED, at=NOW, key="k")), train_h1=TaskState("FAILURE")
-    )
+def test_status_ledger_decides_folded_and_rejected_whatever_the_tasks_say() -> None:
+    folded = _classify(_ledger(LedgerEntry("h1", EntryStatus.FOLDED, at=NOW, key="k")), train_h1=TaskState("FAILURE"))
     assert folded.statuses["h1"].state is HospitalState.FOLDED and folded.on_time == set()
     rejected = _classify(
-        tmp_path,
         _ledger(LedgerEntry("h1", EntryStatus.REJECTED, at=NOW, reason="signature", message="forged")),
         train_h1=TaskState("SUCCESS", RECEIPT),
     )
@@ -81,15 +77,15 @@ def test_status_ledger_decides_folded_and_rejected_whatever_the_tasks_say(tmp_pa
     ],
     ids=["pending", "retry", "started", "failed", "budget-spent"],
 )
-def test_status_task_state_before_the_ledger_answers(tmp_path: Path, task: TaskState, state: HospitalState) -> None:
-    progress = _classify(tmp_path, EMPTY, train_h1=task)
+def test_status_task_state_before_the_ledger_answers(task: TaskState, state: HospitalState) -> None:
+    progress = _classify(EMPTY, train_h1=task)
     assert progress.statuses["h1"].state is state
     assert progress.statuses["h1"].detail == (task.error or "")
     assert progress.on_time == set()
 
 
-def test_status_uploaded_on_time_counts_for_the_policy_until_the_ledger_answers(tmp_path: Path) -> None:
-    progress = _classify(tmp_path, EMPTY, train_h1=TaskState("SUCCESS", RECEIPT))
+def test_status_uploaded_on_time_counts_for_the_policy_until_the_ledger_answers() -> None:
+    progress = _classify(EMPTY, train_h1=TaskState("SUCCESS", RECEIPT))
     assert progress.statuses["h1"].state is HospitalState.UPLOADED and progress.on_time == {"h1"}
 
 
@@ -98,21 +94,55 @@ def test_status_uploaded_on_time_counts_for_the_policy_until_the_ledger_answers(
     [{"completed_at": DEADLINE + 1}, {"completed_at": NOW + 3600}, {}, "not a receipt"],
     ids=["after-deadline", "clock-in-the-future", "no-completion-time", "not-a-dict"],
 )
-def test_status_uploaded_but_not_on_time_is_not_waited_for(tmp_path: Path, receipt: object) -> None:
-    progress = _classify(tmp_path, EMPTY, train_h1=TaskState("SUCCESS", receipt))
+def test_status_uploaded_but_not_on_time_is_not_waited_for(receipt: object) -> None:
+    progress = _classify(EMPTY, train_h1=TaskState("SUCCESS", receipt))
     assert progress.statuses["h1"].state is HospitalState.UPLOADED and progress.on_time == set()
 
 
-def test_status_fold_result_of_noise_is_never_on_time_and_says_why(tmp_path: Path) -> None:
+def test_status_fold_result_of_noise_is_never_on_time_and_says_why() -> None:
     noise = {"status": FoldStatus.NOISE.value, "message": "signature does not verify"}
-    progress = _classify(tmp_path, EMPTY, train_h1=TaskState("SUCCESS", RECEIPT), fold_h1=TaskState("SUCCESS", noise))
+    progress = _classify(EMPTY, train_h1=TaskState("SUCCESS", RECEIPT), fold_h1=TaskState("SUCCESS", noise))
     status = progress.statuses["h1"]
     assert status.state is HospitalState.UPLOADED and progress.on_time == set()
     assert status.detail == "its update was not accepted as verified (signature does not verify)"
 
 
-def test_status_fold_result_claiming_folded_does_not_end_the_wait(tmp_path: Path) -> None:
+def test_status_fold_result_claiming_folded_does_not_end_the_wait() -> None:
     """Anyone who can publish to the broker can answer under a fold's id: only the ledger says folded."""
     claim = {"status": FoldStatus.FOLDED.value}
-    progress = _classify(tmp_path, EMPTY, train_h1=TaskState("SUCCESS", RECEIPT), fold_h1=TaskState("SUCCESS", claim))
+    progress = _classify(EMPTY, train_h1=TaskState("SUCCESS", RECEIPT), fold_h1=TaskState("SUCCESS", claim))
     assert progress.statuses["h1"].state is HospitalState.UPLOADED and progress.statuses["h1"].state.unfinished
+
+
+@pytest.mark.parametrize("no_live_worker", [True, False], ids=["no-live-worker", "live-worker"])
+def test_status_given_back_task_is_lost_only_without_a_live_worker(no_live_worker: bool) -> None:
+    dispatch = {"h1": {"task": "train-h1", "fold": "fold-h1", "lost": ["old-h1"]}}
+    status = _classify(EMPTY, no_live_worker=no_live_worker, dispatch=dispatch).statuses["h1"]
+    assert status.state is (HospitalState.LOST if no_live_worker else HospitalState.QUEUED)
+    assert ("its worker died with the task (1x)" in status.detail) is no_live_worker
+
+
+def test_status_liveness_is_not_asked_for_a_task_never_given_back() -> None:
+    asked: list[str] = []
+
+    def no_live_worker(hospital: str) -> bool:
+        asked.append(hospital)
+        return True
+
+    progress = classify(
+        SPEC,
+        DISPATCH,
+        EMPTY,
+        task_state=lambda task_id: TaskState("PENDING"),
+        now=NOW,
+        no_live_worker=no_live_worker,
+        budget_spent={},
+    )
+    assert progress.statuses["h1"].state is HospitalState.QUEUED and asked == []
+
+
+def test_status_hospital_left_out_for_its_budget_is_budget_spent_and_gone_is_only_the_attempts() -> None:
+    progress = _classify(EMPTY, budget_spent={"h9": "epsilon 3.1 of 3.0 spent", "h1": "also over"})
+    assert progress.statuses["h9"] == HospitalStatus("h9", HospitalState.BUDGET_SPENT, "epsilon 3.1 of 3.0 spent")
+    assert progress.statuses["h1"].state is HospitalState.QUEUED  # in the attempt: its own task decides
+    assert progress.gone() == {}

@@ -7,7 +7,7 @@ import json
 import msgpack
 import pytest
 
-from coordinator.loop import HospitalState
+from coordinator.status import HospitalState
 from medheaven.errors import EnvelopeFormatError
 from medheaven.federated.ledger import Ledger
 from medheaven.federated.paths import RunPaths

@@ -14,13 +14,15 @@ from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
+from coordinator.status import HospitalState
 from medheaven.cli.root import app as medheaven_app
 from medheaven.errors import DataFileError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import Manifest
 from medheaven.report import load_baseline, load_run_records
 from medheaven.report.document import to_markdown
-from medheaven.report.records import OTHER_PHASE, round_row
+from medheaven.report.plots import STATE_COLOURS, STATE_MARKS
+from medheaven.report.records import OTHER_PHASE, STATES, round_row
 from medheaven.report.render import PLOT_FILES
 from medheaven.report.threat_model import threat_model_outline
 
@@ -152,6 +154,30 @@ def _manifest(**overrides: Any) -> Manifest:
         **overrides,
     }
     return Manifest.from_dict(data)
+
+
+def test_round_row_shows_the_coordinators_typed_state_of_a_lost_or_budget_spent_hospital() -> None:
+    """A hospital lost with its worker is not "late", one left out of the attempt for its DP budget is not "not
+    selected": the coordinator's history says which, and the report shows it."""
+    statuses = {"c": HospitalState.LOST.value, "d": HospitalState.BUDGET_SPENT.value}
+    row = round_row(_manifest(), {"statuses": statuses}, hospitals=("a", "b", "c", "d"))
+    assert row.states == {"a": "folded", "b": "rejected", "c": "worker lost", "d": "budget spent"}
+    refused = round_row(_manifest(), {"statuses": {"c": HospitalState.BUDGET_SPENT.value}}, hospitals=("a", "b", "c"))
+    assert refused.states["c"] == "budget spent"  # selected, refused to train at its budget
+    # only the budget explains a hospital's absence from the selection; the manifest still decides folded/rejected
+    odd = {"a": "failed", "b": "late", "d": "late"}
+    assert round_row(_manifest(), {"statuses": odd}, hospitals=("a", "b", "c", "d")).states == {
+        "a": "folded",
+        "b": "rejected",
+        "c": "late",
+        "d": "not selected",
+    }
+
+
+def test_report_states_cover_every_final_hospital_state() -> None:
+    final = {s.value for s in HospitalState if not s.unfinished}
+    assert final <= set(STATES), f"the report cannot show {final - set(STATES)}"
+    assert set(STATES) == set(STATE_COLOURS) == set(STATE_MARKS)
 
 
 def test_round_row_marks_rejected_late_and_unselected_hospitals() -> None:

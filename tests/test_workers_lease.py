@@ -12,9 +12,10 @@ import pytest
 import redis
 from transport_support import RecordingTransport
 
-from coordinator.loop import LIVENESS_EVERY, NO_WORKER_FOR, Coordinator, HospitalState, HospitalStatus, RoundProgress
+from coordinator.loop import LIVENESS_EVERY, NO_WORKER_FOR, Coordinator
 from coordinator.messaging import TaskState
 from coordinator.run import RunConfig
+from coordinator.status import HospitalState, HospitalStatus, RoundProgress
 from medheaven.federated.ledger import Ledger
 from medheaven.federated.round_policy import Dropout
 from medheaven.federated.wire import RoundSpec

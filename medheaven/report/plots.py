@@ -36,10 +36,20 @@ STATE_COLOURS = {
     "folded": "#55a868",
     "rejected": "#c44e52",
     "late": "#dd8452",
+    "worker lost": "#8172b3",
     "failed": "#8c1c13",
+    "budget spent": "#937860",
     "not selected": "#e6e6e6",
 }
-STATE_MARKS = {"folded": "in", "rejected": "rej", "late": "late", "failed": "fail", "not selected": "-"}
+STATE_MARKS = {
+    "folded": "in",
+    "rejected": "rej",
+    "late": "late",
+    "worker lost": "lost",
+    "failed": "fail",
+    "budget spent": "dp",
+    "not selected": "-",
+}
 # legend entries whose values differ between the ROC and PR panels: each panel labels its own
 PANEL_SPECIFIC = ("selected model", "centralised", "local-only mean", "chance")
 X_LABEL = "global model after round k (0 = initial model)"

@@ -27,7 +27,9 @@ from medheaven.store.base import Store
 
 PHASES = ("fetch_decrypt", "evaluate", "train", "encrypt_upload", "fold")
 OTHER_PHASE = "broker/store/wait"
-STATES = ("folded", "rejected", "late", "failed", "not selected")
+#: a hospital's state in a committed round: the coordinator's final ``HospitalState`` values (its history's
+#: ``statuses``; ``tests/test_report.py`` checks that every one is here) and "not selected"
+STATES = ("folded", "rejected", "late", "worker lost", "failed", "budget spent", "not selected")
 SUMMARY_METRICS = ("loss", "roc_auc", "pr_auc", "brier", "accuracy")
 
 
@@ -206,8 +208,10 @@ def _weighted(metrics: dict[str, dict[str, float]], name: str) -> float:
 
 
 def participation(manifest: Manifest, statuses: dict[str, Any], *, hospitals: tuple[str, ...]) -> dict[str, str]:
-    """What happened to each hospital this round. The coordinator's statuses tell late from failed; without them
-    a selected hospital that was neither folded nor rejected is counted as late."""
+    """What happened to each hospital this round. The manifest decides folded and rejected; the coordinator's
+    statuses tell late from failed, from lost with its worker and from out of DP budget (a hospital left out of the
+    attempt for its budget is recorded "budget spent", not "not selected"); without them a selected hospital that was
+    neither folded nor rejected is counted as late, and one not selected as not selected."""
     folded = set(manifest.participants)
     rejected = {r.hospital for r in manifest.rejected}
     states: dict[str, str] = {}
@@ -217,7 +221,8 @@ def participation(manifest: Manifest, statuses: dict[str, Any], *, hospitals: tu
         elif hospital in rejected:
             states[hospital] = "rejected"
         elif hospital not in manifest.selected:
-            states[hospital] = "not selected"
+            state = str(statuses.get(hospital, "not selected"))
+            states[hospital] = "budget spent" if state == "budget spent" else "not selected"
         else:
             state = str(statuses.get(hospital, "late"))
             states[hospital] = state if state in STATES else "late"

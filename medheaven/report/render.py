@@ -265,7 +265,9 @@ def _participation_section(records: RunRecords) -> list[Block]:
         Heading(2, "Participation"),
         Paragraph(
             "Folded: the update entered the encrypted sum. Rejected: the aggregator refused the envelope (reason "
-            "below). Late: no folded update before the round closed. Failed: the hospital's task failed."
+            "below). Late: no folded update before the round closed. Worker lost: its worker died with the task and no "
+            "live worker of the hospital was left to take it. Failed: the hospital's task failed. Budget spent: its "
+            "DP budget could not pay for the round (it refused to train, or was left out of the attempt)."
         ),
         Image(PLOT_FILES["participation"], "Participation per hospital and round"),
     ]
