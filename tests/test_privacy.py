@@ -91,6 +91,42 @@ def test_dpsgd_clipped_patient_gradient_norms_at_most_c() -> None:
     assert np.sum(norms > clip * 0.99) > index.n_patients // 2  # clipping was active, not vacuous
 
 
+def test_within_patient_pairs_lists_each_pair_of_one_patients_rows_once() -> None:
+    from medheaven.privacy.dpsgd import within_patient_pairs
+
+    segments = np.random.default_rng(2).integers(0, 9, size=60)
+    first, second = within_patient_pairs(segments)
+    got = sorted((min(i, j), max(i, j)) for i, j in zip(first.tolist(), second.tolist(), strict=True))
+    expected = [(i, j) for i in range(60) for j in range(i + 1, 60) if segments[i] == segments[j]]
+    assert got == expected
+
+
+def test_dpsgd_ghost_norms_clip_every_patient_and_sum_like_the_jacobian() -> None:
+    """The optimisation's equivalence test: ghost norms equal the materialised per-patient gradients' norms, their
+    clipping factors bound every patient's gradient by C, and the clipped sum equals the Jacobian way's."""
+    from medheaven.privacy.dpsgd import DpSgd, PatientIndex
+
+    model, x, y, groups = _model_and_data()
+    index = PatientIndex.of(groups)
+    clip = 0.25
+    dp = DpSgd(model, clip=clip, noise_multiplier=1.0, sampling_rate=0.5, seed=0)  # type: ignore[arg-type]
+    assert dp.method == "ghost"
+    assert np.bincount(index.codes).max() > 2  # patients with several encounters: the cross terms matter
+    raw = DpSgd(model, clip=1e9, noise_multiplier=1.0, sampling_rate=0.5)  # type: ignore[arg-type]
+    per_patient = raw.clipped_patient_gradients(x, y, index.codes)  # clip 1e9: unclipped
+    reference = np.sqrt(sum((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1) for g in per_patient))
+    norms = dp.patient_norms(x, y, index.codes)
+    np.testing.assert_allclose(norms, reference, rtol=1e-4)
+    factors = np.minimum(1.0, clip / norms)
+    clipped = [g * factors.reshape(-1, *([1] * (g.ndim - 1))) for g in per_patient]
+    clipped_norms = np.sqrt(sum((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1) for g in clipped))
+    assert np.all(clipped_norms <= clip * (1 + 1e-5))
+    assert np.sum(clipped_norms > clip * 0.99) > index.n_patients // 2
+    jacobian = [g.sum(axis=0) for g in dp.clipped_patient_gradients(x, y, index.codes)]
+    for ghost, slow in zip(dp.clipped_sum(x, y, index.codes), jacobian, strict=True):
+        np.testing.assert_allclose(ghost, slow, rtol=1e-4, atol=1e-6)
+
+
 def test_dpsgd_noise_std_is_z_times_c() -> None:
     from medheaven.privacy.dpsgd import DpSgd
 
