@@ -64,6 +64,29 @@ def test_dp_config_rejects_bad_values() -> None:
     assert DpConfig.from_dict(DpConfig(3.0, 1e-5, noise_multiplier=0.9).to_dict()).noise_multiplier == 0.9
 
 
+def test_dp_config_carries_its_recipe_and_local_training_resolves_it() -> None:
+    from medheaven.federated.wire import LocalTraining
+
+    with pytest.raises(ConfigurationError, match="optimizer"):
+        DpConfig(3.0, 1e-5, optimizer="rmsprop")
+    with pytest.raises(ConfigurationError, match="batch of patients"):
+        DpConfig(3.0, 1e-5, batch_patients=0)
+    with pytest.raises(ConfigurationError, match="learning_rate"):
+        DpConfig(3.0, 1e-5, learning_rate=-1.0)
+    dp = DpConfig(3.0, 1e-5, batch_patients=1024, epochs=2.0, learning_rate=1e-2, optimizer="sgd")
+    assert DpConfig.from_dict(dp.to_dict()) == dp
+    private = LocalTraining(epochs=1, batch_size=64, learning_rate=1e-3, lr_decay=0.5, dp=dp)
+    assert LocalTraining.from_dict(private.to_dict()) == private
+    assert (private.batch_patients, private.private_epochs, private.local_optimizer) == (1024, 2.0, "sgd")
+    assert private.rate_for(2) == pytest.approx(5e-3)
+    # a record written before the recipe fields existed takes the run's non-private values, as it did then
+    old = {"target_epsilon": 3.0, "delta": 1e-5, "clip": 1.0, "noise_multiplier": 0.0, "release_metrics": True}
+    inherited = LocalTraining(epochs=3, batch_size=64, learning_rate=1e-3, dp=DpConfig.from_dict(old))
+    assert (inherited.batch_patients, inherited.private_epochs, inherited.local_optimizer) == (64, 3.0, "adam")
+    assert inherited.rate_for(1) == 1e-3
+    assert LocalTraining(batch_size=64).rate_for(1) == 1e-3
+
+
 def _model_and_data(n_rows: int = 400, n_patients: int = 120) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
     from medheaven.model import ModelSpec, build_model, compile_model
 

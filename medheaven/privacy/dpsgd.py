@@ -77,7 +77,7 @@ def _dense_chain(model: keras.Model) -> list[Any] | None:
     return layers if np.allclose(chained, np.asarray(model(probe, training=False)), rtol=1e-5, atol=1e-6) else None
 
 
-def steps_per_round(epochs: int, sampling_rate: float) -> int:
+def steps_per_round(epochs: float, sampling_rate: float) -> int:
     """One local 'epoch' is 1/q Poisson steps (each patient is seen once per epoch in expectation)."""
     return max(1, round(epochs / sampling_rate))
 

@@ -50,7 +50,7 @@ def train_private(
     *,
     dp: DpConfig,
     planned_rounds: int,
-    epochs: int,
+    epochs: float,
     batch_patients: int,
     round_number: int,
     ledger_path: Path,
