@@ -3,7 +3,7 @@
     python -m benchmarks.dp_grid --data ../shared/data/diabetes-130-us/diabetic_data.csv.gz --rounds 10 \\
         --epsilon 8 --batch-patients 1024,2048,4096 --learning-rates 1e-3,3e-3 --epochs 1,2 > dp-grid.json
 
-The split is ``benchmarks.privacy``'s (``prepare_simulation`` with the same data, scheme and seed), each hospital's
+The split is ``benchmarks.privacy``'s (``benchmarks.harness.split_from_arguments``, same flags and defaults), each hospital's
 train/validation split is its node's (``prepare_hospital_data``, 10% of patients, seed 0) and the standardiser is the
 pooled one the federation's statistics phase computes. Then the federation's arithmetic in plaintext in one process,
 without the protocol (HE equals plaintext FedAvg to ~1e-12): each hospital keeps its own model and optimiser state
@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import add_split_arguments, split_from_arguments
 from benchmarks.peer_flower import roc_auc
-from coordinator.simulation import default_model, prepare_simulation
+from coordinator.simulation import default_model
 from medheaven.federated.fedavg import fedavg
 from medheaven.model import ModelSpec
 from medheaven.privacy.accountant import calibrate_noise, epsilon_for
@@ -41,12 +42,7 @@ def _floats(text: str) -> list[float]:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None, help="data file (default: synthetic)")
-    parser.add_argument("--schema", default="diabetes130")
-    parser.add_argument("--hospitals", type=int, default=5)
-    parser.add_argument("--scheme", default="column:admission_source_id")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--synthetic-rows", type=int, default=20000)
+    add_split_arguments(parser)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -67,15 +63,7 @@ def load_hospitals(args: argparse.Namespace) -> tuple[ModelSpec, dict[str, dict[
     from medheaven.data import FeatureLayout, Standardiser, SufficientStats, prepare_hospital_data
     from medheaven.federated.nodes import schema_reader
 
-    simulation = prepare_simulation(
-        args.out,
-        data=args.data,
-        schema=args.schema,
-        hospitals=args.hospitals,
-        scheme=args.scheme,
-        seed=args.seed,
-        synthetic_rows=args.synthetic_rows,
-    )
+    simulation = split_from_arguments(args)
     layout = FeatureLayout.from_dict(simulation.layout)
     read = schema_reader("prepared", None)
     # the hospital node's own split (HospitalNode's defaults)

@@ -14,22 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from coordinator.simulation import (
-    Simulation,
-    default_model,
-    prepare_simulation,
-    run_in_processes,
-    run_in_threads,
-    simulation_config,
-)
-from medheaven.errors import MedHeavenError
+from benchmarks.harness import add_split_arguments, split_from_arguments, with_retries
+from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import LocalTraining, Manifest
@@ -45,11 +38,7 @@ TARGETS = {"mlp_ratio_max": 1.10, "1m_ratio_max": 1.5}
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None, help="data file (default: synthetic)")
-    parser.add_argument("--schema", default="diabetes130")
-    parser.add_argument("--hospitals", type=int, default=5)
-    parser.add_argument("--scheme", default="column:admission_source_id")
-    parser.add_argument("--seed", type=int, default=42, help="split seed (the baseline uses 42)")
+    add_split_arguments(parser)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -61,7 +50,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=["threads", "processes"], default="processes")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--only", choices=["encrypted", "plaintext", "both"], default="both")
-    parser.add_argument("--synthetic-rows", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/federation"))
     parser.add_argument(
         "--repeat", type=int, default=1, help="alternate encrypted/plaintext runs this many times; report medians"
@@ -92,7 +80,7 @@ def _median_phases(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _run(
-    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, *, plaintext: bool, repeat: int, attempt: int
+    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, attempt: int, *, plaintext: bool, repeat: int
 ) -> dict[str, Any]:
     mode = "plaintext" if plaintext else "encrypted"
     run = f"{mode}-{repeat}" + (f"-retry{attempt}" if attempt else "")
@@ -137,24 +125,6 @@ def _run(
     }
 
 
-def _run_with_retries(
-    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, *, plaintext: bool, repeat: int
-) -> dict[str, Any]:
-    """Redis database 15 is shared with the test suite, whose fixtures flush it: a run that loses its task
-    messages fails its quorum and is started again under a fresh run id instead of aborting the benchmark."""
-    for attempt in range(args.retries + 1):
-        try:
-            outcome = _run(simulation, args, model, plaintext=plaintext, repeat=repeat, attempt=attempt)
-        except MedHeavenError as exc:
-            print(json.dumps({"failed_run": str(exc)[:300]}), file=sys.stderr)
-            if attempt == args.retries:
-                raise
-        else:
-            outcome["retries"] = attempt
-            return outcome
-    raise AssertionError("unreachable")
-
-
 def _summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("wall_seconds", "median_round_seconds", "mean_round_seconds_after_first")
     summary: dict[str, Any] = {key: statistics.median(o[key] for o in outcomes) for key in keys}
@@ -173,16 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "loadavg_start": os.getloadavg(),
     }
     # one split and key set for every run, so encrypted and plaintext runs see the same hospitals and rows
-    shutil.rmtree(args.out, ignore_errors=True)
-    simulation = prepare_simulation(
-        args.out,
-        data=args.data,
-        schema=args.schema,
-        hospitals=args.hospitals,
-        scheme=args.scheme,
-        seed=args.seed,
-        synthetic_rows=args.synthetic_rows,
-    )
+    simulation = split_from_arguments(args)
     model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
     results["parameters"] = model.parameter_count()
     results["hospitals"] = list(simulation.hospitals)
@@ -191,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeat):
         # alternate the order so that drifting background load does not favour one mode
         for plaintext in modes if repeat % 2 == 0 else modes[::-1]:
-            outcome = _run_with_retries(simulation, args, model, plaintext=plaintext, repeat=repeat)
+            outcome, retried = with_retries(
+                partial(_run, simulation, args, model, plaintext=plaintext, repeat=repeat),
+                retries=args.retries,
+                label={"failed_run": "plaintext" if plaintext else "encrypted", "repeat": repeat},
+            )
+            outcome["retries"] = retried
             runs[outcome["mode"]].append(outcome)
             print(
                 json.dumps({"mode": outcome["mode"], "repeat": repeat, "rounds": outcome["round_seconds"]}),

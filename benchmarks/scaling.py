@@ -32,6 +32,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from benchmarks.federation import round_breakdown
+from benchmarks.harness import with_retries
 from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, prepare_simulation, run_in_processes, simulation_config
@@ -133,20 +134,14 @@ def _shared_attempt(attempt: int, *, workers: int, args: argparse.Namespace) -> 
     return shared_queue(args.out / f"shared{workers}-{attempt}", workers=workers, args=args)
 
 
-def _retrying(measure: Callable[[int], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def _retrying(
+    measure: Callable[[int], dict[str, Any]], args: argparse.Namespace, label: dict[str, Any]
+) -> dict[str, Any]:
     """Redis database 15 is shared with the test suite (whose fixtures flush it and whose workers consume the same
     queue names): a measurement that loses its messages is repeated in a fresh directory."""
-    for attempt in range(args.retries + 1):
-        try:
-            row = measure(attempt)
-        except (MedHeavenError, CeleryTimeoutError) as exc:
-            print(json.dumps({"failed": str(exc)[:300]}), file=sys.stderr)
-            if attempt == args.retries:
-                raise
-        else:
-            row["retries"] = attempt
-            return row
-    raise AssertionError("unreachable")
+    row, attempt = with_retries(measure, retries=args.retries, label=label, errors=(MedHeavenError, CeleryTimeoutError))
+    row["retries"] = attempt
+    return row
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -174,12 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         "shared_queue": [],
     }
     for count in (int(k) for k in args.hospitals.split(",") if k):
-        row = _retrying(partial(_scale_attempt, count=count, args=args), args)
+        row = _retrying(partial(_scale_attempt, count=count, args=args), args, {"failed": f"k{count}"})
         results["hospitals"].append(row)
         print(f"K={count:2d}: median round {row['median_round_seconds_after_first']:.2f}s", file=sys.stderr)
     if not args.skip_shared:
         for workers in (1, 2):
-            row = _retrying(partial(_shared_attempt, workers=workers, args=args), args)
+            row = _retrying(partial(_shared_attempt, workers=workers, args=args), args, {"failed": f"shared{workers}"})
             results["shared_queue"].append(row)
             print(
                 f"{workers} process(es) on one queue: {args.tasks} tasks in {row['drain_seconds']:.2f}s, "
