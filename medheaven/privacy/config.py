@@ -13,7 +13,7 @@ OPTIMIZERS = ("adam", "sgd")
 #: The DP-SGD recipe chosen on the hospitals' validation patients (PRIVACY.md, "Choosing the recipe"; the test split
 #: was not read): large Poisson batches of patients, a learning rate well above the non-private one, Adam.
 RECIPE_BATCH_PATIENTS = 2048
-RECIPE_EPOCHS = 1.0
+RECIPE_EPOCHS = 2.0
 RECIPE_LEARNING_RATE = 3e-3
 RECIPE_OPTIMIZER = "adam"
 
