@@ -193,3 +193,25 @@ def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None
         train_private(model, x, y, groups, round_number=3, hospital_id="h1", **common)  # type: ignore[arg-type]
     assert "'h1'" in str(refused.value) and "round 3" in str(refused.value)
     assert np.array_equal(frozen, get_flat_weights(model))  # type: ignore[arg-type]
+
+
+def test_train_private_calibrates_each_hospital_for_its_own_sampling_rate(tmp_path: Path) -> None:
+    """A small hospital (q = 1: its whole list of patients is the expected batch) and a large one (small q) each
+    calibrate their own z from the same target, and each ends its planned rounds at that target, not past it."""
+    from medheaven.privacy.local import train_private
+
+    dp = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
+    rounds, done = 2, {}
+    for hospital, patients in (("small", 40), ("large", 400)):
+        model, x, y, groups = _model_and_data(n_rows=patients * 2, n_patients=patients)
+        ledger = tmp_path / ".privacy" / f"{hospital}-run.json"
+        for r in range(1, rounds + 1):
+            done[hospital] = train_private(  # type: ignore[arg-type]
+                model, x, y, groups, dp=dp, planned_rounds=rounds, epochs=1.0, batch_patients=60,
+                round_number=r, ledger_path=ledger, hospital_id=hospital,
+            )  # fmt: skip
+        entries = PrivacyLedger.load(ledger, budget_epsilon=3.0, delta=1e-5).entries
+        assert {e.sampling_rate for e in entries} == {min(1.0, 60 / len(np.unique(groups)))}
+    assert done["small"].noise_multiplier > done["large"].noise_multiplier  # q = 1 has no subsampling to amplify
+    for private in done.values():
+        assert private.epsilon == pytest.approx(3.0, rel=0.01) and private.epsilon <= 3.0 * 1.001
