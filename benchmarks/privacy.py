@@ -36,6 +36,7 @@ import numpy as np
 
 from benchmarks.federation import round_breakdown
 from benchmarks.harness import add_split_arguments, split_from_arguments, with_retries
+from coordinator.options import dp_config, local_training
 from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.federated.wire import LocalTraining
@@ -46,7 +47,6 @@ from medheaven.privacy.config import (
     RECIPE_EPOCHS,
     RECIPE_LEARNING_RATE,
     RECIPE_OPTIMIZER,
-    DpConfig,
 )
 
 NO_DP = "none"
@@ -224,23 +224,13 @@ def _label(epsilon: float | None) -> str:
 
 
 def _training(args: argparse.Namespace, epsilon: float | None) -> LocalTraining:
-    dp = None
-    if epsilon is not None:
-        dp = DpConfig(
-            epsilon,
-            args.delta,
-            clip=args.clip,
-            batch_patients=args.dp_batch_patients,
-            epochs=args.dp_epochs,
-            learning_rate=args.dp_learning_rate,
-            optimizer=args.dp_optimizer,
-        )
-    return LocalTraining(
+    recipe = (args.dp_batch_patients, args.dp_epochs, args.dp_learning_rate, args.dp_optimizer)
+    return local_training(
         epochs=args.local_epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        dp=dp,
-        planned_rounds=args.rounds,
+        rounds=args.rounds,
+        dp=dp_config(epsilon, args.delta, args.clip, 0.0, True, *recipe),
     )
 
 

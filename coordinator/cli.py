@@ -213,15 +213,7 @@ def run(
             lr_decay=lr_decay,
             rounds=rounds,
             dp=dp_config(
-                dp_epsilon,
-                dp_delta,
-                dp_clip,
-                dp_noise,
-                dp_metrics,
-                batch_patients=dp_batch,
-                epochs=dp_epochs,
-                learning_rate=dp_learning_rate,
-                optimizer=dp_optimizer,
+                dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
             ),
         ),
         evaluator=evaluator,

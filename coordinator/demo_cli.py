@@ -96,15 +96,7 @@ def demo(
         lr_decay=lr_decay,
         server=server_step(server_optimiser, server_lr, server_momentum),
         dp=dp_config(
-            dp_epsilon,
-            dp_delta,
-            dp_clip,
-            dp_noise,
-            dp_metrics,
-            batch_patients=dp_batch,
-            epochs=dp_epochs,
-            learning_rate=dp_learning_rate,
-            optimizer=dp_optimizer,
+            dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
         ),
         seed=seed,
         synthetic_rows=rows,

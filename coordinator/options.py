@@ -71,26 +71,16 @@ def dp_config(
     clip: float,
     noise: float,
     metrics: bool,
-    *,
     batch_patients: int = DP_BATCH,
     epochs: float = DP_EPOCHS,
     learning_rate: float = DP_LEARNING_RATE,
     optimizer: str = DP_OPTIMIZER,
 ) -> DpConfig | None:
-    """The DP-SGD setting the options ask for (None without ``--dp-epsilon``); ``DpConfig`` refuses bad values."""
+    """The DP-SGD setting the options ask for (None without ``--dp-epsilon``), arguments in the options' order
+    (``DpConfig``'s fields); ``DpConfig`` refuses bad values."""
     if epsilon is None:
         return None
-    return DpConfig(
-        epsilon,
-        delta,
-        clip=clip,
-        noise_multiplier=noise,
-        release_metrics=metrics,
-        batch_patients=batch_patients,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-    )
+    return DpConfig(epsilon, delta, clip, noise, metrics, batch_patients, epochs, learning_rate, optimizer)
 
 
 def local_training(
