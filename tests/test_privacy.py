@@ -163,6 +163,42 @@ def test_dpsgd_noise_std_is_z_times_c() -> None:
     assert float(draws.std()) == pytest.approx(z * clip, rel=0.02)
 
 
+def test_patient_index_rows_of_gives_every_row_of_the_chosen_patients() -> None:
+    from medheaven.privacy.dpsgd import PatientIndex
+
+    groups = np.random.default_rng(4).integers(0, 50, size=300)
+    index = PatientIndex.of(groups)
+    chosen = np.array([0, 3, 7, 49])
+    rows, segments = index.rows_of(chosen)
+    assert sorted(rows.tolist()) == np.flatnonzero(np.isin(index.codes, chosen)).tolist()
+    assert np.array_equal(chosen[segments], index.codes[rows])
+
+
+def test_dpsgd_step_applies_noised_sum_over_expected_batch_plus_penalty() -> None:
+    """One SGD step by hand: w - lr * ((clipped sum + noise) / (q N) + the L2 penalty's gradient)."""
+    from medheaven.model import ModelSpec, build_model, compile_model, get_flat_weights
+    from medheaven.privacy.dpsgd import DpSgd, PatientIndex
+
+    model = build_model(ModelSpec(n_features=8, hidden=(16,), dropout=0.0, l2=1e-2))
+    compile_model(model, learning_rate=0.1, optimizer="sgd")
+    _, x, y, groups = _model_and_data()
+    index = PatientIndex.of(groups)
+    before = [np.asarray(w) for w in model.trainable_variables]
+    dp = DpSgd(model, clip=0.5, noise_multiplier=0.7, sampling_rate=0.3, seed=9)
+    twin = DpSgd(model, clip=0.5, noise_multiplier=0.7, sampling_rate=0.3, seed=9)  # the same random draws
+    chosen = np.flatnonzero(twin.rng.random(index.n_patients) < 0.3)
+    rows, segments = index.rows_of(chosen)
+    noisy = twin.noised(twin.clipped_sum(x[rows], y[rows], segments))
+    dp.step(x, y, index)
+    expected = [
+        w - 0.1 * (n / (0.3 * index.n_patients) + (2 * 1e-2 * w if w.ndim == 2 else 0.0))
+        for w, n in zip(before, noisy, strict=True)
+    ]
+    np.testing.assert_allclose(
+        get_flat_weights(model), np.concatenate([e.ravel() for e in expected]), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_dpsgd_step_moves_weights_and_counts_patients() -> None:
     from medheaven.model import get_flat_weights
     from medheaven.privacy.dpsgd import DpSgd, PatientIndex
