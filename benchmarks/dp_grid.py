@@ -12,6 +12,9 @@ the hospital's DP-SGD (``DpSgd``) from the global model, and the global model is
 Each configuration prints the validation ROC-AUC after every round (the mean over hospitals weighted by validation
 patients, as the coordinator's history reports it, and unweighted), each hospital's q, z and steps, and seconds.
 ``--no-dp`` adds the non-private reference row (plain Keras ``fit``) with ``--plain-*`` settings.
+
+``--time-round HOSPITAL`` instead times one round of that hospital's local training, alternating DP-SGD (the first
+grid configuration) with plain ``fit`` for one and for the DP row's number of epochs, ``--repeat`` times each.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain-batch", type=int, default=512)
     parser.add_argument("--plain-learning-rate", type=float, default=5e-4)
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/dp-grid"))
+    parser.add_argument("--time-round", default=None, metavar="HOSPITAL", help="time one local round instead")
+    parser.add_argument("--repeat", type=int, default=3)
     return parser.parse_args(argv)
 
 
@@ -135,9 +140,54 @@ def run_config(
     }
 
 
+def time_round(spec: ModelSpec, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds of one round of local training: DP-SGD against plain ``fit`` on the same hospital, interleaved."""
+    from medheaven.model import build_model, compile_model
+
+    model = build_model(spec)
+    compile_model(model, learning_rate=args.learning_rates[0])
+    q = sampling_rate(int(args.batch_patients[0]), data["index"].n_patients)
+    steps = steps_per_round(args.epochs[0], q)
+    z = calibrate_noise(args.epsilon, args.delta, q, steps * args.rounds)
+    dp = DpSgd(model, clip=args.clips[0], noise_multiplier=z, sampling_rate=q)
+    epochs = max(1, round(args.epochs[0]))
+    runs: dict[str, Any] = {"dp_sgd": dp.train, "fit_1_epoch": 1, f"fit_{epochs}_epochs": epochs}
+    dp.train(data["x"], data["y"], data["index"], 2)  # warm-up: tracing of both
+    model.fit(data["x"], data["y"], batch_size=args.plain_batch, epochs=1, verbose=0)
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeat):
+        for name, how in runs.items():
+            started = time.perf_counter()
+            if callable(how):
+                how(data["x"], data["y"], data["index"], steps)
+            else:
+                model.fit(data["x"], data["y"], batch_size=args.plain_batch, epochs=how, verbose=0)
+            seconds[name].append(time.perf_counter() - started)
+    return {
+        "train_rows": int(data["y"].size),
+        "patients": data["index"].n_patients,
+        "q": q,
+        "z": z,
+        "steps": steps,
+        "method": dp.method,
+        "seconds": seconds,
+        "loadavg": os.getloadavg(),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     spec, hospitals = load_hospitals(args)
+    if args.time_round is not None:
+        print(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    **time_round(spec, hospitals[args.time_round], args),
+                }
+            )
+        )
+        return
     configs: list[dict[str, Any]] = []
     if args.no_dp:
         configs.append({"epsilon": None, "batch": args.plain_batch, "lr": args.plain_learning_rate, "epochs": 1})
