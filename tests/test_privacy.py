@@ -224,6 +224,10 @@ def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None
         for r in (1, 2)
     ]
     assert 0 < spent[0] < spent[1] <= 2.0 * 1.001
+    from medheaven.privacy import local
+
+    assert local._calibrated.cache_info().hits >= 1  # round 2 reused round 1's z, it did not bisect again
+    assert local._dp_sgd(model, 1.0) is local._dp_sgd(model, 1.0)  # type: ignore[arg-type]
     frozen = get_flat_weights(model)  # type: ignore[arg-type]
     with pytest.raises(PrivacyBudgetError, match=BUDGET_MARKER) as refused:
         train_private(model, x, y, groups, round_number=3, hospital_id="h1", **common)  # type: ignore[arg-type]

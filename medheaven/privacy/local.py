@@ -8,6 +8,8 @@ round, and every hospital ends at (at most) the same target ε.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +61,7 @@ def train_private(
     index = PatientIndex.of(groups)
     q = sampling_rate(batch_patients, index.n_patients)
     steps = steps_per_round(epochs, q)
-    z = dp.noise_multiplier or calibrate_noise(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
+    z = dp.noise_multiplier or _calibrated(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
     ledger = PrivacyLedger.load(ledger_path, budget_epsilon=dp.target_epsilon, delta=dp.delta)
     entry = LedgerEntry(round=round_number, steps=steps, sampling_rate=q, noise_multiplier=z)
     # a retried attempt of a round counts again: the earlier attempt's model may have been released too
@@ -71,5 +73,23 @@ def train_private(
     # the spend is recorded before training: a crash mid-round must never under-count released noise
     ledger = ledger.after(entry)
     ledger.save(ledger_path)
-    DpSgd(model, clip=dp.clip, noise_multiplier=z, sampling_rate=q).train(x, y, index, steps)
+    private = _dp_sgd(model, dp.clip)
+    private.noise_multiplier, private.sampling_rate = z, q
+    private.train(x, y, index, steps)
     return PrivateRound(epsilon=ledger.spent(), delta=dp.delta, noise_multiplier=z, steps=steps)
+
+
+# The same (ε, δ, q, steps) calibrates to the same z every round: a bisection over the accountant took 2-8 s per
+# round under load, so a process computes it once.
+_calibrated = functools.lru_cache(maxsize=64)(calibrate_noise)
+
+# One DpSgd per model and C in a process: a new one per round traced its compiled functions again every round.
+# z and q are plain attributes read per step (NumPy noise and sampling); C is compiled into the ghost-norm graph.
+_DP_SGD: weakref.WeakKeyDictionary[keras.Model, dict[float, DpSgd]] = weakref.WeakKeyDictionary()
+
+
+def _dp_sgd(model: keras.Model, clip: float) -> DpSgd:
+    per_clip = _DP_SGD.setdefault(model, {})
+    if clip not in per_clip:
+        per_clip[clip] = DpSgd(model, clip=clip, noise_multiplier=0.0, sampling_rate=1.0)
+    return per_clip[clip]
