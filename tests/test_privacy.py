@@ -28,6 +28,10 @@ def test_accountant_epsilon_equals_dp_accounting() -> None:
     for r in range(3):
         ledger = ledger.after(LedgerEntry(round=r + 1, steps=250, sampling_rate=q, noise_multiplier=z))
     assert ledger.spent() == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
+    # rounds with another (q, z) compose on top, each as dp-accounting composes it
+    ledger = ledger.after(LedgerEntry(round=4, steps=40, sampling_rate=0.6, noise_multiplier=2.0))
+    reference.compose(dp_accounting.PoissonSampledDpEvent(0.6, dp_accounting.GaussianDpEvent(2.0)), 40)
+    assert ledger.spent() == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
 
 
 @pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
