@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.crypto_bfv import measure_bfv_masked, measure_ckks_fold_path
+from benchmarks.timing import best_time
 from medheaven.crypto.context import PUBLIC_KEY, SYMMETRIC, create_key_material
 from medheaven.crypto.packing import encrypt_chunks, pack_update, unpack_average
 from medheaven.crypto.planning import NOISE_BITS, plan_ckks_parameters
@@ -136,15 +137,6 @@ def fold(scheme: Scheme, accumulator: list[Any], chunks: Sequence[bytes]) -> Non
 def decrypt(scheme: Scheme, chunks: Sequence[bytes], length: int) -> Vector:
     parts = [np.asarray(ts.ckks_vector_from(scheme.secret, chunk).decrypt(), dtype=np.float64) for chunk in chunks]
     return np.concatenate(parts)[:length]
-
-
-def best_time(action: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def public_context_sizes(scheme: Scheme) -> tuple[int, int, int]:

@@ -25,10 +25,17 @@ import tenseal.sealapi as seal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from medheaven.crypto.accumulators import Accumulator
+from benchmarks.timing import best_time
 from medheaven.crypto.bfv import BfvSecretKeys
 from medheaven.crypto.bfv_planning import plan_bfv_parameters
-from medheaven.crypto.codec import BfvMaskedCodec, Scheme, aggregator_codec, create_keys, hospital_codec
+from medheaven.crypto.codec import (
+    AggregatorCodec,
+    BfvMaskedCodec,
+    Scheme,
+    aggregator_codec,
+    create_keys,
+    hospital_codec,
+)
 from medheaven.crypto.context import SecretContext, create_key_material
 from medheaven.crypto.envelope import Envelope, EnvelopeExpectation, EnvelopeLimits, read_envelope
 from medheaven.crypto.masks import MaskScope, pairwise_mask
@@ -41,15 +48,6 @@ from medheaven.federated.fold import fold_update
 
 MASK_COHORTS = (2, 5, 10, 25, 50, 100)
 BASE = "ab" * 32
-
-
-def _best(action: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _cohort(size: int) -> tuple[list[str], dict[str, X25519PrivateKey], MaskScope]:
@@ -68,7 +66,7 @@ def _envelope(hospital: str, chunks: tuple[bytes, ...], length: int, scale: int,
 
 
 def fold_path_seconds(
-    make_accumulator: Callable[[], Accumulator],
+    aggregator: AggregatorCodec,
     envelopes: list[bytes],
     *,
     limits: EnvelopeLimits,
@@ -76,11 +74,12 @@ def fold_path_seconds(
     registry: HospitalRegistry,
     repeat: int,
 ) -> float:
-    """Seconds to fold ``envelopes[1]`` into a sum holding ``envelopes[0]``, as the aggregator does (best of R)."""
+    """Seconds to fold ``envelopes[1]`` into a sum holding ``envelopes[0]``, as the aggregator does (best of R),
+    each repeat into a fresh accumulator of the aggregator's codec."""
     receipts = [read_envelope(data, limits=limits)[1] for data in envelopes]
     times = []
     for _ in range(repeat):
-        accumulator = make_accumulator()
+        accumulator = aggregator.accumulator(expect.length)
         first, _ = read_envelope(envelopes[0], limits=limits)
         fold_update(accumulator, first, expect=expect, registry=registry)
         start = time.perf_counter()
@@ -128,10 +127,10 @@ def measure_bfv_masked(updates: list[tuple[np.ndarray, int]], repeat: int) -> di
     masks = [_mask(ids, keys, scope, h, length) for h in ids]
     uploads = [codec.encode(v, scale_bits=params.scale_bits, mask=m) for v, m in zip(packed, masks, strict=True)]
 
-    encode_seconds = _best(lambda: codec.encode(packed[0], scale_bits=params.scale_bits, mask=masks[0]), repeat)
+    encode_seconds = best_time(lambda: codec.encode(packed[0], scale_bits=params.scale_bits, mask=masks[0]), repeat)
     mask_seconds: dict[int, float] = {}
     for size in MASK_COHORTS:
-        mask_seconds[size] = _best(partial(_mask, *_cohort(size), "h000", length), max(1, repeat - 1))
+        mask_seconds[size] = best_time(partial(_mask, *_cohort(size), "h000", length), max(1, repeat - 1))
 
     signing = {h: SigningKey(h, Ed25519PrivateKey.generate()) for h in ids}
     registry = HospitalRegistry({h: k.verify_key_hex() for h, k in signing.items()})
@@ -148,19 +147,14 @@ def measure_bfv_masked(updates: list[tuple[np.ndarray, int]], repeat: int) -> di
         scheme="bfv-masked",
     )  # fmt: skip
     fold_seconds = fold_path_seconds(
-        lambda: aggregator.accumulator(length),
-        envelopes,
-        limits=limits,
-        expect=expect,
-        registry=registry,
-        repeat=repeat,
+        aggregator, envelopes, limits=limits, expect=expect, registry=registry, repeat=repeat
     )
-    seal_seconds = _best(partial(_seal_load_add(secret, uploads[0]), uploads[1]), repeat)
+    seal_seconds = best_time(partial(_seal_load_add(secret, uploads[0]), uploads[1]), repeat)
     accumulator = aggregator.accumulator(length)
     for index, upload in enumerate(uploads):
         accumulator.add_chunks(upload, source=f"hospital {index}")
     summed = accumulator.to_chunks()
-    decrypt_seconds = _best(lambda: codec.decode_sum(summed, length=length, scale_bits=params.scale_bits), repeat)
+    decrypt_seconds = best_time(lambda: codec.decode_sum(summed, length=length, scale_bits=params.scale_bits), repeat)
     decoded = codec.decode_sum(summed, length=length, scale_bits=params.scale_bits)
     average, _ = unpack_average(decoded, exact=True)
     exact = np.array_equal(
@@ -220,12 +214,7 @@ def measure_ckks_fold_path(updates: list[tuple[np.ndarray, int]], repeat: int) -
             envelope = replace(envelope, version=version)
             envelopes.append(_signed(envelope, signing[h]))
         seconds = fold_path_seconds(
-            lambda: aggregator.accumulator(length),
-            envelopes,
-            limits=limits,
-            expect=expect,
-            registry=registry,
-            repeat=repeat,
+            aggregator, envelopes, limits=limits, expect=expect, registry=registry, repeat=repeat
         )
         result[f"format_{version}_mparams_per_s"] = (length - 1) / seconds / 1e6
     return result

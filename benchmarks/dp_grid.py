@@ -3,7 +3,7 @@
     python -m benchmarks.dp_grid --data ../shared/data/diabetes-130-us/diabetic_data.csv.gz --rounds 10 \\
         --epsilon 8 --batch-patients 1024,2048,4096 --learning-rates 1e-3,3e-3 --epochs 1,2 > dp-grid.json
 
-The split is ``benchmarks.privacy``'s (``benchmarks.harness.split_from_arguments``, same flags and defaults), each hospital's
+The split is ``benchmarks.privacy``'s (``benchmarks.runs.split_simulation``, same flags and defaults), each hospital's
 train/validation split is its node's (``prepare_hospital_data``, 10% of patients, seed 0) and the standardiser is the
 pooled one the federation's statistics phase computes. Then the federation's arithmetic in plaintext in one process,
 without the protocol (HE equals plaintext FedAvg to ~1e-12): each hospital keeps its own model and optimiser state
@@ -23,6 +23,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import add_split_arguments, split_from_arguments
 from benchmarks.peer_flower import roc_auc
+from benchmarks.runs import add_split_arguments, split_simulation
 from coordinator.simulation import default_model
 from medheaven.federated.fedavg import fedavg
 from medheaven.model import ModelSpec
@@ -45,7 +46,7 @@ def _floats(text: str) -> list[float]:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_split_arguments(parser)
+    add_split_arguments(parser, seed_help="split seed (benchmarks.privacy and BENCHMARKS.md use 42)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -68,7 +69,8 @@ def load_hospitals(args: argparse.Namespace) -> tuple[ModelSpec, dict[str, dict[
     from medheaven.data import FeatureLayout, Standardiser, SufficientStats, prepare_hospital_data
     from medheaven.federated.nodes import schema_reader
 
-    simulation = split_from_arguments(args)
+    shutil.rmtree(args.out, ignore_errors=True)
+    simulation = split_simulation(args)
     layout = FeatureLayout.from_dict(simulation.layout)
     read = schema_reader("prepared", None)
     # the hospital node's own split (HospitalNode's defaults)

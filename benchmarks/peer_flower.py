@@ -190,17 +190,17 @@ def flower_side(args: argparse.Namespace) -> dict[str, Any]:
 # -- the MedHeaven side ---------------------------------------------------------------------------------------
 def medheaven_test_aucs(out: Path, run: str, rounds: int) -> list[float]:
     """Held-out ROC-AUC of every committed round's global model (a key holder decrypts each; benchmark only)."""
-    from medheaven.crypto.context import load_secret_context
-    from medheaven.data import FeatureLayout, encode_features
+    from medheaven.crypto.codec import load_secret_keys
+    from medheaven.data import encode_features
     from medheaven.federated.nodes import schema_reader
     from medheaven.model import build_model, predict_risk, set_flat_weights
     from medheaven.serving.export import decrypt_global_model, decrypt_standardiser
     from medheaven.store.local import LocalStore
 
-    store, secret = LocalStore(out / "store"), load_secret_context(out / "keys" / "context.secret")
+    store, secret = LocalStore(out / "store"), load_secret_keys(out / "keys" / "context.secret")
     first = decrypt_global_model(store, secret, run, 0)
     standardiser = decrypt_standardiser(store, secret, first.description)
-    layout = FeatureLayout.from_dict(first.description.layout)
+    layout = first.description.layout
     test = schema_reader("prepared", None)(out / "data" / "test.csv")
     x, y = standardiser.apply(encode_features(test, layout)), test["label"].to_numpy()
     model = build_model(first.description.model)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -35,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.federation import round_breakdown
-from benchmarks.harness import add_split_arguments, split_from_arguments, with_retries
+from benchmarks.runs import add_split_arguments, split_simulation, with_retries
 from coordinator.options import dp_config, local_training
 from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
 from medheaven.crypto.planning import plan_ckks_parameters
+from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import (
@@ -97,7 +99,6 @@ class ReleasedModel:
     holder, like every hospital), with the federation's standardiser."""
 
     def __init__(self, simulation: Simulation, run: str) -> None:
-        from medheaven.data import FeatureLayout
         from medheaven.model import build_model, set_flat_weights
         from medheaven.serving.export import decrypt_global_model, decrypt_standardiser, load_key_holder_context
 
@@ -105,7 +106,7 @@ class ReleasedModel:
         secret = load_key_holder_context(simulation.keys.secret)
         decrypted = decrypt_global_model(store, secret, run)
         self.round = decrypted.round
-        self.layout = FeatureLayout.from_dict(decrypted.description.layout)
+        self.layout = decrypted.description.layout
         self.standardiser = decrypt_standardiser(store, secret, decrypted.description)
         self.model = build_model(decrypted.description.model)
         set_flat_weights(self.model, decrypted.weights)
@@ -314,18 +315,16 @@ def main(argv: list[str] | None = None) -> None:
         "attack": "loss-threshold (per patient mean cross-entropy under the last round's decrypted global model); "
         "members: one hospital's training patients; non-members: an equal-size sample of held-out test patients",
     }
-    simulation = split_from_arguments(args, params=plan_ckks_parameters() if args.encryption == "ckks" else None)
+    shutil.rmtree(args.out, ignore_errors=True)
+    simulation = split_simulation(args, params=plan_ckks_parameters() if args.encryption == "ckks" else None)
     model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
     results["parameters"] = model.parameter_count()
     results["hospitals"] = list(simulation.hospitals)
     rows = []
     for epsilon in args.epsilons:
-        row, retried = with_retries(
-            partial(run_row, simulation, args, model, epsilon),
-            retries=args.retries,
-            label={"failed_row": _label(epsilon)},
+        row = with_retries(
+            partial(run_row, simulation, args, model, epsilon), retries=args.retries, retry_on=(MedHeavenError,)
         )
-        row["retries"] = retried
         rows.append(row)
         # progress on stderr (the table is only printed at the end): a long run can be followed in its log
         print(json.dumps({"row": _label(epsilon), **summarise([row])["table"][0]}), file=sys.stderr, flush=True)

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from benchmarks.federation import round_breakdown
-from benchmarks.harness import with_retries
+from benchmarks.runs import with_retries
 from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, prepare_simulation, run_in_processes, simulation_config
@@ -40,6 +39,9 @@ from coordinator.transport import CeleryTransport
 from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
 from medheaven.settings import Settings
+
+# a measurement that loses its messages to the test suite sharing Redis database 15 fails one of these ways
+RETRY_ON = (MedHeavenError, CeleryTimeoutError)
 
 
 def _median_after_first(values: list[float]) -> float:
@@ -134,16 +136,6 @@ def _shared_attempt(attempt: int, *, workers: int, args: argparse.Namespace) -> 
     return shared_queue(args.out / f"shared{workers}-{attempt}", workers=workers, args=args)
 
 
-def _retrying(
-    measure: Callable[[int], dict[str, Any]], args: argparse.Namespace, label: dict[str, Any]
-) -> dict[str, Any]:
-    """Redis database 15 is shared with the test suite (whose fixtures flush it and whose workers consume the same
-    queue names): a measurement that loses its messages is repeated in a fresh directory."""
-    row, attempt = with_retries(measure, retries=args.retries, label=label, errors=(MedHeavenError, CeleryTimeoutError))
-    row["retries"] = attempt
-    return row
-
-
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hospitals", default="2,4,8,16")
@@ -169,12 +161,14 @@ def main(argv: list[str] | None = None) -> None:
         "shared_queue": [],
     }
     for count in (int(k) for k in args.hospitals.split(",") if k):
-        row = _retrying(partial(_scale_attempt, count=count, args=args), args, {"failed": f"k{count}"})
+        row = with_retries(partial(_scale_attempt, count=count, args=args), retries=args.retries, retry_on=RETRY_ON)
         results["hospitals"].append(row)
         print(f"K={count:2d}: median round {row['median_round_seconds_after_first']:.2f}s", file=sys.stderr)
     if not args.skip_shared:
         for workers in (1, 2):
-            row = _retrying(partial(_shared_attempt, workers=workers, args=args), args, {"failed": f"shared{workers}"})
+            row = with_retries(
+                partial(_shared_attempt, workers=workers, args=args), retries=args.retries, retry_on=RETRY_ON
+            )
             results["shared_queue"].append(row)
             print(
                 f"{workers} process(es) on one queue: {args.tasks} tasks in {row['drain_seconds']:.2f}s, "

@@ -18,33 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from coordinator import options
 from coordinator.loop import Coordinator, require_run_config
-from coordinator.options import (
-    DP_BATCH,
-    DP_CLIP,
-    DP_DELTA,
-    DP_EPOCHS,
-    DP_LEARNING_RATE,
-    DP_METRICS,
-    DP_NOISE,
-    DP_OPTIMIZER,
-    SERVER_OPTIMISER,
-    DpBatchOption,
-    DpClipOption,
-    DpDeltaOption,
-    DpEpochsOption,
-    DpEpsilonOption,
-    DpLearningRateOption,
-    DpMetricsOption,
-    DpNoiseOption,
-    DpOptimizerOption,
-    ServerLrOption,
-    ServerMomentumOption,
-    ServerOptimiserOption,
-    dp_config,
-    local_training,
-    server_step,
-)
 from coordinator.progress import ProgressObserver, history_privacy
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
@@ -144,16 +119,15 @@ def run(
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 10,
     min_hospitals: Annotated[int | None, typer.Option("--min-hospitals", help="Quorum; default: all.")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round.")] = None,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 1,
-    # batch 256 with FedAvgM (momentum 0.5): the best mean validation ROC-AUC of the grid in BENCHMARKS.md ("Recipe")
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
-    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")] = 1.0,
-    server_optimiser: ServerOptimiserOption = SERVER_OPTIMISER,
-    server_lr: ServerLrOption = None,
-    server_momentum: ServerMomentumOption = None,
+    local_epochs: options.LocalEpochsOption = options.LOCAL_EPOCHS,
+    batch_size: options.BatchSizeOption = options.BATCH_SIZE,
+    learning_rate: options.LearningRateOption = options.LEARNING_RATE,
+    lr_decay: options.LrDecayOption = options.LR_DECAY,
+    server_optimiser: options.ServerOptimiserOption = options.SERVER_OPTIMISER,
+    server_lr: options.ServerLrOption = None,
+    server_momentum: options.ServerMomentumOption = None,
     hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
-    dropout: Annotated[float, typer.Option("--dropout")] = 0.1,
+    dropout: Annotated[float, typer.Option("--dropout")] = ModelSpec.dropout,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     evaluator: Annotated[str | None, typer.Option("--evaluator", help="Key holder for round 0 and test.")] = None,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Held-out file (simulations).")] = None,
@@ -178,15 +152,15 @@ def run(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
-    dp_epsilon: DpEpsilonOption = None,
-    dp_delta: DpDeltaOption = DP_DELTA,
-    dp_clip: DpClipOption = DP_CLIP,
-    dp_noise: DpNoiseOption = DP_NOISE,
-    dp_metrics: DpMetricsOption = DP_METRICS,
-    dp_batch: DpBatchOption = DP_BATCH,
-    dp_epochs: DpEpochsOption = DP_EPOCHS,
-    dp_learning_rate: DpLearningRateOption = DP_LEARNING_RATE,
-    dp_optimizer: DpOptimizerOption = DP_OPTIMIZER,
+    dp_epsilon: options.DpEpsilonOption = None,
+    dp_delta: options.DpDeltaOption = options.DP_DELTA,
+    dp_clip: options.DpClipOption = options.DP_CLIP,
+    dp_noise: options.DpNoiseOption = options.DP_NOISE,
+    dp_metrics: options.DpMetricsOption = options.DP_METRICS,
+    dp_batch: options.DpBatchOption = options.DP_BATCH,
+    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
+    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
+    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
 ) -> None:
     """Start a new run and drive it to the end.
 
@@ -206,20 +180,20 @@ def run(
         rounds=rounds,
         min_hospitals=min_hospitals or len(hospital_ids),
         round_timeout=round_timeout or settings.round_timeout,
-        training=local_training(
+        training=options.local_training(
             epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
             lr_decay=lr_decay,
             rounds=rounds,
-            dp=dp_config(
+            dp=options.dp_config(
                 dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
             ),
         ),
         evaluator=evaluator,
         test_path=test_data,
         plaintext=plaintext,
-        server=server_step(server_optimiser, server_lr, server_momentum),
+        server=options.server_step(server_optimiser, server_lr, server_momentum),
     )
     store = _open_store(settings)
     if layout is not None:
@@ -240,7 +214,7 @@ def run(
         store,
         config,
         model=model,
-        layout=feature_layout.to_dict(),
+        layout=feature_layout,
         max_abs_feature=max_abs_feature or settings.max_abs_feature,
     )
     _drive(store, config, settings, quiet=quiet, json_output=json_output)

@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from coordinator.loop import LogObserver, RoundProgress
-from coordinator.options import local_training
+from coordinator.options import LR_DECAY, local_training
 from coordinator.progress import rounds_table
 from coordinator.simulation import (
     SimulationResult,
@@ -100,7 +100,7 @@ def run_demo(
     plaintext: bool,
     quiet: bool,
     dp: DpConfig | None = None,
-    lr_decay: float = 1.0,
+    lr_decay: float = LR_DECAY,
     server: ServerOptimiser | None = None,
 ) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -12,31 +12,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.options import (
-    DP_BATCH,
-    DP_CLIP,
-    DP_DELTA,
-    DP_EPOCHS,
-    DP_LEARNING_RATE,
-    DP_METRICS,
-    DP_NOISE,
-    DP_OPTIMIZER,
-    SERVER_OPTIMISER,
-    DpBatchOption,
-    DpClipOption,
-    DpDeltaOption,
-    DpEpochsOption,
-    DpEpsilonOption,
-    DpLearningRateOption,
-    DpMetricsOption,
-    DpNoiseOption,
-    DpOptimizerOption,
-    ServerLrOption,
-    ServerMomentumOption,
-    ServerOptimiserOption,
-    dp_config,
-    server_step,
-)
+from coordinator import options
 from medheaven.cli.support import command, print_json
 
 
@@ -48,14 +24,13 @@ def demo(
     hospitals: Annotated[int, typer.Option("--hospitals", min=1)] = 3,
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
     scheme: Annotated[str, typer.Option("--scheme", help="iid | dirichlet:ALPHA | column:NAME")] = "iid",
-    epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 1,
-    # batch 256 with FedAvgM (momentum 0.5): the best mean validation ROC-AUC of the grid in BENCHMARKS.md ("Recipe")
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 1e-3,
-    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Round r trains at rate * decay^(r-1).")] = 1.0,
-    server_optimiser: ServerOptimiserOption = SERVER_OPTIMISER,
-    server_lr: ServerLrOption = None,
-    server_momentum: ServerMomentumOption = None,
+    epochs: options.LocalEpochsOption = options.LOCAL_EPOCHS,
+    batch_size: options.BatchSizeOption = options.BATCH_SIZE,
+    learning_rate: options.LearningRateOption = options.LEARNING_RATE,
+    lr_decay: options.LrDecayOption = options.LR_DECAY,
+    server_optimiser: options.ServerOptimiserOption = options.SERVER_OPTIMISER,
+    server_lr: options.ServerLrOption = None,
+    server_momentum: options.ServerMomentumOption = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     rows: Annotated[int, typer.Option("--synthetic-rows", help="Size of the synthetic data set.")] = 20000,
     out: Annotated[Path, typer.Option("--out", help="Working folder (data, keys, store).")] = Path("medheaven-demo"),
@@ -63,15 +38,15 @@ def demo(
         bool, typer.Option("--plaintext-insecure", help="INSECURE comparison mode: no encryption.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
-    dp_epsilon: DpEpsilonOption = None,
-    dp_delta: DpDeltaOption = DP_DELTA,
-    dp_clip: DpClipOption = DP_CLIP,
-    dp_noise: DpNoiseOption = DP_NOISE,
-    dp_metrics: DpMetricsOption = DP_METRICS,
-    dp_batch: DpBatchOption = DP_BATCH,
-    dp_epochs: DpEpochsOption = DP_EPOCHS,
-    dp_learning_rate: DpLearningRateOption = DP_LEARNING_RATE,
-    dp_optimizer: DpOptimizerOption = DP_OPTIMIZER,
+    dp_epsilon: options.DpEpsilonOption = None,
+    dp_delta: options.DpDeltaOption = options.DP_DELTA,
+    dp_clip: options.DpClipOption = options.DP_CLIP,
+    dp_noise: options.DpNoiseOption = options.DP_NOISE,
+    dp_metrics: options.DpMetricsOption = options.DP_METRICS,
+    dp_batch: options.DpBatchOption = options.DP_BATCH,
+    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
+    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
+    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
 ) -> None:
     """Run a whole encrypted federation on this machine: split data, key ceremony, rounds, test, verification.
 
@@ -94,8 +69,8 @@ def demo(
         batch_size=batch_size,
         learning_rate=learning_rate,
         lr_decay=lr_decay,
-        server=server_step(server_optimiser, server_lr, server_momentum),
-        dp=dp_config(
+        server=options.server_step(server_optimiser, server_lr, server_momentum),
+        dp=options.dp_config(
             dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
         ),
         seed=seed,

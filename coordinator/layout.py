@@ -15,9 +15,9 @@ from typing import Any
 from coordinator.loop import Coordinator, Observer
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.data.encoding import FeatureLayout
 from medheaven.data.federated_layout import LevelProposal, candidate_columns, candidate_layout
 from medheaven.errors import ConfigurationError, RunStateError
+from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.layout_phase import layout_run_id
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
@@ -91,7 +91,7 @@ def build_layout(
             store,
             layout_config,
             model=ModelSpec(n_features=max(len(candidate_columns(candidates)), 1), kind="logreg", seed=0),
-            layout=counted.to_dict(),
+            layout=counted,
             max_abs_feature=1.0,  # 0/1 indicators: the statistics' scale keeps all its precision for the counts
         )
     layout = FeatureLayout(numeric=candidates.numeric, categorical=coordinator.layout(needed).categorical)

@@ -12,22 +12,32 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from coordinator.budget import privacy_receipts
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.errors import QuorumNotReachedError, RoundError, RunStateError
 from medheaven.federated.cohort import earlier_attempts
 from medheaven.federated.fedavg import mean_metrics
-from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldStatus, Ledger, LedgerEntry
+from medheaven.federated.ledger import AttemptTombstone, FoldStatus, Ledger
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import UPLOAD_GRACE, is_masked, sha256_hex
 from medheaven.federated.results import last_committed_round
-from medheaven.federated.round_policy import CLOCK_SKEW, Verdict, decide, on_time, safe_cohort
+from medheaven.federated.round_policy import (
+    CLOCK_SKEW,
+    Dropout,
+    Verdict,
+    cohort_violations,
+    decide,
+    on_time,
+    safe_cohort,
+)
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
+from medheaven.privacy.budget import latest_reports, unaffordable
 from medheaven.privacy.local import BUDGET_MARKER
 from medheaven.store.base import Store
 
@@ -42,6 +52,11 @@ FINALISE_TIMEOUT = 300.0
 RESEND_AFTER = 30.0
 #: Seconds a failed round keeps polling its unfinished hospitals so that their reasons, too, reach the operator.
 REASON_GRACE = 15.0
+#: Seconds between two questions whether a hospital whose task was given back after its worker died has any live
+#: worker left to take it; with none, the hospital counts as lost for the round policy (``Dropout.LOST``).
+LIVENESS_EVERY = 5.0
+#: Seconds a hospital must have had no live worker before it counts as lost (a restarted worker is up by then).
+NO_WORKER_FOR = 10.0
 
 
 class HospitalState(StrEnum):
@@ -54,8 +69,14 @@ class HospitalState(StrEnum):
     FOLDED = "folded"
     REJECTED = "rejected"
     FAILED = "failed"  # its task raised
-    BUDGET_SPENT = "budget spent"  # refused to train: its DP budget is spent (its own state, not a crash)
+    BUDGET_SPENT = "budget spent"  # refused to train, or left out of the attempt: its DP budget is spent
+    LOST = "worker lost"  # its worker died with the task and no live worker of the hospital is left to take it
     LATE = "late"  # no folded update before the deadline
+
+    @property
+    def dropout(self) -> Dropout | None:
+        """Why the round policy may count this hospital out of the attempt (``round_policy.decide``'s ``gone``)."""
+        return _DROPOUTS.get(self)
 
     @property
     def unfinished(self) -> bool:
@@ -64,6 +85,11 @@ class HospitalState(StrEnum):
 
 
 _UNFINISHED = frozenset({HospitalState.QUEUED, HospitalState.TRAINING, HospitalState.UPLOADED})
+_DROPOUTS = {
+    HospitalState.FAILED: Dropout.FAILED,
+    HospitalState.BUDGET_SPENT: Dropout.BUDGET_SPENT,
+    HospitalState.LOST: Dropout.LOST,
+}
 
 
 @dataclass
@@ -78,6 +104,17 @@ class RoundProgress:
     spec: RoundSpec
     statuses: dict[str, HospitalStatus] = field(default_factory=dict)
     on_time: set[str] = field(default_factory=set)  # uploaded, completed before the deadline, not yet in the ledger
+    #: after the wait: the round policy's verdict, and the cohort members it counted out of a masked attempt
+    verdict: Verdict = Verdict.WAIT
+    dropouts: dict[str, Dropout] = field(default_factory=dict)
+
+    def gone(self) -> dict[str, Dropout]:
+        """Hospitals of the attempt known not to answer it, for the round policy."""
+        return {
+            h: why
+            for h, s in self.statuses.items()
+            if h in self.spec.hospitals and (why := s.state.dropout) is not None
+        }
 
     def count(self, state: HospitalState) -> int:
         return sum(1 for s in self.statuses.values() if s.state == state)
@@ -130,6 +167,9 @@ class Coordinator:
         self.resend_after = resend_after
         # what a failed round tells the operator to do next; a demo cannot be resumed, so it passes its own
         self.retry_advice = retry_advice or f"run `medheaven-coordinator resume --run-id {config.run}`"
+        self._budget_cache: dict[tuple[int, int], dict[str, str]] = {}
+        self._rounds_watched: set[int] = set()  # training rounds this process saw to their commit
+        self._consumers: dict[str, tuple[float, float | None]] = {}  # hospital -> (asked at, no live worker since)
 
     # -- store queries -----------------------------------------------------------------------------------
     def manifest(self, kind: Phase, round_number: int) -> Manifest | None:
@@ -247,19 +287,29 @@ class Coordinator:
         attempt's sum is never unmasked (it lacks the dropped hospital's masks, and nobody reconstructs them), the
         survivors re-train and re-mask with masks of the new attempt, so no hospital ever hands out a pairwise
         seed or a share of one, and there is no threshold of honest hospitals to configure. The price is one more
-        local training per survivor. Dropouts are the members that failed or were refused, and, when the attempt
-        closed at its deadline, those still silent; everyone else stays. The cohort rule
+        local training per survivor. Dropouts are the members the round policy counted out when it abandoned the
+        attempt (failed, refused, lost with their worker, at their privacy budget); otherwise (the attempt closed at
+        its deadline) the members that failed or were refused and those still silent; everyone else stays. The
+        cohort rule
         (``round_policy.cohort_violations``) forbids leaving out a dropout whose upload of a failed attempt of
         this round is in the store: then the round stops for the operator instead.
         """
         past_deadline = self.clock() >= spec.deadline
-        gone = {HospitalState.FAILED, HospitalState.BUDGET_SPENT, HospitalState.REJECTED}
+        gone = {
+            HospitalState.FAILED,
+            HospitalState.BUDGET_SPENT,
+            HospitalState.REJECTED,
+            HospitalState.LOST,
+        }
         if past_deadline:
             gone.add(HospitalState.LATE)
-        dropouts = [h for h in spec.cohort if h not in tombstone.folded and progress.statuses[h].state in gone]
+        if progress.verdict is Verdict.ABANDON:
+            dropouts = [h for h in spec.cohort if h in progress.dropouts and h not in tombstone.folded]
+        else:
+            dropouts = [h for h in spec.cohort if h not in tombstone.folded and progress.statuses[h].state in gone]
         if not dropouts:  # closed early for no hospital's fault (e.g. the aggregator's clock): everyone again
             dropouts = [h for h in tombstone.missing if progress.statuses[h].state in gone]
-        self._settle_dropouts(spec, dropouts, dispatch)
+        self._settle_dropouts(spec, dropouts, progress)
         earlier = earlier_attempts(self.store, spec.run, spec.kind, spec.round, before=spec.attempt + 1)
         cohort, problems = safe_cohort([h for h in spec.cohort if h not in dropouts], earlier)
         why = "; ".join(problems)
@@ -279,21 +329,27 @@ class Coordinator:
         )
         return self._open(spec.kind, spec.round, base, attempt=spec.attempt + 1, hospitals=cohort)
 
-    def _settle_dropouts(self, spec: RoundSpec, dropouts: list[str], dispatch: dict[str, Any]) -> None:
-        """Before judging whether a dropout uploaded: its task may still be running (or be redelivered after its
-        worker died). Hospitals refuse to upload into a masked attempt past its deadline or once it has a tombstone,
-        so after deadline + clock skew + ``UPLOAD_GRACE`` (one store write in flight) the store's uploads of the
-        attempt are final. A dropout whose task ended in failure will not upload: no wait for it."""
-        running = [h for h in dropouts if self.transport.state(dispatch[h]["task"]).state != "FAILURE"]
-        if not running:
+    def _settle_dropouts(self, spec: RoundSpec, dropouts: list[str], progress: RoundProgress) -> None:
+        """Before judging whether a dropout uploaded: its task may still be running. Hospitals refuse to upload into
+        a masked attempt past its deadline or once it has a tombstone, and an upload that passed that check lands
+        within ``UPLOAD_GRACE`` (one store write in flight), so the store's uploads of the attempt are final after
+        deadline + clock skew + ``UPLOAD_GRACE``, or, for an abandoned attempt, ``UPLOAD_GRACE`` after its tombstone
+        (which exists now). A dropout whose task ended with an error or whose answer was refused does not upload
+        any more: no wait for it. One lost with its worker might (a frozen, not dead, worker that wakes up)."""
+        ended = {HospitalState.FAILED, HospitalState.BUDGET_SPENT, HospitalState.REJECTED}
+        unsure = [h for h in dropouts if progress.statuses[h].state not in ended]
+        if not unsure:
             return
         until = spec.deadline + CLOCK_SKEW + UPLOAD_GRACE
+        if progress.verdict is Verdict.ABANDON:
+            until = min(until, self.clock() + UPLOAD_GRACE)
         while self.clock() < until:
             time.sleep(self.poll_interval)
 
     def _open(
         self, kind: Phase, round_number: int, base: str, *, attempt: int, hospitals: tuple[str, ...]
     ) -> RoundSpec:
+        hospitals = self._affordable(kind, round_number, attempt, hospitals)
         now = self.clock()
         spec = RoundSpec(
             run=self.config.run,
@@ -317,6 +373,45 @@ class Coordinator:
         self.store.put_json(self.paths.dispatch(kind, round_number, attempt), dispatch)
         self.observer.round_started(spec)
         return spec
+
+    def _affordable(self, kind: Phase, round_number: int, attempt: int, hospitals: tuple[str, ...]) -> tuple[str, ...]:
+        """``hospitals`` less those whose signed receipts say they cannot afford this round's DP-SGD
+        (``privacy.budget``): an attempt that one of them would refuse is bound to fail, and under masks its
+        survivors' re-training would be charged to their budgets twice. The reduced cohort still has to meet the
+        quorum and, for a fresh attempt, the cohort rule; otherwise the round stops here for the operator."""
+        spent = self._budget_spent(kind, round_number, attempt)
+        kept = tuple(h for h in hospitals if h not in spent)
+        if len(kept) == len(hospitals):
+            return kept
+        problems: tuple[str, ...] = ()
+        if attempt > 1 and self._masked():
+            problems = cohort_violations(
+                kept, earlier_attempts(self.store, self.config.run, kind, round_number, before=attempt)
+            )
+        left_out = "; ".join(f"{h}: {spent[h]}" for h in hospitals if h in spent)
+        if problems or len(kept) < self.config.min_hospitals:
+            why = "; ".join(problems) or f"only {len(kept)} hospitals ({', '.join(kept) or 'none'}) can afford it"
+            raise QuorumNotReachedError(
+                f"{kind} round {round_number} of run {self.config.run!r} cannot be opened: {why} (quorum "
+                f"{self.config.min_hospitals}). {left_out}. The previous global model is untouched; the run's "
+                "privacy budget is used up for these hospitals (a new run with a larger --dp-epsilon, or fewer "
+                "rounds, plans another budget)"
+            )
+        self.observer.message(f"{kind} round {round_number} attempt {attempt} leaves out {left_out}")
+        return kept
+
+    def _budget_spent(self, kind: Phase, round_number: int, attempt: int) -> dict[str, str]:
+        """Hospitals that cannot afford ``round_number``'s DP-SGD, with why; the same answer on every call for an
+        attempt (it reads only receipts of earlier attempts), so a resumed coordinator shows the same table."""
+        dp = self.config.training.dp
+        if dp is None or not kind.trains:
+            return {}
+        key = (round_number, attempt)
+        if key not in self._budget_cache:
+            receipts = privacy_receipts(self.store, self.paths, round_number, attempt)
+            spent = unaffordable(latest_reports(receipts, wanted=self.config.hospitals), dp)
+            self._budget_cache[key] = {h: report.describe(dp) for h, report in spent.items()}
+        return self._budget_cache[key]
 
     def _ledger(self, spec: RoundSpec) -> Ledger:
         key = self.paths.ledger(spec.kind, spec.round, spec.attempt)
@@ -356,7 +451,16 @@ class Coordinator:
                         progress.on_time.add(hospital)
                 elif task.state == "STARTED":
                     status.state = HospitalState.TRAINING
+                elif ids.get("lost") and self._no_live_worker(hospital):
+                    status.state = HospitalState.LOST
+                    status.detail = (
+                        f"its worker died with the task ({len(ids['lost'])}x); the task was given back, but no live "
+                        "worker consumes its queue"
+                    )
             progress.statuses[hospital] = status
+        for hospital, why in self._budget_spent(spec.kind, spec.round, spec.attempt).items():
+            if hospital not in spec.hospitals:  # left out when the attempt opened (``_affordable``)
+                progress.statuses[hospital] = HospitalStatus(hospital, HospitalState.BUDGET_SPENT, why)
         return progress
 
     def _completed_on_time(self, spec: RoundSpec, receipt: Any) -> bool:
@@ -372,17 +476,11 @@ class Coordinator:
             self._resend_unanswered_folds(spec, dispatch, progress, uploaded_since)
             self._give_back_lost_tasks(spec, dispatch, progress)
             self.observer.round_progress(progress)
-            # a hospital whose task failed will not answer this attempt: treat it like a refusal for the policy
-            failed = tuple(
-                LedgerEntry(h, EntryStatus.REJECTED, at=0.0, reason="failed")
-                for h, status in progress.statuses.items()
-                if status.state is HospitalState.FAILED
-            )
-            view = replace(ledger, rejected=(*ledger.rejected, *failed))
-            decision = decide(spec, view, self.clock(), on_time_pending=progress.on_time)
+            decision = decide(spec, ledger, self.clock(), on_time_pending=progress.on_time, gone=progress.gone())
             if decision.verdict is Verdict.WAIT:
                 self._pause(_awaited(dispatch, progress), until=spec.deadline)
                 continue
+            progress.verdict, progress.dropouts = decision.verdict, dict(decision.dropouts)
             if self.clock() >= spec.deadline:
                 for status in progress.statuses.values():
                     if status.state.unfinished:
@@ -446,6 +544,18 @@ class Coordinator:
                 f"{spec.round}: gave the task back to {hospital}'s queue"
             )
 
+    def _no_live_worker(self, hospital: str) -> bool:
+        """Whether ``hospital`` has had no live worker to take a given-back task for ``NO_WORKER_FOR`` seconds
+        (asked at most every ``LIVENESS_EVERY`` seconds: an inspect broadcast waits a second for replies), so that
+        a worker a service manager is restarting has time to come up. Unknown counts as alive."""
+        now = self.clock()
+        asked_at, none_since = self._consumers.get(hospital, (-math.inf, None))
+        if now - asked_at >= LIVENESS_EVERY:
+            consumers = self.transport.live_consumers(hospital)
+            none_since = (none_since if none_since is not None else now) if consumers == 0 else None
+            self._consumers[hospital] = (now, none_since)
+        return none_since is not None and now - none_since >= NO_WORKER_FOR
+
     def _settled(self, spec: RoundSpec, dispatch: dict[str, Any]) -> RoundProgress:
         """The round's statuses once its unfinished hospitals have finished or REASON_GRACE has passed: a round
         fails as soon as its quorum is out of reach, and the reasons of hospitals still running then are wanted."""
@@ -462,7 +572,9 @@ class Coordinator:
     ) -> Manifest | AttemptTombstone:
         """The commit (the manifest), or the tombstone of a masked attempt that may be retried among its
         survivors; any other failure raises ``QuorumNotReachedError`` with each hospital's reason."""
-        args = (spec.run, spec.kind.value, spec.round, spec.attempt)
+        args: tuple[Any, ...] = (spec.run, spec.kind.value, spec.round, spec.attempt)
+        if progress is not None and progress.dropouts:  # the aggregator's policy names them in the tombstone
+            args = (*args, {h: why.value for h, why in progress.dropouts.items()})
         task_id = self.transport.send_aggregate_task("finalise", args)
         sent_at = self.clock()
         limit = self.clock() + FINALISE_TIMEOUT
@@ -474,7 +586,9 @@ class Coordinator:
                 failure = self.store.get_json(self.paths.failure(spec.kind, spec.round, spec.attempt))
                 refused = "; ".join(f"{r['hospital']}: {r.get('reason', '?')}" for r in failure.get("rejected", []))
                 if dispatch is not None:
+                    verdict, dropouts = (progress.verdict, progress.dropouts) if progress else (Verdict.FAIL, {})
                     progress = self._settled(spec, dispatch)
+                    progress.verdict, progress.dropouts = verdict, dropouts
                 reasons = failure_reasons(progress) if progress is not None else {}
                 self._record_failure(spec, failure, progress, reasons)
                 tombstone = AttemptTombstone.from_dict(failure)
@@ -545,11 +659,15 @@ class Coordinator:
         last = self.last_committed_round()
         if self.store.exists(self.paths.final_validation) or last < 1:
             return
+        skipped = self.unreachable(last)
+        for hospital, why in skipped.items():
+            self.observer.message(f"final validation skips {hospital}: {why}")
         sent = {
             hospital: self.transport.send_hospital_task(
                 "validate", (self.config.run, last, hospital), hospital, fold=False
             )
             for hospital in self.config.hospitals
+            if hospital not in skipped
         }
         per_hospital: dict[str, dict[str, float]] = {}
         deadline = self.clock() + self.config.round_timeout
@@ -561,6 +679,10 @@ class Coordinator:
                     if state.state == "SUCCESS":
                         per_hospital[hospital] = dict(state.result["metrics"])
                     del pending[hospital]
+                elif (worker := self.transport.lost_worker(ids["task"])) is not None:
+                    skipped[hospital] = f"{HospitalState.LOST}: worker {worker} died while validating"
+                    self.observer.message(f"final validation skips {hospital}: {skipped[hospital]}")
+                    del pending[hospital]
             if pending:
                 self._pause([ids["task"] for ids in pending.values()], until=deadline)
         record = {
@@ -568,9 +690,32 @@ class Coordinator:
             "metrics": per_hospital,
             "weighted": mean_metrics(per_hospital),
             "missing": sorted(pending),
+            "skipped": dict(sorted(skipped.items())),  # known lost or silent: not waited for
         }
         self.store.put_json(self.paths.final_validation, record)
         self.observer.message(f"final model (round {last}) validated by {len(per_hospital)} hospitals")
+
+    def unreachable(self, round_number: int) -> dict[str, str]:
+        """Hospitals the attempts of training round ``round_number`` saw lost with their worker or silent to the
+        deadline (their latest state over that round's attempts), with that state: a phase after the rounds (the
+        final validation, the test scoring) does not wait a whole timeout for a hospital known gone. Only for a
+        round this process watched: a coordinator resumed later asks everyone again (the hospital may be back)."""
+        if round_number not in self._rounds_watched:
+            return {}
+        records = [r for r in self.failed_attempts() if r["kind"] == Phase.UPDATE and r["round"] == round_number]
+        records.sort(key=lambda r: int(r["attempt"]))
+        records += [r for r in self.history() if int(r["round"]) == round_number]
+        latest: dict[str, tuple[str, str]] = {}
+        for record in records:
+            reasons = dict(record.get("reasons", {}))
+            for hospital, state in dict(record.get("statuses", {})).items():
+                latest[hospital] = (str(state), str(reasons.get(hospital, "")))
+        gone = {HospitalState.LOST.value, HospitalState.LATE.value}
+        return {
+            h: f"{state} in round {round_number}" + (f" ({why})" if why and why != state else "")
+            for h, (state, why) in latest.items()
+            if state in gone
+        }
 
     def selected_round(self) -> tuple[int, float]:
         """The committed round whose global model had the best mean validation ROC-AUC (federated early
@@ -586,6 +731,12 @@ class Coordinator:
 
     def _score_test(self) -> None:
         holder = self.config.key_holder
+        if (why := self.unreachable(self.last_committed_round()).get(holder)) is not None:
+            self.observer.message(
+                f"held-out test not scored: the key holder {holder!r} is {why}; once {holder} is back, "
+                f"`medheaven-coordinator resume --run-id {self.config.run}` scores it"
+            )
+            return
         last, validation_auc = self.selected_round()
         args = (self.config.run, last, holder)  # the hospital reads test_path from the run config
         ids = self.transport.send_hospital_task("evaluate_test", args, holder, fold=False)
@@ -611,6 +762,7 @@ class Coordinator:
                 f"federated standardisation statistics from {', '.join(manifest.participants)}{missing}"
             )
             return
+        self._rounds_watched.add(spec.round)
         record = round_record(manifest)
         record["statuses"] = {h: s.state.value for h, s in progress.statuses.items()}
         record["reasons"] = reasons
@@ -674,26 +826,26 @@ def failure_reasons(progress: RoundProgress) -> dict[str, str]:
 
 def round_record(manifest: Manifest) -> dict[str, Any]:
     """Per-round metrics: the incoming model's validation metrics per hospital and their mean over hospitals."""
-    per_hospital = {str(e["hospital"]): dict(e.get("metrics", {})) for e in manifest.folded}
+    per_hospital = {e.hospital: dict(e.metrics) for e in manifest.folded}
     mean = mean_metrics(per_hospital)
     phases: dict[str, float] = {}
     for entry in manifest.folded:
-        for phase, seconds in dict(entry.get("timings", {})).items():
-            phases[phase] = max(phases.get(phase, 0.0), float(seconds))
+        for phase, seconds in entry.timings.items():
+            phases[phase] = max(phases.get(phase, 0.0), seconds)
     return {
         "round": manifest.round,
         "attempt": manifest.attempt,
         "status": "committed",
         "participants": list(manifest.participants),
-        "rejected": [dict(r) for r in manifest.rejected],
+        "rejected": [r.to_dict() for r in manifest.rejected],
         "evaluated_round": manifest.round - 1,
         "metrics": per_hospital,
         "weighted": mean,
         # spent (ε, δ) per hospital under DP-SGD, as each hospital signed it in its receipt; absent without DP
-        "privacy": {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")},
+        "privacy": {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy},
         "seconds": manifest.finalised_at - manifest.opened_at,
         "phases_max": phases,
-        "bytes_up": sum(int(e.get("size", 0)) for e in manifest.folded),
+        "bytes_up": sum(e.size for e in manifest.folded),
         "global_bytes": manifest.result_size,
     }
 

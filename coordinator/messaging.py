@@ -43,6 +43,10 @@ class Transport(Protocol):
         """The worker that started ``task_id`` if it is known to have died with it (None: alive or unknown)."""
         ...
 
+    def live_consumers(self, hospital: str) -> int | None:
+        """How many live workers consume ``hospital``'s queue now (None: cannot be known, e.g. in-process)."""
+        ...
+
     def mark_lost(self, task_id: str, reason: str) -> None:
         """Record a task whose worker died as ended (FAILURE with ``reason``), instead of running forever."""
         ...

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from medheaven.crypto.bfv_planning import BfvParameters, plan_stats_lanes
 from medheaven.crypto.codec import Parameters, public_keys_from_bytes
 from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.crypto.signing import HospitalRegistry, validate_hospital_id
-from medheaven.errors import ConfigurationError, PackingError, RunStateError
+from medheaven.errors import ConfigurationError, PackingError, ParameterPlanningError, RunStateError
+from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.protocol import is_masked
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, RUN_ID, LocalTraining, RunDescription
 from medheaven.model import ModelSpec
+from medheaven.records import decode_record, encode_record
 from medheaven.store.base import Store
 
 
@@ -53,25 +57,13 @@ class RunConfig:
         return self.evaluator or self.hospitals[0]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["hospitals"] = list(self.hospitals)
-        data["training"] = self.training.to_dict()
-        data["server"] = self.server.to_dict()
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return cls(
-            run=str(data["run"]),
-            hospitals=tuple(data["hospitals"]),
-            rounds=int(data["rounds"]),
-            min_hospitals=int(data["min_hospitals"]),
-            round_timeout=float(data["round_timeout"]),
-            training=LocalTraining.from_dict(data["training"]),
-            evaluator=data.get("evaluator"),
-            test_path=data.get("test_path"),
-            plaintext=bool(data.get("plaintext", False)),
-            server=ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser(),
+        server = ServerOptimiser.from_dict(data["server"]) if data.get("server") else ServerOptimiser()
+        return decode_record(
+            cls, data, what=f"run.json of run {data.get('run')!r}", required=("training",), server=server
         )
 
 
@@ -80,7 +72,7 @@ def create_run(
     config: RunConfig,
     *,
     model: ModelSpec,
-    layout: dict[str, Any],
+    layout: FeatureLayout | Mapping[str, Any],
     max_abs_feature: float = 1000.0,
 ) -> RunDescription:
     """Write ``run.json`` and ``model.json`` for a new run; refuses to touch an existing run."""
@@ -103,9 +95,14 @@ def create_run(
             )
         context = public_keys_from_bytes(store.get(CONTEXT_KEY), source=f"{store.location}/{CONTEXT_KEY}")
         params, fingerprint = context.params, context.fingerprint
+    stats_lanes = None
     try:
-        stats_scale_bits(params, max_abs_feature=max_abs_feature)
-    except PackingError as exc:
+        if isinstance(params, BfvParameters) and not config.plaintext:
+            # bfv-masked: counts, and sums and squares in two limbs (bfv_planning.StatsLanes, derivation there)
+            stats_lanes = plan_stats_lanes(params, max_abs_feature=max_abs_feature)
+        else:
+            stats_scale_bits(params, max_abs_feature=max_abs_feature)
+    except (PackingError, ParameterPlanningError) as exc:
         raise ConfigurationError(
             f"--max-abs-feature {max_abs_feature:g} (MEDHEAVEN_MAX_ABS_FEATURE) is too large for this key set: {exc}"
         ) from exc
@@ -123,10 +120,11 @@ def create_run(
         model=model,
         params=params,
         fingerprint=fingerprint,
-        layout=layout,
+        layout=layout if isinstance(layout, FeatureLayout) else FeatureLayout.from_dict(dict(layout)),
         plaintext=config.plaintext,
         max_abs_feature=max_abs_feature,
         server=config.server,
+        stats_lanes=stats_lanes,
     )
     if is_masked(description):
         # every hospital's X25519 public key must be registered before round 1; old registries lack them

@@ -15,10 +15,9 @@ from typing import Any
 from coordinator.loop import Coordinator, Observer
 from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
-from medheaven.crypto.bfv_planning import plan_bfv_parameters
+from medheaven.crypto.bfv_planning import plan_bfv_parameters, plan_stats_lanes
 from medheaven.crypto.codec import Parameters, load_secret_keys
 from medheaven.crypto.masks import load_agreement_key
-from medheaven.crypto.packing import stats_scale_bits
 from medheaven.crypto.signing import load_signing_key
 from medheaven.federated.aggregator import AggregatorNode
 from medheaven.federated.hospital import HospitalNode
@@ -140,15 +139,14 @@ def prepare_simulation(
 def simulation_parameters(*, rows: int = 500_000, max_abs_feature: float = 1000.0) -> Parameters:
     """bfv-masked planned for a one-machine federation from its data: at most 20 hospitals and ``rows`` patients.
 
-    Why not the key ceremony's defaults (100 hospitals, 10^6 rows): the sufficient statistics of the
-    standardisation phase reach rows x max_abs_feature^2, and at t = 2^47 (the plain modulus the noise bound allows
-    for 100 hospitals) they keep fewer than the 10 fraction bits ``stats_scale_bits`` asks for once that passes
-    ~1e11. With 20 hospitals t = 2^50, and the sample bound is the data's own row count (rounded up to a power of
-    ten), which is what the weights' step 2^-s is planned from as well.
+    The sample bound is the data's own row count (rounded up to a power of ten), which is what the weights' step
+    2^-s is planned from; 20 hospitals give t = 2^50 and so a finer step than the key ceremony's 100. (The
+    statistics phase no longer needs this: its two-limb lanes, ``bfv_planning.StatsLanes``, plan a 2^-45 step at
+    the ceremony's defaults too.)
     """
     samples = 10 ** max(4, math.ceil(math.log10(max(rows, 1))))
     planned = plan_bfv_parameters(max_hospitals=20, max_total_samples=samples)
-    stats_scale_bits(planned, max_abs_feature=max_abs_feature)  # raises PackingError naming the bound
+    plan_stats_lanes(planned, max_abs_feature=max_abs_feature)  # raises ParameterPlanningError naming the bound
     return planned
 
 
@@ -172,9 +170,9 @@ class SimulationResult:
 def default_model(
     simulation: Simulation,
     *,
-    hidden: tuple[int, ...] = (64, 32),
-    dropout: float = 0.3,
-    l2: float = 1e-3,
+    hidden: tuple[int, ...] = ModelSpec.hidden,
+    dropout: float = ModelSpec.dropout,
+    l2: float = ModelSpec.l2,
     seed: int = 0,
 ) -> ModelSpec:
     """The readmission MLP of the centralised baseline (medheaven.evaluation.baseline), so results compare like for like."""

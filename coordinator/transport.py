@@ -210,6 +210,24 @@ class CeleryTransport:
 
         return self._retrying(f"reading the liveness lease of task {task_id}'s worker", read)
 
+    def live_consumers(self, hospital: str) -> int | None:
+        """Live workers consuming ``hospital``'s queue, by their own answer to an ``inspect`` broadcast (one second
+        for replies): a worker that is dead, frozen or still starting does not answer. None without a Redis backend
+        (the in-process demo) or while the broker has answered for less than a lease period (as ``lost_worker``)."""
+        if (
+            redis_client(self.app) is None
+            or self._down_since is not None
+            or time.time() - self._reachable_since < LEASE_TTL
+        ):
+            return None
+        queue = hospital_queue(hospital)
+
+        def ask() -> int:
+            replies = self.app.control.inspect(timeout=1.0).active_queues() or {}
+            return sum(1 for entries in replies.values() if any(q.get("name") == queue for q in entries))
+
+        return self._retrying(f"asking which workers consume {queue}", ask)
+
     def mark_lost(self, task_id: str, reason: str) -> None:
         """End a task whose worker died in FAILURE with ``WorkerLostError("worker lost: <worker> ...: <reason>")``,
         in the result backend and as a ``task-failed`` event for Flower (``workers.task_state.mark_worker_lost``), so

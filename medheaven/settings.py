@@ -6,12 +6,15 @@ environment themselves. The Celery configuration is derived from this object in 
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: the TLS settings of a rediss:// broker and the redis-py/kombu keyword each one becomes
+_REDIS_TLS_KEYWORDS = {"redis_tls_ca": "ssl_ca_certs", "redis_tls_cert": "ssl_certfile", "redis_tls_key": "ssl_keyfile"}
 SchemaName = Literal["diabetes130", "johns", "generic", "prepared"]
 
 
@@ -108,6 +111,15 @@ class Settings(BaseSettings):
         if self.hospital_id and self.hospital_id not in listed:
             listed.append(self.hospital_id)
         return listed
+
+    def redis_tls_files(self) -> dict[str, Path]:
+        """The TLS files configured for a rediss:// broker, by setting name (``redis_tls_ca``, ...)."""
+        return {name: path for name in _REDIS_TLS_KEYWORDS if (path := getattr(self, name)) is not None}
+
+    def redis_tls_options(self) -> dict[str, Any]:
+        """redis-py/kombu TLS options of a rediss:// broker: the server's certificate is always verified."""
+        files = {_REDIS_TLS_KEYWORDS[name]: str(path) for name, path in self.redis_tls_files().items()}
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED, **files}
 
     def resolved_backend(self) -> str:
         if self.result_backend:

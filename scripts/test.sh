@@ -3,12 +3,8 @@
 # ruff (lint and format check), mypy (strict) and the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+. scripts/venv.sh
+install_medheaven ".[dev]"
 
 # The dashboard test (tests/test_dashboard_browser.py) drives Debian's Chromium through playwright; browsers are
 # never downloaded. Install it quietly when missing (root with apt, as in CI); without it that test fails and says so.

@@ -14,7 +14,7 @@ Anything else raises ``QueryError`` (the server answers 400), so a client relyin
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -75,18 +75,20 @@ class _Parser:
         return got
 
     def expr(self) -> Predicate:
-        parts = [self.term()]
-        while self.peek_word() == "or":
-            self.position += 1
-            parts.append(self.term())
-        return parts[0] if len(parts) == 1 else lambda item: any(p(item) for p in parts)
+        return self._joined("or", self.term, any)
 
     def term(self) -> Predicate:
-        parts = [self.factor()]
-        while self.peek_word() == "and":
+        return self._joined("and", self.factor, all)
+
+    def _joined(
+        self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterator[bool]], bool]
+    ) -> Predicate:
+        """``operand (word operand)*``: one operand as it is, more combined (``any`` for or, ``all`` for and)."""
+        parts = [operand()]
+        while self.peek_word() == word:
             self.position += 1
-            parts.append(self.factor())
-        return parts[0] if len(parts) == 1 else lambda item: all(p(item) for p in parts)
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else lambda item: combine(p(item) for p in parts)
 
     def factor(self) -> Predicate:
         if self.peek_word() == "not":

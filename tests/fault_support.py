@@ -420,7 +420,7 @@ def assert_run_sound(
         if expected is not None and round_number in expected:
             assert set(participants) == expected[round_number], (round_number, participants)
         for entry in manifest.folded:
-            assert entry["key"] == RunPaths(run).update("update", round_number, manifest.attempt, entry["hospital"])
+            assert entry.key == RunPaths(run).update("update", round_number, manifest.attempt, entry.hospital)
         report = verify_round(store, secret, run, round_number)
         assert report["max_abs_error"] <= MAX_ABS_ERROR, report
         assert report["total_samples_match"], report

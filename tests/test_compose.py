@@ -587,12 +587,18 @@ def test_dockerfile_is_one_non_root_image_without_secrets() -> None:
 
 
 # -- the checkers catch violations ------------------------------------------------------------------------
+def _parent(compose: Compose, path: str, *, create: bool = False) -> tuple[dict[str, Any], str]:
+    """The mapping that holds the last key of a dotted ``path``, and that key; ``create`` adds missing mappings."""
+    *parents, last = path.split(".")
+    node = compose
+    for part in parents:
+        node = node.setdefault(part, {}) if create else node[part]
+    return node, last
+
+
 def _set(path: str, value: Any) -> Callable[[Compose], None]:
     def mutate(compose: Compose) -> None:
-        *parents, last = path.split(".")
-        node = compose
-        for part in parents:
-            node = node.setdefault(part, {})
+        node, last = _parent(compose, path, create=True)
         node[last] = value
 
     return mutate
@@ -600,10 +606,7 @@ def _set(path: str, value: Any) -> Callable[[Compose], None]:
 
 def _append(path: str, value: Any) -> Callable[[Compose], None]:
     def mutate(compose: Compose) -> None:
-        *parents, last = path.split(".")
-        node = compose
-        for part in parents:
-            node = node[part]
+        node, last = _parent(compose, path)
         node.setdefault(last, []).append(value)
 
     return mutate
@@ -611,10 +614,7 @@ def _append(path: str, value: Any) -> Callable[[Compose], None]:
 
 def _pop(path: str) -> Callable[[Compose], None]:
     def mutate(compose: Compose) -> None:
-        *parents, last = path.split(".")
-        node = compose
-        for part in parents:
-            node = node[part]
+        node, last = _parent(compose, path)
         node.pop(last)
 
     return mutate

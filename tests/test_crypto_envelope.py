@@ -23,6 +23,7 @@ from crypto_fixtures import (
     signing_key,
     update_envelope,
 )
+from fuzz_support import CUTS, INSERTS, byte_edits, msgpack_values, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -549,41 +550,14 @@ def _fuzz_random_bytes(data: bytes) -> None:
 
 
 @FUZZ_SETTINGS
-@given(
-    edits=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
-    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
-    insert=st.one_of(st.none(), st.tuples(st.floats(0.0, 1.0), st.binary(min_size=1, max_size=16))),
-    near_header=st.booleans(),
-)
+@given(edits=byte_edits(min_size=1, max_size=8), cut=CUTS, insert=INSERTS, near_header=st.booleans())
 def _fuzz_mutations(
-    edits: list[tuple[float, int]],
-    cut: float | None,
-    insert: tuple[float, bytes] | None,
-    near_header: bool,
+    edits: list[tuple[float, int]], cut: float | None, insert: tuple[float, bytes] | None, near_header: bool
 ) -> None:
-    data = bytearray(_valid()[1])
-    # half of the examples aim at the first 400 bytes, where every header field lives
-    span = 400 if near_header else len(data)
-    for where, value in edits:
-        data[int(where * span)] = value
-    if insert is not None:
-        at = int(insert[0] * span)
-        data[at:at] = insert[1]
-    if cut is not None:
-        del data[int(cut * len(data)) :]
-    _fuzz_receive(bytes(data), "mutations")
+    _fuzz_receive(mutate(_valid()[1], edits, cut, insert, near_header=near_header), "mutations")
 
 
-MSGPACK_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=80)
-    | st.binary(max_size=80),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
+MSGPACK_VALUES = msgpack_values(max_size=80, max_leaves=12)
 FIELD_NAMES = st.sampled_from(["v", "kind", "run", "round", "hosp", "fp", "base", "len", "scale", "chunks", "sig", "x"])
 
 

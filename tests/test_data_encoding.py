@@ -13,17 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from medheaven.data import (
-    GROUP,
-    LABEL,
-    FeatureLayout,
-    Schema,
-    Standardiser,
-    SufficientStats,
-    encode_features,
-    fit_layout,
-    prepare_hospital_data,
-)
+from medheaven.data.encoding import FeatureLayout, Standardiser, SufficientStats, encode_features, fit_layout
+from medheaven.data.hospital import prepare_hospital_data
+from medheaven.data.schemas import GROUP, LABEL, Schema
 from medheaven.errors import SchemaError
 
 SCHEMA = Schema(

@@ -10,18 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medheaven.data import (
-    GROUP,
-    LABEL,
-    encode_features,
-    fit_layout,
-    generate_synthetic,
-    get_schema,
-    load_dataset,
-    load_frame,
-    split_dataset,
-    write_split,
-)
+from medheaven.data.encoding import encode_features, fit_layout
+from medheaven.data.loading import get_schema, load_dataset, load_frame
+from medheaven.data.partition import split_dataset, write_split
+from medheaven.data.schemas import GROUP, LABEL
+from medheaven.data.synthetic import generate_synthetic
 from medheaven.errors import ConfigurationError
 
 SCHEMES = ["iid", "dirichlet:0.1", "dirichlet:100", "column:admission_source_id"]

@@ -19,7 +19,7 @@ from medheaven.data import (
     get_schema,
     load_dataset,
 )
-from medheaven.data.diabetes130 import icd9_group
+from medheaven.data.diabetes130 import icd9_group, prior_encounters
 from medheaven.data.schemas import looks_like_identifier
 from medheaven.errors import SchemaError
 
@@ -27,17 +27,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DIABETES_FILE = SHARED_DATA / "diabetes-130-us" / "diabetic_data.csv.gz"
 JOHNS_FILE = SHARED_DATA / "johns-hospital" / "johns_hospital_data.csv"
 
+# the test's own list, independent of medheaven.data.johns on purpose: who a row is about, who treated them, when
 JOHNS_IDENTIFIERS = {
     "hospital_name",
-    "Admission_date",
     "hospital_id",
-    "patient_id",
-    "patient_first_initial",
-    "patient_last_name",
-    "doctor_id",
-    "doctor_name",
-    "patient_checkin_date",
-    "patient_checkout_date",
+    "Admission_date",
+    *(f"patient_{part}" for part in ("id", "first_initial", "last_name", "checkin_date", "checkout_date")),
+    *(f"doctor_{part}" for part in ("id", "name")),
 }
 
 
@@ -174,12 +170,44 @@ def test_load_dataset_diabetes_cleaning_rules(synthetic_csv: Path) -> None:
     assert "None" in set(frame["max_glu_serum"])
 
 
+def test_prior_encounters_counts_earlier_ids_of_the_same_patient_only() -> None:
+    # ids out of file order, and "100" < "99" as text: the count must follow the numeric id, never the row order
+    raw = pd.DataFrame(
+        {
+            "encounter_id": ["300", "100", "99", "500", "200"],
+            "patient_nbr": ["a", "a", "b", "a", "b"],
+        }
+    )
+    assert prior_encounters(raw).tolist() == [1.0, 0.0, 0.0, 2.0, 1.0]
+
+
+def test_prior_encounters_refuses_ids_that_are_not_integers() -> None:
+    raw = pd.DataFrame({"encounter_id": ["1", "x7"], "patient_nbr": ["a", "a"]})
+    with pytest.raises(SchemaError, match=r"encounter_id.*'x7'"):
+        prior_encounters(raw)
+    with pytest.raises(SchemaError, match="no 'encounter_id' column"):
+        prior_encounters(raw.drop(columns="encounter_id"))
+
+
+def test_load_dataset_diabetes_prior_encounters_count_removed_visits_too(tmp_path: Path) -> None:
+    raw = generate_synthetic(300, seed=3)
+    path = tmp_path / "d.csv"
+    raw.to_csv(path, index=False)
+    frame = load_dataset(path, get_schema("diabetes130"))
+    expected = prior_encounters(raw.astype(str)).loc[frame.index]
+    # an expired/hospice encounter is removed as a row but still counted as a visit before later ones
+    assert frame["prior_encounters"].tolist() == expected.tolist()
+    assert "encounter_id" not in frame.columns
+
+
 def test_load_dataset_real_diabetes_keeps_none_level_and_drops_hospice(real_diabetes: pd.DataFrame) -> None:
     assert len(real_diabetes) == 99343  # 101,766 encounters less 2,423 expired or hospice
     assert real_diabetes[GROUP].nunique() == 69990
     assert real_diabetes["max_glu_serum"].value_counts()["None"] > 90000
     assert set(real_diabetes["A1Cresult"].unique()) == {"None", ">8", "Norm", ">7"}
     assert abs(real_diabetes[LABEL].mean() - 0.114) < 0.002
+    assert real_diabetes["prior_encounters"].max() == 39.0  # the most frequent patient's 40th encounter
+    assert (real_diabetes["prior_encounters"] == 0).sum() == 69973  # 69,990 patients less 17 whose first was removed
     _assert_no_identifier_features(real_diabetes, {"encounter_id", "patient_nbr"})
 
 

@@ -57,6 +57,11 @@ def _failure(results: list[CheckResult], name: str) -> str:
     return result.detail
 
 
+def _hospital_failure(simulation: Simulation, broker: str, name: str, **overrides: Any) -> str:
+    """The detail of check ``name``, which must fail, on the first hospital configured with ``overrides``."""
+    return _failure(run_checks("hospital", _hospital(simulation, broker, **overrides)), name)
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,8 +103,8 @@ def test_doctor_fails_on_a_secret_context_of_another_key_set(
     from medheaven.crypto.codec import load_public_keys
 
     other = init_keys(tmp_path / "other", load_public_keys(simulation.keys.public).params)
-    results = run_checks("hospital", _hospital(simulation, redis_url, secret_context=other.secret))
-    assert "MEDHEAVEN_CONTEXT_FINGERPRINT is" in _failure(results, "secret context")
+    detail = _hospital_failure(simulation, redis_url, "secret context", secret_context=other.secret)
+    assert "MEDHEAVEN_CONTEXT_FINGERPRINT is" in detail
     unpinned = _hospital(simulation, redis_url, secret_context=other.secret, context_fingerprint=None)
     assert "this hospital holds another federation's key" in _failure(
         run_checks("hospital", unpinned), "secret context"
@@ -167,26 +172,26 @@ def test_doctor_refuses_the_in_process_broker(simulation: Simulation) -> None:
 
 def test_doctor_fails_on_a_missing_data_file(simulation: Simulation, redis_url: str, tmp_path: Path) -> None:
     missing = tmp_path / "h1.csv"
-    results = run_checks("hospital", _hospital(simulation, redis_url, data_path=missing))
-    assert f"MEDHEAVEN_DATA_PATH={missing} is not a readable file" in _failure(results, "data")
+    detail = _hospital_failure(simulation, redis_url, "data", data_path=missing)
+    assert f"MEDHEAVEN_DATA_PATH={missing} is not a readable file" in detail
 
 
 def test_doctor_fails_on_a_data_file_without_its_schema(simulation: Simulation, redis_url: str, tmp_path: Path) -> None:
     lonely = tmp_path / "h1.csv"
     shutil.copy(simulation.data_files["h1"], lonely)
-    results = run_checks("hospital", _hospital(simulation, redis_url, data_path=lonely))
-    assert "needs schema.json or layout.json next to it" in _failure(results, "data")
+    detail = _hospital_failure(simulation, redis_url, "data", data_path=lonely)
+    assert "needs schema.json or layout.json next to it" in detail
 
 
 def test_doctor_fails_on_an_unregistered_or_replaced_signing_key(
     simulation: Simulation, redis_url: str, tmp_path: Path
 ) -> None:
     signing, _ = create_hospital_identity("h9", tmp_path)
-    results = run_checks("hospital", _hospital(simulation, redis_url, hospital_id="h9", signing_key=signing))
-    assert "hospital h9 is not registered in hospitals.json" in _failure(results, "signing key")
+    detail = _hospital_failure(simulation, redis_url, "signing key", hospital_id="h9", signing_key=signing)
+    assert "hospital h9 is not registered in hospitals.json" in detail
     other = simulation.identities["h2"].signing_key
-    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=other))
-    assert "does not match the verification key registered for h1" in _failure(results, "signing key")
+    detail = _hospital_failure(simulation, redis_url, "signing key", signing_key=other)
+    assert "does not match the verification key registered for h1" in detail
 
 
 def test_doctor_fails_on_a_missing_loose_or_unregistered_agreement_key(
@@ -196,17 +201,16 @@ def test_doctor_fails_on_a_missing_loose_or_unregistered_agreement_key(
 
     # an identity made before masking: signing key only, so no agreement key beside it
     signing, _ = create_hospital_identity("h1", tmp_path)
-    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
-    detail = _failure(results, "agreement key")
+    detail = _hospital_failure(simulation, redis_url, "agreement key", signing_key=signing)
     assert f"{tmp_path / 'h1.agreement.pem'} does not exist" in detail and "medheaven hospital init --id h1" in detail
     # present but not registered (the registry holds h1's original agreement key)
     agreement, _ = create_agreement_key("h1", tmp_path)
-    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
-    assert "does not match the agreement key registered for h1" in _failure(results, "agreement key")
+    detail = _hospital_failure(simulation, redis_url, "agreement key", signing_key=signing)
+    assert "does not match the agreement key registered for h1" in detail
     # readable by others: refused before anything else
     agreement.chmod(0o644)
-    results = run_checks("hospital", _hospital(simulation, redis_url, signing_key=signing))
-    assert "0644" in _failure(results, "agreement key") or "mode" in _failure(results, "agreement key")
+    detail = _hospital_failure(simulation, redis_url, "agreement key", signing_key=signing)
+    assert "0644" in detail or "mode" in detail
 
 
 def test_doctor_fails_on_a_missing_store_folder_without_creating_it(simulation: Simulation, tmp_path: Path) -> None:

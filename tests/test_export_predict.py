@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, default_model, hospital_nodes, run_in_threads, simulation_config
-from medheaven.cli.results import export_command, predict_command, report_command
+from medheaven.cli.root import app as medheaven_app
 from medheaven.data import FeatureLayout, encode_features, generate_synthetic, get_schema, load_dataset
 from medheaven.evaluation.metrics import binary_metrics
 from medheaven.federated.paths import RunPaths
@@ -28,24 +27,8 @@ from medheaven.serving.predict import read_prediction_input
 RUN = "exported"
 ROUNDS = 2
 
-# the three commands as the lead will register them, for a fresh interpreter (no TensorFlow loaded yet)
-FRESH_CLI = """
-import sys, typer
-from medheaven.cli.results import export_command, predict_command, report_command
-app = typer.Typer(pretty_exceptions_enable=False)
-app.command("report")(report_command)
-app.command("export")(export_command)
-app.command("predict")(predict_command)
-app(sys.argv[1:])
-"""
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("report")(report_command)
-    app.command("export")(export_command)
-    app.command("predict")(predict_command)
-    return app
+# the real `medheaven` console script in a fresh interpreter (no TensorFlow loaded yet)
+FRESH_CLI = "import sys; sys.argv[0] = 'medheaven'; from medheaven.cli import main; main()"
 
 
 def _fresh(*args: str) -> subprocess.CompletedProcess[str]:
@@ -63,7 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Simulation, Path
     model = simulation.root / "out" / "model.keras"
     model.parent.mkdir()
     args = ["export", RUN, "--store", simulation.store_url(), "--secret-context", str(simulation.keys.secret)]
-    result = CliRunner().invoke(_cli(), [*args, "--out", str(model), "--json"])
+    result = CliRunner().invoke(medheaven_app, [*args, "--out", str(model), "--json"])
     assert result.exit_code == 0, result.output
     return simulation, model
 
@@ -112,7 +95,7 @@ def test_export_refuses_to_follow_planted_symlinks_at_output_or_temporary_paths(
         victim.write_text("untouched")
         link.symlink_to(victim)
     args = ["export", RUN, "--store", simulation.store_url(), "--secret-context", str(simulation.keys.secret)]
-    result = CliRunner().invoke(_cli(), [*args, "--out", str(model), "--json"])
+    result = CliRunner().invoke(medheaven_app, [*args, "--out", str(model), "--json"])
     assert result.exit_code == 0, result.output
     for victim in planted.values():
         assert victim.read_text() == "untouched", f"export wrote through a symlink into {victim}"
@@ -151,7 +134,7 @@ def test_predict_file_missing_columns_fails_naming_them(exported: tuple[Simulati
     simulation, model = exported
     data = tmp_path / "incomplete.csv"
     pd.read_csv(simulation.test_file, dtype=str).drop(columns=["age", "A1Cresult"]).to_csv(data, index=False)
-    result = CliRunner().invoke(_cli(), ["predict", "--model", str(model), "--data", str(data)])
+    result = CliRunner().invoke(medheaven_app, ["predict", "--model", str(model), "--data", str(data)])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "age, A1Cresult" in result.output
     assert "Traceback" not in result.output
@@ -185,7 +168,7 @@ def test_export_round_option_picks_that_committed_model(exported: tuple[Simulati
     simulation, _ = exported
     out = tmp_path / "round1.keras"
     args = ["export", RUN, "--store", simulation.store_url(), "--secret-context", str(simulation.keys.secret)]
-    result = CliRunner().invoke(_cli(), [*args, "--out", str(out), "--round", "1", "--json"])
+    result = CliRunner().invoke(medheaven_app, [*args, "--out", str(out), "--round", "1", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     manifest = simulation.store().get_json(RunPaths(RUN).manifest("update", 1))
@@ -201,7 +184,7 @@ def test_export_refuses_public_context_and_uncommitted_round(exported: tuple[Sim
         ([*base, "--secret-context", str(simulation.keys.secret), "--round", "9"], "no committed round 9"),
     )
     for args, expected in cases:
-        result = CliRunner().invoke(_cli(), args)
+        result = CliRunner().invoke(medheaven_app, args)
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and expected in result.output
         assert "Traceback" not in result.output
@@ -215,6 +198,6 @@ def test_predict_refuses_a_model_that_is_not_its_preprocessing_files(
     other = tmp_path / "model.keras"
     other.write_bytes(model.read_bytes() + b"\0")
     other.with_suffix(".preprocessing.json").write_text(model.with_suffix(".preprocessing.json").read_text())
-    result = CliRunner().invoke(_cli(), ["predict", "--model", str(other), "--data", str(simulation.test_file)])
+    result = CliRunner().invoke(medheaven_app, ["predict", "--model", str(other), "--data", str(simulation.test_file)])
     assert result.exit_code == 2, result.output
     assert "is not the model its preprocessing file was exported with" in result.output

@@ -26,12 +26,14 @@ from fault_support import (
     wait_for,
 )
 from federation_support import small_simulation
+from transport_support import RecordingTransport
 
 from coordinator.loop import Coordinator, require_run_config
 from coordinator.messaging import TaskState, Transport
 from coordinator.run import RunConfig
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import QuorumNotReachedError
+from medheaven.feature_layout import FeatureLayout
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, RoundSpec, RunDescription
 from medheaven.model import ModelSpec
@@ -171,38 +173,23 @@ class _WatchingStartedError(Exception):
     pass
 
 
-class _RecordingTransport:
-    """Stands in for Celery where only the coordinator's decisions are under test; records what it is asked."""
+class _RecordingTransport(RecordingTransport):
+    """Tells each aggregate task sent to ``on_send``; a hospital task's state ends the watch (see below)."""
 
     def __init__(self, on_send: Any = None) -> None:
-        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        super().__init__()
         self.on_send = on_send
 
-    def send_hospital_task(
-        self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
-    ) -> dict[str, str]:
-        self.sent.append((name, args))
-        return {"task": f"task-{len(self.sent)}", "fold": f"fold-{len(self.sent)}"}
-
     def send_aggregate_task(self, name: str, args: tuple[Any, ...]) -> str:
-        self.sent.append((name, args))
+        task_id = super().send_aggregate_task(name, args)
         if self.on_send is not None:
             self.on_send(name, len(self.sent))
-        return f"aggregate-{len(self.sent)}"
+        return task_id
 
     def state(self, task_id: str) -> TaskState:
         if task_id.startswith("task-"):
             raise _WatchingStartedError  # the round was opened and is being watched: that is all these tests need to see
         return TaskState("PENDING")
-
-    def lost_worker(self, task_id: str) -> str | None:
-        return None
-
-    def mark_lost(self, task_id: str, reason: str) -> None:
-        raise AssertionError("no worker is lost in these tests")
-
-    def wait(self, task_ids: Any, timeout: float) -> None:
-        time.sleep(timeout)  # nothing ever finishes here: the coordinator's wait lasts its timeout
 
 
 def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Coordinator:
@@ -211,7 +198,7 @@ def _bare_coordinator(tmp_path: Path, transport: Transport, **kwargs: Any) -> Co
     # a plaintext run: the coordinator reads the run's scheme (masked runs choose retry cohorts under the cohort rule)
     description = RunDescription(
         run="bare", model=ModelSpec(n_features=3), params=plan_ckks_parameters(), fingerprint=PLAINTEXT_FINGERPRINT,
-        layout={}, plaintext=True,
+        layout=FeatureLayout(numeric=("a", "b", "c"), categorical=()), plaintext=True,
     )  # fmt: skip
     store.put_json(RunPaths("bare").model, description.to_dict())
     return Coordinator(store, transport, config, poll_interval=0.001, **kwargs)

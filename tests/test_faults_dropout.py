@@ -17,6 +17,7 @@ Why it is not recoverable (the argument of docs/architecture.md, "Dropouts", che
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,10 @@ def test_fault_hospital_killed_after_the_others_uploaded_round_commits_by_a_fres
     simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=1800)
     h1, h2, victim = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
-        config = fed.config("dropout", rounds=1, min_hospitals=2, round_timeout=60)
+        # a long deadline on purpose: nothing here may wait for it (the attempt is abandoned once the victim's lease
+        # expires, and the final validation skips the victim)
+        config = fed.config("dropout", rounds=1, min_hospitals=2, round_timeout=240)
+        started = time.time()
         run = BackgroundRun(fed.coordinator(config))
 
         # stop the victim the moment its round-1 training starts, let the others upload and be folded, then kill it
@@ -72,6 +76,16 @@ def test_fault_hospital_killed_after_the_others_uploaded_round_commits_by_a_fres
     tombstone = AttemptTombstone.from_dict(store.get_json(paths.failure("update", 1, 1)))
     assert tombstone.cohort == (h1, h2, victim) and tombstone.missing == (victim,)
     assert tombstone.uploaded == (h1, h2) and "cohort incomplete" in tombstone.reason
+    # abandoned as soon as the victim's worker was known lost, by the aggregator's policy with the coordinator's word
+    assert f"{victim} worker lost" in tombstone.reason and "abandoned now" in tombstone.reason
+    # attempt 1 opened after ``started``, so its deadline lies past started + round_timeout: not waited out
+    assert spec.opened_at < started + config.round_timeout
+    [failed] = store.get_json(paths.failed_attempts)
+    assert failed["statuses"] == {h1: "folded", h2: "folded", victim: "worker lost"}
+    # the final validation did not wait for the dead hospital either: skipped, with its state
+    final = store.get_json(paths.final_validation)
+    assert sorted(final["metrics"]) == [h1, h2] and final["missing"] == []
+    assert final["skipped"] == {victim: f"worker lost in round 1 ({failed['reasons'][victim]})"}
     assert not store.exists(paths.update("update", 1, 1, victim))  # nothing of the victim's update in the store
     assert not store.exists(paths.update("update", 1, 2, victim))
 

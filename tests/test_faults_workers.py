@@ -238,9 +238,9 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
     late_key = f"{config.run}/updates/1/a1/{h3}.ckks"
     second = fed.manifest(config.run, 2)
     assert second is not None
-    entry = next(e for e in second.folded if e["hospital"] == h3)
-    assert entry["key"] == f"{config.run}/updates/2/a1/{h3}.ckks"
-    assert store.exists(late_key) and entry["sha256"] != sha256_hex(store.get(late_key))
+    entry = next(e for e in second.folded if e.hospital == h3)
+    assert entry.key == f"{config.run}/updates/2/a1/{h3}.ckks"
+    assert store.exists(late_key) and entry.sha256 != sha256_hex(store.get(late_key))
 
 
 def test_fault_hospital_task_raises_round_proceeds_with_quorum(tmp_path: Path) -> None:

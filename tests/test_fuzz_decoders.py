@@ -19,6 +19,7 @@ import pytest
 from crypto_fixtures import BASE, DEFAULT_PARAMS, ROUND, RUN, RoundSetup, public_context, registry_of, secret_context
 from crypto_fixtures import update_envelope as signed_update
 from federation_support import small_simulation
+from fuzz_support import CUTS, INSERTS, byte_edits, msgpack_values, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,37 +82,14 @@ def _fuzz_envelope_random_bytes(data: bytes) -> None:
 
 
 @fuzz_settings(1000)
-@given(
-    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6),
-    cut=st.none() | st.floats(0, 1),
-    insert=st.none() | st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=16)),
-    header=st.booleans(),
-)
+@given(edits=byte_edits(min_size=0, max_size=6), cut=CUTS, insert=INSERTS, header=st.booleans())
 def _fuzz_envelope_mutations(
     edits: list[tuple[float, int]], cut: float | None, insert: tuple[float, bytes] | None, header: bool
 ) -> None:
-    data = bytearray(VALID)
-    span = 400 if header else len(data)  # half of the examples aim at the header, where every field lives
-    for where, value in edits:
-        data[int(where * span)] = value
-    if insert is not None:
-        at = int(insert[0] * span)
-        data[at:at] = insert[1]
-    if cut is not None:
-        del data[int(cut * len(data)) :]
-    receive_envelope(bytes(data), "envelope-mutations")
+    receive_envelope(mutate(VALID, edits, cut, insert, near_header=header), "envelope-mutations")
 
 
-MSGPACK_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=70)
-    | st.binary(max_size=70),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=10,
-)
+MSGPACK_VALUES = msgpack_values(max_size=70, max_leaves=10)
 ENVELOPE_FIELDS = st.sampled_from([*VALID_PAYLOAD, "extra"])
 
 

@@ -259,3 +259,41 @@ def test_train_private_calibrates_each_hospital_for_its_own_sampling_rate(tmp_pa
     assert done["small"].noise_multiplier > done["large"].noise_multiplier  # q = 1 has no subsampling to amplify
     for private in done.values():
         assert private.epsilon == pytest.approx(3.0, rel=0.01) and private.epsilon <= 3.0 * 1.001
+
+
+def test_next_epsilon_in_receipts_foretells_the_refusal(tmp_path: Path) -> None:
+    """What a hospital reports as ``next_epsilon`` (before round 1 from the statistics phase, then in each training
+    receipt) is the ε the next round really spends, and the coordinator's test (``privacy.budget``) marks the hospital
+    unaffordable exactly when its own ledger would refuse."""
+    from medheaven.privacy.budget import latest_reports, unaffordable
+    from medheaven.privacy.local import NEXT_EPSILON, PrivacyBudgetError, budget_standing, plan_round, train_private
+
+    model, x, y, groups = _model_and_data()
+    dp = DpConfig(target_epsilon=2.0, delta=1e-5, clip=1.0)
+    ledger = tmp_path / ".privacy" / "h1-run.json"
+    plan = {"dp": dp, "planned_rounds": 2, "epochs": 1, "batch_patients": 30}
+    before = budget_standing(ledger, plan_round(groups, round_number=1, **plan), dp=dp)  # type: ignore[arg-type]
+    assert before["epsilon"] == 0.0
+    rounds = [
+        train_private(model, x, y, groups, round_number=r, hospital_id="h1", ledger_path=ledger, **plan)  # type: ignore[arg-type]
+        for r in (1, 2)
+    ]
+    assert before[NEXT_EPSILON] == pytest.approx(rounds[0].epsilon)
+    assert rounds[0].next_epsilon == pytest.approx(rounds[1].epsilon)
+    assert rounds[1].next_epsilon > dp.target_epsilon * 1.01
+    with pytest.raises(PrivacyBudgetError):
+        train_private(model, x, y, groups, round_number=3, hospital_id="h1", ledger_path=ledger, **plan)  # type: ignore[arg-type]
+
+    # newest first: h1's round-2 receipt decides, its statistics receipt is older; h2 reported nothing under DP
+    receipts = [
+        ("h1", rounds[1].receipt_fields(), "round 2 attempt 1"),
+        ("h1", rounds[0].receipt_fields(), "round 1 attempt 1"),
+        ("h2", {"epsilon": 0.5, "delta": 1e-5}, "round 2 attempt 1"),
+        ("h1", before, "the statistics phase"),
+    ]
+    reports = latest_reports(receipts)
+    assert set(reports) == {"h1"} and reports["h1"].where == "round 2 attempt 1"
+    spent = unaffordable(reports, dp)
+    assert set(spent) == {"h1"} and "privacy budget is spent" in spent["h1"].describe(dp)
+    assert unaffordable(latest_reports(receipts[1:]), dp) == {}  # after round 1 it could still afford round 2
+    assert set(latest_reports(iter(receipts), wanted=("h1",))) == {"h1"}

@@ -12,6 +12,7 @@ from coordinator.run import create_run
 from coordinator.simulation import default_model, simulation_config
 from coordinator.transport import CeleryTransport
 from medheaven.crypto.planning import plan_ckks_parameters
+from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy import DpConfig, PrivacyLedger
 from medheaven.privacy.accountant import LedgerEntry
@@ -23,25 +24,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("scheme", ["masked", "ckks", "plaintext"])
-def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, redis_url: str, scheme: str) -> None:
-    """A hospital at its budget refuses; the round commits with the others. Under the masked default its refusal
-    closes the attempt (the cohort's masks cannot cancel without it) and the survivors re-train in a fresh attempt,
-    which their ledgers charge again (conservatively: a coalition holding the other members' masks could unmask an
-    upload of the closed attempt), so this run plans two rounds of budget for its one round; the closed attempt is
-    judged at its deadline, hence the short timeout."""
+def test_privacy_hospital_at_budget_left_out_and_round_proceeds(tmp_path: Path, redis_url: str, scheme: str) -> None:
+    """A hospital at its budget is left out of the round by the coordinator, which knows from the hospital's signed
+    statistics receipt that one more round would exceed its target ε; the round opens once, without it, and
+    commits with the others under the quorum rule. Under the masked default that matters twice: an attempt opened
+    with it would be closed by its refusal (the cohort's masks cannot cancel without it), and the survivors'
+    re-training in a fresh attempt would be charged to their budgets again. So every scheme plans exactly one
+    round of budget for its one round: a double charge would make the survivors refuse too."""
     plaintext = scheme == "plaintext"
     params = plan_ckks_parameters() if scheme == "ckks" else None
     simulation = small_simulation(tmp_path, rows=2000, params=params)
     run = f"dp-{scheme}"
     dp = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
-    planned = 2 if scheme == "masked" else 1
-    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=dp, planned_rounds=planned)
+    training = LocalTraining(batch_size=32, learning_rate=1e-3, dp=dp, planned_rounds=1)
     config = simulation_config(
         simulation,
         run=run,
         rounds=1,
         min_hospitals=2,
-        round_timeout=30 if scheme == "masked" else 300,
+        round_timeout=300,
         training=training,
         plaintext=plaintext,
         score_test=False,
@@ -74,10 +75,22 @@ def test_privacy_hospital_at_budget_refuses_and_round_proceeds(tmp_path: Path, r
     assert [r["round"] for r in history] == [1]
     others = sorted(h for h in simulation.hospitals if h != spent_hospital)
     assert sorted(history[0]["participants"]) == others
+    # one attempt, opened without the spent hospital: nothing failed, nobody re-trained
+    paths = RunPaths(run)
+    assert history[0]["attempt"] == 1 and not store.exists(paths.failed_attempts)
+    spec = store.get_json(paths.spec("update", 1))
+    assert sorted(spec["hospitals"]) == others and spec["attempt"] == 1
+    assert sorted(spec["cohort"]) == (others if scheme == "masked" else [])
     assert any(states.get(spent_hospital) == "budget spent" for states in seen)
-    for hospital in others:  # each trained hospital's own ledger now records one round within the budget
+    assert history[0]["statuses"][spent_hospital] == "budget spent"
+    assert "privacy budget is spent" in history[0]["reasons"][spent_hospital]
+    # the spent hospital never trained: its ledger is as it was
+    assert len(PrivacyLedger.load(ledger_path, budget_epsilon=3.0, delta=1e-5).entries) == 1
+    for hospital in others:  # each trained hospital's own ledger records exactly one round within the budget
         own = simulation.data_files[hospital].parent / ".privacy" / f"{hospital}-{run}.json"
-        spent = PrivacyLedger.load(own, budget_epsilon=3.0, delta=1e-5).spent()
+        ledger = PrivacyLedger.load(own, budget_epsilon=3.0, delta=1e-5)
+        assert [entry.round for entry in ledger.entries] == [1]  # charged once: no second attempt
+        spent = ledger.spent()
         assert 0.5 < spent <= 3.0 * 1.001
         # the (ε, δ) each hospital signed in its receipt travels to the manifest and the history
         assert history[0]["privacy"][hospital]["epsilon"] == pytest.approx(spent)

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.cli import app as coordinator_app
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
-from medheaven.cli.results import export_command, predict_command, report_command
+from medheaven.cli.root import app as medheaven_app
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy import DpConfig
@@ -25,14 +24,6 @@ from medheaven.serving.export import Preprocessing, preprocessing_path
 RUN = "dp-report"
 ROUNDS = 2
 DP = DpConfig(target_epsilon=3.0, delta=1e-5, clip=1.0)
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("report")(report_command)
-    app.command("export")(export_command)
-    app.command("predict")(predict_command)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,9 @@ def test_report_shows_epsilon_and_delta_per_hospital(
     dp_run: tuple[Simulation, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     simulation, history = dp_run
-    result = CliRunner().invoke(_cli(), ["report", RUN, "--store", simulation.store_url(), "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        medheaven_app, ["report", RUN, "--store", simulation.store_url(), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.md").read_text()
     section = report[report.index("## Differential privacy") :]
@@ -103,7 +96,7 @@ def test_exported_model_metadata_carries_epsilon_of_its_round(
     base = ["export", RUN, "--store", simulation.store_url(), "--secret-context", str(simulation.keys.secret)]
     for round_number in (1, ROUNDS):
         model = tmp_path / f"round{round_number}.keras"
-        result = CliRunner().invoke(_cli(), [*base, "--round", str(round_number), "--out", str(model)])
+        result = CliRunner().invoke(medheaven_app, [*base, "--round", str(round_number), "--out", str(model)])
         assert result.exit_code == 0, result.output
         assert "privacy        patient-level DP-SGD, δ=1e-05" in result.stdout
         privacy = Preprocessing.load(preprocessing_path(model)).privacy
@@ -112,7 +105,7 @@ def test_exported_model_metadata_carries_epsilon_of_its_round(
         assert {h: s.epsilon for h, s in privacy.per_hospital.items()} == pytest.approx(_signed(history, round_number))
     assert max(_signed(history, 1).values()) < max(_signed(history, ROUNDS).values()) <= 3.0 * 1.001
     scored = CliRunner().invoke(
-        _cli(), ["predict", "--model", str(tmp_path / "round1.keras"), "--data", str(simulation.test_file)]
+        medheaven_app, ["predict", "--model", str(tmp_path / "round1.keras"), "--data", str(simulation.test_file)]
     )
     assert scored.exit_code == 0, scored.output
     first = _signed(history, 1)

@@ -10,29 +10,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from federation_support import small_simulation
 from typer.testing import CliRunner
 
 from coordinator.simulation import Simulation, default_model, run_in_threads, simulation_config
-from medheaven.cli.results import export_command, predict_command, report_command
+from medheaven.cli.root import app as medheaven_app
 from medheaven.errors import DataFileError
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.wire import Manifest
 from medheaven.report import load_baseline, load_run_records
+from medheaven.report.document import to_markdown
 from medheaven.report.records import OTHER_PHASE, round_row
 from medheaven.report.render import PLOT_FILES
+from medheaven.report.threat_model import threat_model_outline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN = "report"
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("report")(report_command)
-    app.command("export")(export_command)
-    app.command("predict")(predict_command)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def test_report_writes_readable_plots_and_markdown_embedding_them(
     out = tmp_path / "out"
     args = ["report", RUN, "--store", finished.store_url(), "--out", str(out), "--baseline", str(baseline_file)]
     args += ["--secret-context", str(finished.keys.secret), "--json"]
-    result = CliRunner().invoke(_cli(), args)
+    result = CliRunner().invoke(medheaven_app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert set(summary["plots"]) == set(PLOT_FILES)
@@ -90,10 +83,12 @@ def test_report_writes_readable_plots_and_markdown_embedding_them(
     assert "| within bound | yes |" in report
     assert f"The model scored on the held-out test set is round {test['round']}" in report
     assert "What each party saw" in report and "n_k" in report
+    # the threat model from its one source (tests/test_report_threat_model.py keeps README.md equal to it)
+    assert to_markdown([threat_model_outline()]) in report and "This run used scheme `bfv-masked`" in report
 
 
 def test_report_without_secret_context_explains_how_to_verify(finished: Simulation, tmp_path: Path) -> None:
-    result = CliRunner().invoke(_cli(), ["report", RUN, "--store", finished.store_url(), "--out", str(tmp_path)])
+    result = CliRunner().invoke(medheaven_app, ["report", RUN, "--store", finished.store_url(), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.md").read_text()
     assert "Not computed" in report
@@ -103,7 +98,7 @@ def test_report_without_secret_context_explains_how_to_verify(finished: Simulati
 
 def test_report_html_embeds_every_plot(finished: Simulation, tmp_path: Path) -> None:
     args = ["report", RUN, "--store", finished.store_url(), "--out", str(tmp_path), "--format", "html"]
-    result = CliRunner().invoke(_cli(), args)
+    result = CliRunner().invoke(medheaven_app, args)
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
@@ -177,7 +172,7 @@ def test_report_refuses_public_context_and_unknown_run(finished: Simulation, tmp
         (args, "not a secret context"),
         (["report", "nope", "--store", finished.store_url()], "'nope' does not exist"),
     ):
-        result = CliRunner().invoke(_cli(), arguments)
+        result = CliRunner().invoke(medheaven_app, arguments)
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and expected in result.output
         assert "Traceback" not in result.output

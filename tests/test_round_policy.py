@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from medheaven.federated.ledger import EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
-from medheaven.federated.round_policy import BACKLOG_GRACE, CLOCK_SKEW, Verdict, decide, lateness
+from medheaven.federated.round_policy import BACKLOG_GRACE, CLOCK_SKEW, Dropout, Verdict, decide, lateness
 from medheaven.federated.wire import RoundSpec
 
 OPENED, DEADLINE = 1000.0, 1060.0
@@ -121,18 +123,7 @@ def test_fold_outcome_round_trips() -> None:
 
 
 # -- masked attempts: all or nothing, and the cohort rule of a fresh attempt ------------------------------
-MASKED = RoundSpec(
-    run="policy",
-    round=2,
-    attempt=1,
-    kind="update",
-    hospitals=("h1", "h2", "h3"),
-    quorum=2,
-    deadline=DEADLINE,
-    base_sha256="ab" * 32,
-    opened_at=OPENED,
-    cohort=("h1", "h2", "h3"),
-)
+MASKED = dataclasses.replace(SPEC, cohort=("h1", "h2", "h3"))
 
 
 @pytest.mark.parametrize(
@@ -141,7 +132,7 @@ MASKED = RoundSpec(
         (("h1", "h2", "h3"), (), OPENED + 1, (), False, Verdict.COMMIT),  # the whole cohort: the masks cancel
         (("h1", "h2"), (), OPENED + 1, (), False, Verdict.WAIT),  # quorum met is not enough while h3 may answer
         (("h1", "h2"), (), DEADLINE, (), False, Verdict.FAIL),  # never commit a sum that still holds h3's masks
-        (("h1", "h2"), ("h3",), OPENED + 1, (), False, Verdict.FAIL),  # a refused member ends the attempt at once
+        (("h1", "h2"), ("h3",), OPENED + 1, (), False, Verdict.ABANDON),  # a refused member ends the attempt at once
         (("h1", "h2"), (), DEADLINE + 1, ("h3",), False, Verdict.WAIT),  # h3 on time, aggregator behind
         (("h1", "h2"), (), OPENED + 1, (), True, Verdict.FAIL),  # closing never commits an incomplete cohort
     ],
@@ -156,8 +147,60 @@ def test_decide_masked_attempt_commits_only_with_every_cohort_member(
 ) -> None:
     decision = decide(MASKED, _ledger(folded, rejected), now, on_time_pending=pending, closing=closing)
     assert decision.verdict is verdict, decision
-    if verdict is Verdict.FAIL:
+    if verdict.closes:
         assert "cohort incomplete" in decision.reason
+
+
+@pytest.mark.parametrize("cause", list(Dropout))
+def test_decide_masked_attempt_abandoned_before_its_deadline_once_a_member_is_known_gone(cause: Dropout) -> None:
+    """Every other member folded and h3 will never answer (failed, refused, lost, at its budget): no wait for the
+    deadline, the verdict names h3 and why, and the aggregator's closing call agrees."""
+    ledger = _ledger(("h1", "h2"), ("h3",) if cause is Dropout.REFUSED else ())
+    gone = {} if cause is Dropout.REFUSED else {"h3": cause}
+    for closing in (False, True):
+        decision = decide(MASKED, ledger, OPENED + 1, gone=gone, closing=closing)
+        assert decision.verdict is Verdict.ABANDON and decision.verdict.closes
+        assert decision.dropouts == (("h3", cause),)
+        assert decision.folded == ("h1", "h2") and "cohort incomplete" in decision.reason
+        assert f"h3 {cause.value}" in decision.reason
+
+
+def test_decide_masked_doomed_attempt_waits_for_members_still_working() -> None:
+    """h3 is gone but h2 still trains: abandoning now would make h2 refuse to upload into the closed attempt and look
+    like another dropout, so the attempt waits for h2's answer (not for the deadline once h2 has answered)."""
+    gone = {"h3": Dropout.LOST}
+    waiting = decide(MASKED, _ledger(("h1",)), OPENED + 1, gone=gone)
+    assert waiting.verdict is Verdict.WAIT and "h3 worker lost" in waiting.reason and "h2" in waiting.reason
+    assert waiting.dropouts == (("h3", Dropout.LOST),)
+    # h2 fails too: both gone, nobody pending, abandon with both named
+    both = decide(MASKED, _ledger(("h1",)), OPENED + 1, gone={**gone, "h2": Dropout.FAILED})
+    assert both.verdict is Verdict.ABANDON
+    assert both.dropouts == (("h2", Dropout.FAILED), ("h3", Dropout.LOST))
+    # h2 stays silent to the deadline: the ordinary deadline failure, still naming h3
+    late = decide(MASKED, _ledger(("h1",)), DEADLINE, gone=gone)
+    assert late.verdict is Verdict.FAIL and "h3 worker lost" in late.reason and "h2" in late.reason
+    # the aggregator's finalise never waits: it closes as a failure while h2 may still answer
+    assert decide(MASKED, _ledger(("h1",)), OPENED + 1, gone=gone, closing=True).verdict is Verdict.FAIL
+
+
+def test_decide_masked_a_gone_member_that_folded_after_all_commits() -> None:
+    """A worker taken for lost that was only frozen, woke and got folded: the ledger wins over the coordinator's
+    guess, on both sides (the aggregator gets the coordinator's dropouts with its finalise)."""
+    ledger = _ledger(("h1", "h2", "h3"))
+    for closing in (False, True):
+        decision = decide(MASKED, ledger, OPENED + 1, gone={"h3": Dropout.LOST}, closing=closing)
+        assert decision.verdict is Verdict.COMMIT and decision.dropouts == ()
+
+
+def test_decide_unmasked_round_does_not_wait_for_a_hospital_known_gone() -> None:
+    """Without masks a gone hospital is simply not waited for: commit once the others answered, fail once the
+    quorum is out of reach, both before the deadline."""
+    committed = decide(SPEC, _ledger(("h1", "h2")), OPENED + 1, gone={"h3": Dropout.BUDGET_SPENT})
+    assert committed.verdict is Verdict.COMMIT and committed.outstanding == ("h3",)
+    failed = decide(SPEC, _ledger(("h1",)), OPENED + 1, gone={"h2": Dropout.FAILED, "h3": Dropout.LOST})
+    assert failed.verdict is Verdict.FAIL and "only 1 folded, quorum is 2" in failed.reason
+    # a hospital named gone but folded is not gone (the ledger is the truth)
+    assert decide(SPEC, _ledger(("h1", "h2", "h3")), OPENED + 1, gone={"h3": Dropout.LOST}).verdict is Verdict.COMMIT
 
 
 def test_round_spec_refuses_a_cohort_that_is_not_its_hospitals() -> None:
@@ -188,3 +231,26 @@ def test_cohort_rule_allows_dropping_only_hospitals_that_never_uploaded() -> Non
     assert cohort == ("h1",) and problems == ("h2 uploaded in failed attempt 1 but would be left out",)
     # an attempt nobody uploaded in constrains nothing
     assert cohort_violations(("h9",), [EarlierAttempt(1, ("h1", "h2"), frozenset())]) == ()
+
+
+def test_attempt_tombstone_round_trips_with_folded_hospital_names_and_rejected_entries() -> None:
+    """A tombstone lists folded hospitals by name and rejected ones as ledger entries; reading one back (what the
+    coordinator does before every retry) must not take the names for entries."""
+    from medheaven.federated.ledger import AttemptTombstone
+
+    rejected = _ledger(rejected=("h3",)).rejected
+    tombstone = AttemptTombstone(
+        run="policy",
+        kind="update",
+        round=2,
+        attempt=1,
+        quorum=2,
+        reason="cohort incomplete: h3 refused",
+        at=OPENED + 9,
+        folded=("h1", "h2"),
+        rejected=rejected,
+        missing=(),
+        cohort=("h1", "h2", "h3"),
+        uploaded=("h1", "h2", "h3"),
+    )
+    assert AttemptTombstone.from_dict(tombstone.to_dict()) == tombstone

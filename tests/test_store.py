@@ -154,3 +154,14 @@ def test_store_round_trips_any_valid_key_and_payload(
     assert key in store.list()
     store.delete(key)
     assert not store.exists(key)
+
+
+def test_store_put_file_streams_a_file_and_replaces(store: Store, tmp_path: Path) -> None:
+    """``put_file`` (the finalise's streamed write) stores the whole file, wherever its position was left."""
+    payload = bytes(range(256)) * 5000  # 1.2 MiB: more than one of LocalStore's 1 MiB copy pieces
+    store.put("rounds/1/global.ckks", b"an earlier, uncommitted result")
+    with (tmp_path / "spool").open("w+b") as handle:
+        handle.write(payload)  # left at its end, as result_spool leaves it
+        store.put_file("rounds/1/global.ckks", handle)
+    assert store.get("rounds/1/global.ckks") == payload
+    assert store.list("rounds") == ["rounds/1/global.ckks"]

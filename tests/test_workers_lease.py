@@ -8,11 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from transport_support import RecordingTransport
 
-from coordinator.loop import Coordinator, HospitalState, HospitalStatus, RoundProgress
+from coordinator.loop import LIVENESS_EVERY, NO_WORKER_FOR, Coordinator, HospitalState, HospitalStatus, RoundProgress
 from coordinator.messaging import TaskState
 from coordinator.run import RunConfig
+from medheaven.federated.ledger import Ledger
+from medheaven.federated.round_policy import Dropout
 from medheaven.federated.wire import RoundSpec
 from medheaven.store.local import LocalStore
 from workers.lease import REGISTRY_KEY, LeaseRenewer, LeaseState, lease_key, lease_state
@@ -38,18 +42,12 @@ def test_lease_live_while_renewed_expired_when_not_unknown_after_a_clean_stop(re
     assert lease_state(client, "never-leased@host") is LeaseState.UNKNOWN
 
 
-class _LostWorkerTransport:
+class _LostWorkerTransport(RecordingTransport):
     """h2's task is STARTED on a worker that the lease says is lost."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        super().__init__()
         self.marked: list[tuple[str, str]] = []
-
-    def send_hospital_task(
-        self, name: str, args: tuple[Any, ...], hospital: str, *, fold: bool, task_id: str | None = None
-    ) -> dict[str, str]:
-        self.sent.append((name, args))
-        return {"task": f"task-{len(self.sent)}", "fold": f"fold-{len(self.sent)}"}
 
     def send_aggregate_task(self, name: str, args: tuple[Any, ...]) -> str:
         raise AssertionError("not used here")
@@ -85,3 +83,48 @@ def test_coordinator_gives_a_lost_workers_task_back_to_its_hospital_queue(tmp_pa
     )
     assert progress.statuses["h2"].state is HospitalState.QUEUED
     assert progress.statuses["h1"].state is HospitalState.TRAINING
+
+
+class _DeadHospitalTransport(_LostWorkerTransport):
+    """h2's task was given back after its worker died; the task waits in h2's queue and h2 has ``consumers`` live
+    workers by their answer to inspect."""
+
+    def __init__(self, consumers: int | None) -> None:
+        super().__init__()
+        self.consumers = consumers
+        self.asked = 0
+
+    def state(self, task_id: str) -> TaskState:
+        return TaskState("PENDING" if task_id == "new-h2" else "STARTED")
+
+    def live_consumers(self, hospital: str) -> int | None:
+        self.asked += 1
+        return self.consumers if hospital == "h2" else 1
+
+
+@pytest.mark.parametrize(("consumers", "lost"), [(0, True), (1, False), (None, False)])
+def test_hospital_whose_given_back_task_no_live_worker_can_take_counts_as_lost(
+    tmp_path: Path, consumers: int | None, lost: bool
+) -> None:
+    """The given-back task can only be trained by another live worker of h2; with none for NO_WORKER_FOR seconds h2
+    is lost for the round policy (a masked attempt is then abandoned, not held to its deadline). A live worker, or
+    no way to know (in-process), keeps h2 queued."""
+    now = [1000.0]
+    transport = _DeadHospitalTransport(consumers)
+    config = RunConfig(run="lost", hospitals=("h1", "h2"), rounds=1, min_hospitals=2, round_timeout=60)
+    coordinator = Coordinator(
+        LocalStore(tmp_path / "store"), transport, config, poll_interval=0.001, clock=lambda: now[0]
+    )
+    spec = RoundSpec("lost", 1, 1, "update", ("h1", "h2"), 2, now[0] + 60, "ab" * 32, cohort=("h1", "h2"))
+    dispatch: dict[str, Any] = {"h1": {"task": "old-h1", "fold": "f1"}, "h2": {"task": "new-h2", "lost": ["old-h2"]}}
+    ledger = Ledger.empty("lost", "update", 1, 1)
+    states = []
+    for _ in range(4):  # one question per LIVENESS_EVERY, whatever the number of polls in between
+        states.append(coordinator._statuses(spec, dispatch, ledger).statuses["h2"].state)
+        states.append(coordinator._statuses(spec, dispatch, ledger).statuses["h2"].state)
+        now[0] += LIVENESS_EVERY
+    assert transport.asked == 4
+    assert all(s is HospitalState.QUEUED for s in states[: 2 * int(NO_WORKER_FOR / LIVENESS_EVERY)])
+    progress = coordinator._statuses(spec, dispatch, ledger)
+    assert (progress.statuses["h2"].state is HospitalState.LOST) is lost
+    assert progress.gone() == ({"h2": Dropout.LOST} if lost else {})

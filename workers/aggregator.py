@@ -67,8 +67,11 @@ def fold(self: Task, receipt: Any) -> dict[str, Any]:
 # FAILURE with the reason (so Flower and a FAILURE filter show the failed round), after the node has stored the
 # failure record the coordinator reads; Celery logs it as one line instead of a traceback.
 @app.task(name="medheaven.aggregate.finalise", bind=True, throws=(QuorumNotReachedError,))
-def finalise(self: Task, run: str, kind: str, round_number: int, attempt: int) -> dict[str, Any]:
-    """Commit the round (result, then manifest), or fail with the reason after recording it."""
+def finalise(
+    self: Task, run: str, kind: str, round_number: int, attempt: int, dropouts: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Commit the round (result, then manifest), or fail with the reason after recording it; ``dropouts``: the
+    hospitals the coordinator knows gone (``round_policy.Dropout`` values), named in a masked attempt's tombstone."""
     count_delivery(self, limit=settings().max_deliveries)
     with _lock:
-        return node().finalise(run, kind, round_number, attempt)
+        return node().finalise(run, kind, round_number, attempt, dropouts)

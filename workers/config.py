@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,14 +83,7 @@ def declared_queues(hospitals: Iterable[str]) -> list[Queue]:
 def _tls_options(settings: Settings) -> dict[str, Any] | None:
     if not settings.broker_url.startswith("rediss://"):
         return None
-    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if settings.redis_tls_ca:
-        options["ssl_ca_certs"] = str(settings.redis_tls_ca)
-    if settings.redis_tls_cert:
-        options["ssl_certfile"] = str(settings.redis_tls_cert)
-    if settings.redis_tls_key:
-        options["ssl_keyfile"] = str(settings.redis_tls_key)
-    return options
+    return settings.redis_tls_options()
 
 
 # kombu's virtual transports (memory://) poll their queues every `polling_interval` seconds, 1 s by default; a round

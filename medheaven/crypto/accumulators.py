@@ -57,7 +57,46 @@ class Accumulator(ABC):
         return tuple(self.iter_chunks())
 
 
-class CkksAccumulator(Accumulator):
+class CiphertextSum(Accumulator):
+    """A running sum of ciphertexts, one per chunk: the add loop with its exact undo, shared by both schemes.
+
+    Subclasses say how one chunk is loaded (validated) and how two ciphertexts are added and subtracted in place.
+    """
+
+    sums: list[Any]
+
+    @abstractmethod
+    def _load(self, chunk: Chunk, index: int, source: str) -> Any: ...
+
+    @abstractmethod
+    def _add(self, index: int, ciphertext: Any, source: str) -> None: ...
+
+    @abstractmethod
+    def _subtract(self, index: int, ciphertext: Any) -> None: ...
+
+    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None:
+        self.check_chunk_count(chunks, source)
+        if self.count == 0:
+            # the first update becomes the sum; it is adopted only once every chunk has loaded
+            self.sums = [self._load(chunk, index, source) for index, chunk in enumerate(chunks)]
+            self.count = 1
+            return
+        # One pass that validates while it adds, and undoes on failure. Ciphertext addition is exact modulo q, so
+        # subtracting the chunks already added restores the sum bit for bit; a good update (the common case) is
+        # deserialised once instead of twice (BENCHMARKS.md: 1.7x faster add_chunks, ~14% off a whole fold).
+        added = 0
+        try:
+            for index, chunk in enumerate(chunks):
+                self._add(index, self._load(chunk, index, source), source)
+                added += 1
+        except BaseException:
+            for index in range(added):
+                self._subtract(index, self._load(chunks[index], index, source))
+            raise
+        self.count += 1
+
+
+class CkksAccumulator(CiphertextSum):
     """Adds CKKS ciphertexts under a public context; it cannot decrypt anything it holds."""
 
     def __init__(self, context: PublicContext, *, length: int) -> None:
@@ -79,30 +118,14 @@ class CkksAccumulator(Accumulator):
             )
         return vector
 
-    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None:
-        self.check_chunk_count(chunks, source)
-        if self.count == 0:
-            # the first update becomes the sum; it is adopted only once every chunk has loaded
-            self.sums = [self._load(chunk, index, source) for index, chunk in enumerate(chunks)]
-            self.count = 1
-            return
-        # One pass that validates while it adds, and undoes on failure. Ciphertext addition is exact modulo q, so
-        # subtracting the chunks already added restores the sum bit for bit; a good update (the common case) is
-        # deserialised once instead of twice (BENCHMARKS.md: 1.7x faster add_chunks, ~14% off a whole fold).
-        added = 0
+    def _add(self, index: int, ciphertext: Any, source: str) -> None:
         try:
-            for index, chunk in enumerate(chunks):
-                vector = self._load(chunk, index, source)
-                try:
-                    self.sums[index].add_(vector)  # TenSEAL checks scale and size before it touches the sum
-                except ValueError as exc:
-                    raise CiphertextError(f"chunk {index} of {source} cannot be added to the sum: {exc}") from exc
-                added += 1
-        except BaseException:
-            for index in range(added):
-                self.sums[index].sub_(self._load(chunks[index], index, source))
-            raise
-        self.count += 1
+            self.sums[index].add_(ciphertext)  # TenSEAL checks scale and size before it touches the sum
+        except ValueError as exc:
+            raise CiphertextError(f"chunk {index} of {source} cannot be added to the sum: {exc}") from exc
+
+    def _subtract(self, index: int, ciphertext: Any) -> None:
+        self.sums[index].sub_(ciphertext)
 
     def iter_chunks(self) -> Iterator[bytes]:
         for vector in self.sums:
@@ -141,7 +164,7 @@ def plain_chunks(values: np.ndarray, *, slots: int) -> tuple[bytes, ...]:
     return tuple(data[i : i + slots].tobytes() for i in range(0, data.size, slots))
 
 
-class BfvAccumulator(Accumulator):
+class BfvAccumulator(CiphertextSum):
     """Adds seeded bfv-masked uploads under parameters alone (no key: it can neither encrypt nor decrypt).
 
     Every upload chunk must be a *seeded* ciphertext (header checked against the seeded size bound before SEAL
@@ -159,23 +182,11 @@ class BfvAccumulator(Accumulator):
     def _load(self, chunk: Chunk, index: int, source: str) -> Any:
         return load_ciphertext(self.context, chunk, max_bytes=self._max_upload, what=f"chunk {index} of {source}")
 
-    def add_chunks(self, chunks: Sequence[Chunk], *, source: str) -> None:
-        self.check_chunk_count(chunks, source)
-        if self.count == 0:
-            self.sums = [self._load(chunk, index, source) for index, chunk in enumerate(chunks)]
-            self.count = 1
-            return
-        added = 0
-        try:
-            for index, chunk in enumerate(chunks):
-                self.evaluator.add_inplace(self.sums[index], self._load(chunk, index, source))
-                added += 1
-        except BaseException:
-            # addition is exact mod q: subtracting what was added restores the sum bit for bit
-            for index in range(added):
-                self.evaluator.sub_inplace(self.sums[index], self._load(chunks[index], index, source))
-            raise
-        self.count += 1
+    def _add(self, index: int, ciphertext: Any, source: str) -> None:
+        self.evaluator.add_inplace(self.sums[index], ciphertext)
+
+    def _subtract(self, index: int, ciphertext: Any) -> None:
+        self.evaluator.sub_inplace(self.sums[index], ciphertext)
 
     def iter_chunks(self) -> Iterator[bytes]:
         for ciphertext in self.sums:

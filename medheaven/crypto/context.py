@@ -41,7 +41,7 @@ import numpy as np
 import tenseal as ts
 
 from medheaven.crypto.planning import CkksParameters
-from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError
+from medheaven.errors import ConfigurationError, CryptoError, KeyCustodyError, ParameterPlanningError
 from medheaven.private_files import check_private_file_mode
 
 CONTEXT_FORMAT = 1
@@ -90,13 +90,20 @@ def _fingerprint(public_raw: bytes, key_id: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class PublicContext:
-    """Holds and adds ciphertexts; cannot decrypt."""
+class _KeySet:
+    """What a public and a secret context both record. Only their own classes are ever handed around: code typed
+    to take a ``PublicContext`` cannot be given a ``SecretContext`` (they are siblings, neither is the other)."""
 
     params: CkksParameters
     fingerprint: str
     tenseal: ts.Context
     encryption: str = PUBLIC_KEY
+
+
+@dataclass(frozen=True)
+class PublicContext(_KeySet):
+    """Holds and adds ciphertexts; cannot decrypt."""
+
     key_id: bytes = b""
 
     def __post_init__(self) -> None:
@@ -121,13 +128,8 @@ class PublicContext:
 
 
 @dataclass(frozen=True)
-class SecretContext:
+class SecretContext(_KeySet):
     """Encrypts and decrypts. Only hospitals (key holders) ever construct one."""
-
-    params: CkksParameters
-    fingerprint: str
-    tenseal: ts.Context
-    encryption: str = PUBLIC_KEY
 
     def __post_init__(self) -> None:
         if not self.tenseal.has_secret_key():
@@ -236,7 +238,7 @@ def _unwrap(data: bytes, *, source: str) -> tuple[str, CkksParameters, str, byte
         key_id = payload.get("key_id", b"")
         if not isinstance(key_id, bytes) or len(key_id) not in (0, 32):
             raise ValueError("key_id must be 32 bytes")
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException, ParameterPlanningError) as exc:
         raise CryptoError(f"{source} is not a MedHeaven context file ({exc}); run `medheaven keys init`") from exc
     return kind, params, fingerprint, raw, str(encryption), key_id
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import msgpack
 
@@ -51,6 +52,7 @@ from medheaven.errors import (
     ShapeMismatchError,
     SignatureError,
 )
+from medheaven.records import typed_field
 
 ENVELOPE_FORMAT = 2
 LEGACY_FORMAT = 1
@@ -171,27 +173,34 @@ class Envelope:
     def pack_streaming(self, chunks: Iterable[Chunk], count: int, *, with_signature: bool = True) -> bytearray:
         """The same bytes as ``to_bytes`` with ``chunks`` in place of ``self.chunks``, written one chunk at a time.
 
-        The aggregator serialises its running sum through this: only one serialised chunk exists at a time next to
-        the growing output, instead of every chunk plus a packed copy of them all (peak 2 models instead of 3).
+        Only one serialised chunk exists at a time next to the growing output, instead of every chunk plus a packed
+        copy of them all (peak 2 models instead of 3). ``write_streaming`` writes the same bytes to a file instead.
         """
+        out = bytearray()
+        self.write_streaming(out.extend, chunks, count, with_signature=with_signature)
+        return out
+
+    def write_streaming(
+        self, write: Callable[[bytes], object], chunks: Iterable[Chunk], count: int, *, with_signature: bool = True
+    ) -> None:
+        """``pack_streaming``'s bytes, handed to ``write`` piece by piece (the aggregator's finalise writes its sum
+        to a file this way, so the serialised sum never sits in memory next to the ciphertexts it came from)."""
         packer = msgpack.Packer(use_bin_type=True)
-        out = bytearray(packer.pack_map_header(len(_FIELDS if self.version == ENVELOPE_FORMAT else _FIELDS_V1)))
+        write(packer.pack_map_header(len(_FIELDS if self.version == ENVELOPE_FORMAT else _FIELDS_V1)))
         for name, value in self._header_fields():
-            out += packer.pack(name)
-            out += packer.pack(value)
-        out += packer.pack("chunks")
-        out += packer.pack_array_header(count)
+            write(packer.pack(name))
+            write(packer.pack(value))
+        write(packer.pack("chunks"))
+        write(packer.pack_array_header(count))
         written = 0
         for chunk in chunks:
-            out += packer.pack(chunk)
+            write(packer.pack(chunk))
             written += 1
         if written != count:
             raise ValueError(f"pack_streaming was promised {count} chunks and given {written}")
-        if not with_signature:
-            return out
-        out += packer.pack("sig")
-        out += packer.pack(self.signature)
-        return out
+        if with_signature:
+            write(packer.pack("sig"))
+            write(packer.pack(self.signature))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, limits: EnvelopeLimits) -> Envelope:
@@ -238,13 +247,7 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     Also returns the offset at which the ``sig`` key starts (-1 if absent): the end of format 2's signed body."""
     unpacker = msgpack.Unpacker(
         io.BytesIO(data),  # shares data's buffer; the unpacker reads it in small pieces
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
+        **_msgpack_bounds(limits),
         max_buffer_size=max(limits.max_chunk_bytes + 64, 1 << 20),
     )
     try:
@@ -282,20 +285,24 @@ def _unpack_bounded(data: bytes, limits: EnvelopeLimits) -> tuple[dict[str, obje
     return payload, sig_offset
 
 
+def _msgpack_bounds(limits: EnvelopeLimits) -> dict[str, Any]:
+    """The decoder's limits, checked by msgpack before it allocates (both decoders of an envelope use them)."""
+    return {
+        "raw": False,
+        "strict_map_key": True,
+        "max_bin_len": limits.max_chunk_bytes,
+        "max_str_len": 256,
+        "max_array_len": limits.max_chunks,
+        "max_map_len": _MAX_MAP_LEN,
+        "max_ext_len": 0,
+    }
+
+
 def _refuse_non_map(data: bytes, limits: EnvelopeLimits) -> None:
     """Name what a non-map envelope is, or why it is not msgpack at all (rare, so the plain bounded decoder).
 
     Decoding errors propagate to the caller, which classifies them like its own."""
-    value = msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        max_bin_len=limits.max_chunk_bytes,
-        max_str_len=256,
-        max_array_len=limits.max_chunks,
-        max_map_len=_MAX_MAP_LEN,
-        max_ext_len=0,
-    )
+    value = msgpack.unpackb(data, **_msgpack_bounds(limits))
     raise EnvelopeFormatError(f"envelope must be a msgpack map, got {type(value).__name__}")
 
 
@@ -333,11 +340,7 @@ def _chunk_views(data: bytes, unpacker: msgpack.Unpacker, limits: EnvelopeLimits
 
 
 def _field(payload: dict[str, object], name: str, kind: type) -> object:
-    value = payload[name]
-    # bool is an int subclass in Python; a msgpack true must not pass as a round number
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise EnvelopeFormatError(f"envelope field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+    return typed_field(payload, name, kind, what="envelope", error=EnvelopeFormatError)
 
 
 def _from_payload(payload: dict[str, object], limits: EnvelopeLimits) -> Envelope:

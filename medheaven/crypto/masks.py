@@ -42,9 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from medheaven.crypto.signing import validate_hospital_id
+from medheaven.crypto.signing import load_private_pem, public_key_from_hex, validate_hospital_id
 from medheaven.errors import ConfigurationError, CryptoError
-from medheaven.private_files import check_private_file_mode, write_private_file, write_public_file
+from medheaven.private_files import write_private_file, write_public_file
 
 _DOMAIN = b"medheaven-pairwise-mask/1\x00"
 _ZERO_NONCE = bytes(16)  # cryptography's ChaCha20 nonce: 4-byte counter || 12-byte nonce, both zero
@@ -162,21 +162,11 @@ def agreement_public_hex(key: X25519PrivateKey) -> str:
 
 
 def load_agreement_key(path: Path) -> X25519PrivateKey:
-    check_private_file_mode(path)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{path} is not a PEM X25519 agreement key ({exc})") from exc
+    key = load_private_pem(path, what="X25519 agreement key")
     if not isinstance(key, X25519PrivateKey):
         raise ConfigurationError(f"{path} holds a {type(key).__name__}, not an X25519 agreement key")
     return key
 
 
 def parse_agreement_key(text: str, *, source: str) -> X25519PublicKey:
-    try:
-        raw = bytes.fromhex(text.strip())
-        if len(raw) != 32:
-            raise ValueError(f"{len(raw)} bytes, expected 32")
-        return X25519PublicKey.from_public_bytes(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{source}: not a hex X25519 agreement key ({exc})") from exc
+    return public_key_from_hex(text, X25519PublicKey.from_public_bytes, source=source, what="X25519 agreement key")

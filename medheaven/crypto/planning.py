@@ -24,10 +24,11 @@ Security: the total coefficient-modulus bit count must not exceed the Homomorphi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from medheaven.errors import ParameterPlanningError
+from medheaven.records import decode_record, encode_record
 
 #: max total coefficient-modulus bits for 128-bit security (HE standard, ternary secret), by ring dimension
 SECURITY_128_MAX_BITS: dict[int, int] = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
@@ -81,20 +82,21 @@ class CkksParameters:
         return 2 * self.poly_modulus_degree * (len(self.coeff_mod_bit_sizes) - 1) * 8 + 65536
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["coeff_mod_bit_sizes"] = list(self.coeff_mod_bit_sizes)
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CkksParameters:
-        return cls(
-            poly_modulus_degree=int(data["poly_modulus_degree"]),
-            coeff_mod_bit_sizes=tuple(int(b) for b in data["coeff_mod_bit_sizes"]),
-            scale_bits=int(data["scale_bits"]),
-            max_abs_weight=float(data["max_abs_weight"]),
-            max_total_samples=int(data["max_total_samples"]),
-            precision=float(data["precision"]),
-        )
+        return decode_record(cls, data, what="CKKS parameters", error=ParameterPlanningError)
+
+
+def check_planning_bounds(*, max_abs_weight: float, max_total_samples: int, precision: float) -> None:
+    """The bounds every scheme's planner takes, refused when they cannot mean anything."""
+    if not math.isfinite(max_abs_weight) or max_abs_weight <= 0:
+        raise ParameterPlanningError(f"max_abs_weight must be a positive number, got {max_abs_weight}")
+    if max_total_samples < 1:
+        raise ParameterPlanningError(f"max_total_samples must be >= 1, got {max_total_samples}")
+    if not 0 < precision < 1:
+        raise ParameterPlanningError(f"precision must be in (0, 1), got {precision}")
 
 
 def plan_ckks_parameters(
@@ -108,12 +110,7 @@ def plan_ckks_parameters(
     The ciphertext count follows from the model's parameter count (``chunk_count``); it does not change which
     parameters are feasible, because every slot is bounded by the same B.
     """
-    if not math.isfinite(max_abs_weight) or max_abs_weight <= 0:
-        raise ParameterPlanningError(f"max_abs_weight must be a positive number, got {max_abs_weight}")
-    if max_total_samples < 1:
-        raise ParameterPlanningError(f"max_total_samples must be >= 1, got {max_total_samples}")
-    if not 0 < precision < 1:
-        raise ParameterPlanningError(f"precision must be in (0, 1), got {precision}")
+    check_planning_bounds(max_abs_weight=max_abs_weight, max_total_samples=max_total_samples, precision=precision)
 
     bound = max_total_samples * max(max_abs_weight, 1.0)
     for degree, chain in _CANDIDATES:

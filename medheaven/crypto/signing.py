@@ -12,20 +12,21 @@ the ``ckks`` scheme, but a masked run refuses to start (``require_agreement_keys
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from medheaven.errors import ConfigurationError, SignatureError, UnknownHospitalError
 from medheaven.private_files import check_private_file_mode, write_private_file, write_public_file
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+PublicKey = TypeVar("PublicKey", Ed25519PublicKey, X25519PublicKey)
 
 HOSPITAL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SIGNATURE_BYTES = 64
@@ -70,25 +71,35 @@ def create_hospital_identity(hospital_id: str, out_dir: Path, *, force: bool = F
     return signing_path, verify_path
 
 
-def load_signing_key(path: Path, *, hospital_id: str) -> SigningKey:
+def load_private_pem(path: Path, *, what: str) -> PrivateKeyTypes:
+    """A hospital's private key file (PEM, unencrypted, owner-only); the caller checks the key's type."""
     check_private_file_mode(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{path} is not a PEM Ed25519 signing key ({exc})") from exc
+        raise ConfigurationError(f"{path} is not a PEM {what} ({exc})") from exc
+
+
+def public_key_from_hex(text: str, parse: Callable[[bytes], PublicKey], *, source: str, what: str) -> PublicKey:
+    """A 32-byte public key (Ed25519 or X25519) written as hex, as the ``.hex`` files hospitals send carry it."""
+    try:
+        raw = bytes.fromhex(text.strip())
+        if len(raw) != 32:
+            raise ValueError(f"{len(raw)} bytes, expected 32")
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source}: not a hex {what} ({exc})") from exc
+
+
+def load_signing_key(path: Path, *, hospital_id: str) -> SigningKey:
+    key = load_private_pem(path, what="Ed25519 signing key")
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigurationError(f"{path} holds a {type(key).__name__}, not an Ed25519 signing key")
     return SigningKey(validate_hospital_id(hospital_id), key)
 
 
 def parse_verify_key(text: str, *, source: str) -> Ed25519PublicKey:
-    try:
-        raw = bytes.fromhex(text.strip())
-        if len(raw) != 32:
-            raise ValueError(f"{len(raw)} bytes, expected 32")
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{source}: not a hex Ed25519 verification key ({exc})") from exc
+    return public_key_from_hex(text, Ed25519PublicKey.from_public_bytes, source=source, what="Ed25519 verification key")
 
 
 def agreement_key_path(signing_key: Path, hospital_id: str) -> Path:

@@ -16,7 +16,6 @@ The pipeline, in order::
 """
 
 from medheaven.data.encoding import (
-    FeatureLayout,
     Standardiser,
     SufficientStats,
     encode_features,
@@ -27,6 +26,7 @@ from medheaven.data.loading import get_schema, load_dataset, load_frame, read_ra
 from medheaven.data.partition import describe_partition, split_dataset, write_split
 from medheaven.data.schemas import ALL_SCHEMA_NAMES, GROUP, LABEL, PREPARED, SCHEMA_NAMES, Schema
 from medheaven.data.synthetic import generate_synthetic
+from medheaven.feature_layout import FeatureLayout
 
 __all__ = [
     "ALL_SCHEMA_NAMES",

@@ -10,6 +10,10 @@ Cleaning follows the literature on this file:
   readmitted and are removed, so they do not teach the model that dying prevents readmission.
 * ``age`` brackets such as ``[70-80)`` become their midpoint (75.0), so the model sees the order of age groups.
 * ``diag_1..3`` ICD-9 codes are grouped into the nine chapters used by Strack et al. (plus ``missing``).
+* ``prior_encounters`` (added): how many of the patient's encounters in the same file come before this one, in
+  ``encounter_id`` order (the ids grow with time). It is known at discharge and is computed by each hospital on its
+  own rows, so a federation needs no pooling for it; it counts removed (expired/hospice) encounters too, since they
+  were visits. Later encounters are never counted: that would tell the model a readmission happened.
 * ``patient_nbr`` groups a patient's encounters; it is never a feature.
 """
 
@@ -64,7 +68,10 @@ NUMERIC = (
     "number_inpatient",
     "number_diagnoses",
     "age",
+    "prior_encounters",
 )
+#: The derived feature: encounters of the same patient earlier in the file (see the module docstring).
+PRIOR_ENCOUNTERS = "prior_encounters"
 CATEGORICAL = (
     "race",
     "gender",
@@ -139,14 +146,35 @@ def age_midpoint(values: pd.Series) -> pd.Series:
     return midpoint.astype("object").where(midpoint.notna(), values.astype("object"))
 
 
+def prior_encounters(raw: pd.DataFrame) -> pd.Series:
+    """Per row, the number of the same patient's rows with a smaller ``encounter_id`` (ties keep file order)."""
+    for column in ("encounter_id", "patient_nbr"):
+        if column not in raw.columns:
+            raise SchemaError(
+                f"diabetes130: the file has no {column!r} column, which {PRIOR_ENCOUNTERS!r} is computed from; "
+                "use the original UCI file's columns, or the generic schema for a file of another layout"
+            )
+    ids = pd.to_numeric(raw["encounter_id"], errors="coerce")
+    bad = ids.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in raw.loc[bad, "encounter_id"].head(3))
+        raise SchemaError(
+            f"diabetes130: {int(bad.sum())} encounter_id value(s) are not integers (e.g. {examples}); "
+            f"{PRIOR_ENCOUNTERS!r} orders a patient's encounters by them: fix or remove those rows"
+        )
+    order = pd.DataFrame({"id": ids, "patient": raw["patient_nbr"].astype(str)}).sort_values("id", kind="stable")
+    return order.groupby("patient", sort=False).cumcount().reindex(raw.index).astype(float)
+
+
 def clean_diabetes130(raw: pd.DataFrame) -> pd.DataFrame:
-    """Row filtering and column transforms on the raw file (still as strings); keeps the original row index."""
-    frame = raw
+    """Row filtering and column transforms on the raw file (still as strings); keeps the original row index.
+
+    Needs ``encounter_id`` and ``patient_nbr`` (for ``prior_encounters``): run it before identifiers are dropped."""
+    frame = raw.copy()
+    frame[PRIOR_ENCOUNTERS] = prior_encounters(raw)
     if "discharge_disposition_id" in frame.columns:
         disposition = frame["discharge_disposition_id"].astype("object").str.strip()
         frame = frame.loc[~disposition.isin(EXCLUDED_DISCHARGE)].copy()
-    else:
-        frame = frame.copy()
     if "age" in frame.columns:
         frame["age"] = age_midpoint(frame["age"])
     for column in DIAGNOSIS_COLUMNS:

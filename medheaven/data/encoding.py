@@ -10,10 +10,8 @@ per column), the encrypted vectors are added, and the :class:`Standardiser` is d
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,61 +19,11 @@ import pandas as pd
 
 from medheaven.data.schemas import GROUP, LABEL, MISSING, OTHER, PREPARED, Schema
 from medheaven.errors import DataFileError, SchemaError
+from medheaven.feature_layout import FeatureLayout
 
-LAYOUT_VERSION = 1
 # A standard deviation below this fraction of the column's magnitude is rounding noise from sum-of-squares
 # (or CKKS noise after decryption), not spread: such a column is left unscaled.
 RELATIVE_STD_FLOOR = 1e-6
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    numeric: tuple[str, ...]
-    categorical: tuple[tuple[str, tuple[str, ...]], ...]
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        one_hot = (f"{column}={level}" for column, levels in self.categorical for level in levels)
-        return (*self.numeric, *one_hot)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.numeric) + sum(len(levels) for _, levels in self.categorical)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": LAYOUT_VERSION,
-            "numeric": list(self.numeric),
-            "categorical": [{"column": c, "levels": list(levels)} for c, levels in self.categorical],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureLayout:
-        try:
-            numeric = tuple(str(c) for c in data["numeric"])
-            categorical = tuple(
-                (str(entry["column"]), tuple(str(level) for level in entry["levels"])) for entry in data["categorical"]
-            )
-        except (KeyError, TypeError) as exc:
-            raise SchemaError(
-                f"feature layout is malformed ({exc!r}); regenerate it with `medheaven data split`"
-            ) from exc
-        return cls(numeric=numeric, categorical=categorical)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> FeatureLayout:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise DataFileError(
-                f"feature layout {path} does not exist; it is written by `medheaven data split`"
-            ) from exc
-        except json.JSONDecodeError as exc:
-            raise DataFileError(f"feature layout {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
 
 
 def _feature_kinds(frame: pd.DataFrame, schema: Schema) -> tuple[list[str], list[str]]:

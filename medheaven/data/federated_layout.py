@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medheaven.data.encoding import FeatureLayout
 from medheaven.data.schemas import GROUP, LABEL, OTHER
 from medheaven.errors import SchemaError
+from medheaven.feature_layout import FeatureLayout
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from medheaven.data.encoding import FeatureLayout, encode_features
+from medheaven.data.encoding import encode_features
 from medheaven.data.schemas import GROUP, LABEL
 from medheaven.errors import ConfigurationError, SchemaError
+from medheaven.feature_layout import FeatureLayout
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 
 from medheaven.data.diabetes130 import clean_diabetes130, diabetes130_schema
-from medheaven.data.encoding import FeatureLayout
 from medheaven.data.generic import (
     COMMA_DECIMAL,
     drop_identifier_columns,
@@ -33,6 +30,8 @@ from medheaven.data.generic import (
 from medheaven.data.johns import clean_johns, johns_schema
 from medheaven.data.schemas import DELIMITERS, GROUP, LABEL, MISSING, PREPARED, SCHEMA_NAMES, Schema
 from medheaven.errors import DataFileError, SchemaError, TargetError
+from medheaven.feature_layout import FeatureLayout
+from medheaven.records import read_json_object
 
 # Read everything as text first: only "?" and empty cells are missing, so that "None" (a real level of
 # max_glu_serum and A1Cresult: test not taken) and "NA" survive as values.
@@ -62,25 +61,14 @@ def prepared_schema(schema_file: Path | None = None) -> Schema:
     base = Schema(PREPARED, LABEL, ("1",), GROUP, (), (), (), (), negative_values=("0",))
     if schema_file is None:
         return base
-    data = _read_json(schema_file)
+    remedy = "pass the schema.json or layout.json `medheaven data split` wrote"
+    data = read_json_object(schema_file, what="schema file", remedy=remedy, error=SchemaError)
     if "target" in data:
         # schema.json carries the schema the split was made from next to the prepared one
         written = Schema.from_dict({k: v for k, v in data.items() if k != "source_schema"})
         return replace(base, categorical=written.categorical, numeric=written.numeric)
     layout = FeatureLayout.from_dict(data)
     return replace(base, categorical=tuple(c for c, _ in layout.categorical), numeric=layout.numeric)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SchemaError(f"schema file {path} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"schema file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SchemaError(f"schema file {path} must hold a JSON object")
-    return data
 
 
 #: Bytes of a file the delimiter sniffer reads: enough for a header and a few dozen rows.
@@ -220,11 +208,13 @@ def _preview(columns: pd.Index, limit: int = 12) -> str:
 
 def _clean(raw: pd.DataFrame, schema: Schema, path: Path) -> tuple[pd.DataFrame, Schema]:
     keep = {schema.group_column, schema.target}
+    identifiers = [c for c in schema.identifier_columns if c in raw.columns and c not in keep]
+    if schema.name == "diabetes130":
+        # before the identifiers go: prior_encounters orders a patient's encounters by encounter_id
+        return clean_diabetes130(raw).drop(columns=identifiers), schema
     if schema.name == "generic":
         warn_absent_columns(raw, schema, path=path, console=_stderr)
-    raw = raw.drop(columns=[c for c in schema.identifier_columns if c in raw.columns and c not in keep])
-    if schema.name == "diabetes130":
-        return clean_diabetes130(raw), schema
+    raw = raw.drop(columns=identifiers)
     if schema.name == "johns":
         return clean_johns(raw), schema
     if schema.name == "generic":

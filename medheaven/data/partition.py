@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medheaven.data.encoding import FeatureLayout
 from medheaven.data.schemas import GROUP, LABEL, MISSING, PREPARED, Schema
 from medheaven.errors import ConfigurationError, SchemaError
+from medheaven.feature_layout import FeatureLayout
 
 MIN_HOSPITAL_PATIENTS = 10
 MIN_SHARE_OF_EQUAL = 0.1

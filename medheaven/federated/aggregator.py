@@ -10,8 +10,9 @@ State and its durability:
   per round however often the broker delivers it.
 * If anything fails after the in-memory sum changed but before the ledger was written, the in-memory sum is
   dropped and rebuilt from the ledger on next use.
-* Finalising writes the result envelope, then the manifest with create-only semantics; the manifest's existence
-  is the commit. Receipts for a committed or failed attempt are rejected.
+* Finalising streams the result envelope to the store (``result_spool``), then writes the manifest with
+  create-only semantics; the manifest's existence is the commit. Receipts for a committed or failed attempt are
+  rejected.
 
 Exactly one aggregator process (concurrency 1) serves the ``aggregate`` queue: the in-memory sum is per process.
 """
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medheaven.crypto.codec import PublicKeys, aggregator_codec, public_keys_from_bytes
@@ -42,8 +46,9 @@ from medheaven.federated.fold import Accumulator, fold_update
 from medheaven.federated.ledger import AttemptTombstone, EntryStatus, FoldOutcome, FoldStatus, Ledger, LedgerEntry
 from medheaven.federated.paths import CONTEXT_KEY, REGISTRY_KEY, RunPaths
 from medheaven.federated.phase import Phase
-from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
-from medheaven.federated.round_policy import Verdict, decide, lateness
+from medheaven.federated.protocol import envelope_limits, expectation
+from medheaven.federated.result_spool import SpooledResult, spool_result
+from medheaven.federated.round_policy import Dropout, Verdict, decide, lateness
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, Manifest, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
 
@@ -60,6 +65,19 @@ class _RoundState:
         return self.ledger.folded_hospitals
 
 
+def _entry(receipt: Receipt, status: EntryStatus, **outcome: Any) -> LedgerEntry:
+    """The ledger's record of a verified answer: what the receipt says, plus the outcome's own fields."""
+    return LedgerEntry(
+        hospital=receipt.hospital,
+        status=status,
+        at=time.time(),
+        key=receipt.key,
+        sha256=receipt.sha256,
+        completed_at=receipt.completed_at,
+        **outcome,
+    )
+
+
 def _reason(exc: MedHeavenError) -> str:
     return str(getattr(exc, "reason", type(exc).__name__))
 
@@ -67,8 +85,17 @@ def _reason(exc: MedHeavenError) -> str:
 class AggregatorNode:
     """Holds the public context and the registry only; it is typed so that it cannot be given a secret key."""
 
-    def __init__(self, store: Store, *, expected_fingerprint: str | None = None, keep_updates: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        expected_fingerprint: str | None = None,
+        keep_updates: bool = True,
+        spool_folder: Path | None = None,
+    ) -> None:
         self.store = store
+        #: where a finalise writes the serialised sum before the store (``result_spool``); None: the temp folder
+        self.spool_folder = spool_folder
         self.keep_updates = keep_updates
         self.expected_fingerprint = expected_fingerprint
         self._context: PublicKeys | None = None
@@ -269,14 +296,10 @@ class AggregatorNode:
             self._rounds.pop((spec.run, spec.kind, spec.round), None)
             raise
         fold_seconds = time.perf_counter() - clock
-        entry = LedgerEntry(
-            hospital=receipt.hospital,
-            status=EntryStatus.FOLDED,
-            at=time.time(),
-            key=receipt.key,
-            sha256=receipt.sha256,
+        entry = _entry(
+            receipt,
+            EntryStatus.FOLDED,
             size=receipt.size,
-            completed_at=receipt.completed_at,
             metrics=receipt.metrics,
             privacy=receipt.privacy,
             timings={**receipt.timings, "fold": fold_seconds},
@@ -318,23 +341,26 @@ class AggregatorNode:
         """A verified answer refused: recorded in the ledger (and so in the manifest or failure record)."""
         spec = state.spec
         log.warning("rejected update of %r for %s round %s: %s", receipt.hospital, spec.kind, spec.round, message)
-        entry = LedgerEntry(
-            hospital=receipt.hospital,
-            status=EntryStatus.REJECTED,
-            at=time.time(),
-            key=receipt.key,
-            sha256=receipt.sha256,
-            completed_at=receipt.completed_at,
-            reason=reason,
-            message=message,
-        )
+        entry = _entry(receipt, EntryStatus.REJECTED, reason=reason, message=message)
         state.ledger = state.ledger.with_entry(entry)
         self._write_ledger(state)
         return FoldOutcome(FoldStatus.REJECTED, receipt.hospital, spec.round, reason, message).to_dict()
 
-    def finalise(self, run: str, kind: Phase | str, round_number: int, attempt: int) -> dict[str, Any]:
-        """Commit the round if the quorum was folded; otherwise record the failure. Idempotent."""
+    def finalise(
+        self,
+        run: str,
+        kind: Phase | str,
+        round_number: int,
+        attempt: int,
+        dropouts: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Commit the round if the quorum was folded; otherwise record the failure. Idempotent.
+
+        ``dropouts``: hospitals the coordinator knows gone (``round_policy.Dropout`` values), so that the policy
+        names why a masked attempt is abandoned. They can only close an attempt the aggregator closes anyway (a
+        finalise never commits an incomplete cohort), so whoever sends them gains nothing over sending a finalise."""
         kind = Phase(kind)  # the task's argument arrives as the phase's name
+        gone = _parse_dropouts(dropouts or {}, run=run, kind=kind, round_number=round_number)
         paths = RunPaths(run)
         manifest_key = paths.manifest(kind, round_number)
         if self.store.exists(manifest_key):
@@ -344,7 +370,7 @@ class AggregatorNode:
         if spec.attempt != attempt:
             raise RoundMismatchError(f"finalise asked for attempt {attempt}, the open attempt is {spec.attempt}")
         state = self._state(spec)
-        decision = decide(spec, state.ledger, time.time(), closing=True)
+        decision = decide(spec, state.ledger, time.time(), gone=gone, closing=True)
         if decision.verdict is not Verdict.COMMIT:
             ledger = state.ledger
             members = spec.cohort or spec.hospitals
@@ -374,10 +400,13 @@ class AggregatorNode:
                 f"model is untouched; resume with `medheaven-coordinator resume --run-id {run}`"
             )
         clock = time.perf_counter()
-        data = self._result_bytes(state)
         result_key = paths.result(kind, round_number)
-        # not yet committed (no manifest), so a result left by a crashed finalise may be replaced
-        self.store.put(result_key, data)
+        # Streamed: the sum goes chunk by chunk into a file and from there to the store, so the serialised sum is
+        # never in memory next to the ciphertexts (result_spool.py says why freeing those would not help, and why a
+        # failure anywhere here leaves the in-memory sum intact for a retry). Not yet committed (no manifest), so a
+        # result left by a crashed or failed finalise may be replaced.
+        with self._spool_result(state) as spooled:
+            self.store.put_file(result_key, spooled.file)
         manifest = Manifest(
             run=run,
             round=round_number,
@@ -385,11 +414,11 @@ class AggregatorNode:
             kind=kind,
             base_sha256=spec.base_sha256,
             result_key=result_key,
-            result_sha256=sha256_hex(data),
-            result_size=len(data),
+            result_sha256=spooled.sha256,
+            result_size=spooled.size,
             selected=spec.hospitals,
-            folded=tuple(entry.to_dict() for entry in state.ledger.folded),
-            rejected=tuple(entry.to_dict() for entry in state.ledger.rejected),
+            folded=state.ledger.folded,
+            rejected=state.ledger.rejected,
             quorum=spec.quorum,
             opened_at=spec.opened_at,
             deadline=spec.deadline,
@@ -405,7 +434,7 @@ class AggregatorNode:
         log.info("committed %s round %s of %s with %s", kind, round_number, run, manifest.participants)
         return {"status": "committed", "round": round_number, "sha256": manifest.result_sha256}
 
-    def _result_bytes(self, state: _RoundState) -> bytearray:
+    def _spool_result(self, state: _RoundState) -> AbstractContextManager[SpooledResult]:
         spec = state.spec
         description = self.run(spec.run)
         result = Envelope(
@@ -423,4 +452,15 @@ class AggregatorNode:
             chunks=(),
         )
         accumulator = state.accumulator
-        return result.pack_streaming(accumulator.iter_chunks(), accumulator.chunk_count)
+        return spool_result(result, accumulator.iter_chunks(), accumulator.chunk_count, folder=self.spool_folder)
+
+
+def _parse_dropouts(raw: Mapping[str, str], *, run: str, kind: Phase, round_number: int) -> dict[str, Dropout]:
+    try:
+        return {str(h): Dropout(why) for h, why in dict(raw).items()}
+    except (TypeError, ValueError):
+        known = ", ".join(d.value for d in Dropout)
+        raise RoundMismatchError(
+            f"finalise of {kind} round {round_number} of {run!r} named dropouts {dict(raw)!r}: each must be one of "
+            f"{known}; send the finalise again from a coordinator of this version"
+        ) from None

@@ -34,7 +34,7 @@ from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import sha256_hex
 from medheaven.federated.release import released_metrics
-from medheaven.federated.results import committed_average, committed_manifest, open_committed
+from medheaven.federated.results import committed_average, committed_standardiser
 from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import PLAINTEXT_FINGERPRINT, LocalTraining, Receipt, RoundSpec, RunDescription
 from medheaven.store.base import Store
@@ -115,11 +115,11 @@ class HospitalNode:
 
     def _data(self, cache: _RunCache) -> HospitalData:
         if cache.data is None:
-            from medheaven.data import FeatureLayout, prepare_hospital_data
+            from medheaven.data import prepare_hospital_data
 
             if self._frame is None:
                 self._frame = self.reader(self.data_path)
-            layout = FeatureLayout.from_dict(cache.description.layout)
+            layout = cache.description.layout
             cache.data = prepare_hospital_data(
                 self._frame, layout, validation_fraction=self.validation_fraction, seed=self.seed
             )
@@ -232,12 +232,7 @@ class HospitalNode:
     def standardiser(self, run: str) -> Standardiser:
         cache = self._run(run)
         if cache.standardiser is None:
-            from medheaven.data import Standardiser, SufficientStats
-
-            manifest = committed_manifest(self.store, run, kind=Phase.STATS, round_number=0)
-            summed = open_committed(self.store, cache.description, self.secret, manifest)
-            # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
-            cache.standardiser = Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
+            cache.standardiser = committed_standardiser(self.store, cache.description, self.secret)
         return cache.standardiser
 
     def _prepared(self, cache: _RunCache) -> dict[str, np.ndarray]:
@@ -272,10 +267,32 @@ class HospitalNode:
                 f"{planned_feature_bound(largest):g}` (or MEDHEAVEN_MAX_ABS_FEATURE, or `max_abs_feature` in the "
                 "demo's schema file), otherwise fix the unit error in the data file"
             )
-        vector = SufficientStats.of(data.train_x).to_vector()
+        vector = cache.description.stats_upload(SufficientStats.of(data.train_x).to_vector())
         key, digest, size, _ = self._upload(cache.description, spec, vector)
         timings = {"total": time.perf_counter() - started}
-        return self._receipt(spec, key, digest, size, {}, timings)
+        return self._receipt(spec, key, digest, size, {}, timings, privacy=self._budget_standing(cache, spec))
+
+    def _privacy_ledger(self, run: str) -> Path:
+        """This hospital's spent-ε ledger for ``run``, next to its data (it never leaves the hospital)."""
+        return self.data_path.parent / ".privacy" / f"{self.hospital_id}-{run}.json"
+
+    def _budget_standing(self, cache: _RunCache, spec: RoundSpec) -> dict[str, float]:
+        """Under DP-SGD, the statistics receipt says what this hospital has spent and what round 1 would bring it to
+        (``privacy.local.budget_standing``); empty without DP."""
+        from medheaven.privacy.local import budget_standing, plan_round
+
+        training, data = spec.training, self._data(cache)
+        if training.dp is None or data.train_groups is None:
+            return {}
+        entry = plan_round(
+            data.train_groups,
+            dp=training.dp,
+            planned_rounds=training.planned_rounds,
+            epochs=training.private_epochs,
+            batch_patients=training.batch_patients,
+            round_number=1,
+        )
+        return budget_standing(self._privacy_ledger(spec.run), entry, dp=training.dp)
 
     def initial_model(self, run: str) -> tuple[bytes, str]:
         """Round 0: the deterministic initial weights, encrypted as a global model with total weight 1."""
@@ -385,7 +402,7 @@ class HospitalNode:
 
         training, data, prepared = spec.training, self._data(cache), self._prepared(cache)
         assert training.dp is not None and data.train_groups is not None
-        ledger = self.data_path.parent / ".privacy" / f"{self.hospital_id}-{spec.run}.json"
+        ledger = self._privacy_ledger(spec.run)
         done = train_private(
             model,
             prepared["train_x"],

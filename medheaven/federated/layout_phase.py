@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from medheaven.federated.hospital import HospitalNode
-from medheaven.federated.phase import Phase
-from medheaven.federated.results import committed_manifest, open_committed
+from medheaven.federated.results import committed_statistics
 from medheaven.federated.wire import Receipt, RoundSpec
 
 #: The layout phase's own run id: ``<run>.layout`` (RUN_ID allows '.'), so its records never mix with the run's.
@@ -43,25 +42,23 @@ def propose_levels(node: HospitalNode, min_patients: int) -> dict[str, Any]:
 
 def encrypt_level_counts(node: HospitalNode, spec: RoundSpec) -> Receipt:
     """Encrypt the per-candidate-level patient counts (as sufficient statistics of 0/1 indicators) and upload."""
-    from medheaven.data import FeatureLayout, SufficientStats
+    from medheaven.data import SufficientStats
     from medheaven.data.federated_layout import patient_indicators
 
     started = time.perf_counter()
     cache = node._run(spec.run)
-    indicators = patient_indicators(_frame(node), FeatureLayout.from_dict(cache.description.layout))
-    vector = SufficientStats.of(indicators).to_vector()
+    indicators = patient_indicators(_frame(node), cache.description.layout)
+    vector = cache.description.stats_upload(SufficientStats.of(indicators).to_vector())
     key, digest, size, _ = node._upload(cache.description, spec, vector)
     return node._receipt(spec, key, digest, size, {}, {"total": time.perf_counter() - started})
 
 
 def decide_layout(node: HospitalNode, layout_run: str, threshold: int) -> dict[str, Any]:
     """Key holders only: decrypt the summed counts here and return the layout they decide (no counts)."""
-    from medheaven.data import FeatureLayout
     from medheaven.data.federated_layout import final_layout
 
     description = node._run(layout_run).description
-    manifest = committed_manifest(node.store, layout_run, kind=Phase.STATS, round_number=0)
-    summed = open_committed(node.store, description, node.secret, manifest)
+    summed = committed_statistics(node.store, description, node.secret)
     totals = np.split(np.asarray(summed, dtype=np.float64), 3)[1]  # count | sum | sum of squares: sum = patients
-    candidates = FeatureLayout.from_dict(description.layout)
+    candidates = description.layout
     return final_layout(candidates, totals, threshold=threshold).to_dict()

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from medheaven.federated.phase import Phase
+from medheaven.records import decode_record
 
 
 class EntryStatus(Enum):
@@ -39,7 +40,7 @@ class FoldStatus(Enum):
 class LedgerEntry:
     hospital: str
     status: EntryStatus
-    at: float  # when the aggregator decided (unix time)
+    at: float = 0.0  # when the aggregator decided (unix time); 0 in entries written before it was kept
     key: str = ""
     sha256: str = ""
     size: int = 0
@@ -77,20 +78,24 @@ class LedgerEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, default: EntryStatus) -> LedgerEntry:
         status = EntryStatus(data.get("status", default.value))
-        return cls(
-            hospital=str(data["hospital"]),
+        at = "folded_at" if status is EntryStatus.FOLDED else "at"
+        return decode_record(
+            cls,
+            data,
+            what=f"ledger entry of hospital {data.get('hospital')!r}",
+            keys={"at": at},
             status=status,
-            at=float(data.get("folded_at" if status is EntryStatus.FOLDED else "at", 0.0)),
-            key=str(data.get("key", "")),
-            sha256=str(data.get("sha256", "")),
-            size=int(data.get("size", 0)),
-            completed_at=float(data.get("completed_at", 0.0)),
-            metrics={str(k): float(v) for k, v in dict(data.get("metrics", {})).items()},
-            timings={str(k): float(v) for k, v in dict(data.get("timings", {})).items()},
-            reason=str(data.get("reason", "")),
-            message=str(data.get("message", "")),
-            privacy={str(k): float(v) for k, v in dict(data.get("privacy", {})).items()},
         )
+
+
+def entries_of(data: dict[str, Any], status: EntryStatus) -> tuple[LedgerEntry, ...]:
+    """The entries of one status a stored record lists under that status' name (absent: none)."""
+    return tuple(LedgerEntry.from_dict(e, default=status) for e in data.get(status.value, []))
+
+
+def ledger_entries(data: dict[str, Any]) -> tuple[tuple[LedgerEntry, ...], tuple[LedgerEntry, ...]]:
+    """The folded and the rejected entries a stored ledger or manifest lists (absent: none)."""
+    return entries_of(data, EntryStatus.FOLDED), entries_of(data, EntryStatus.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -139,15 +144,8 @@ class Ledger:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ledger:
-        return cls(
-            run=str(data["run"]),
-            kind=Phase(data["kind"]),
-            round=int(data["round"]),
-            attempt=int(data["attempt"]),
-            folded=tuple(LedgerEntry.from_dict(e, default=EntryStatus.FOLDED) for e in data.get("folded", [])),
-            rejected=tuple(LedgerEntry.from_dict(e, default=EntryStatus.REJECTED) for e in data.get("rejected", [])),
-            noise=int(data.get("noise", 0)),
-        )
+        folded, rejected = ledger_entries(data)
+        return decode_record(cls, data, what="round ledger", folded=folded, rejected=rejected)
 
     @classmethod
     def empty(cls, run: str, kind: Phase, round_number: int, attempt: int) -> Ledger:
@@ -168,9 +166,9 @@ class AttemptTombstone:
     kind: str
     round: int
     attempt: int
-    quorum: int
-    reason: str
-    at: float
+    quorum: int = 0
+    reason: str = ""
+    at: float = 0.0
     folded: tuple[str, ...] = ()
     rejected: tuple[LedgerEntry, ...] = ()
     missing: tuple[str, ...] = ()  # cohort (or selected) members with no verified answer
@@ -198,21 +196,8 @@ class AttemptTombstone:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptTombstone:
-        return cls(
-            run=str(data["run"]),
-            kind=str(data["kind"]),
-            round=int(data["round"]),
-            attempt=int(data["attempt"]),
-            quorum=int(data.get("quorum", 0)),
-            reason=str(data.get("reason", "")),
-            at=float(data.get("at", 0.0)),
-            folded=tuple(str(h) for h in data.get("folded", [])),
-            rejected=tuple(LedgerEntry.from_dict(e, default=EntryStatus.REJECTED) for e in data.get("rejected", [])),
-            missing=tuple(str(h) for h in data.get("missing", [])),
-            cohort=tuple(str(h) for h in data.get("cohort", [])),
-            uploaded=tuple(str(h) for h in data.get("uploaded", [])),
-            noise=int(data.get("noise", 0)),
-        )
+        # its "folded" lists hospital names, not entries: only the rejected list holds ledger entries
+        return decode_record(cls, data, what="attempt failure record", rejected=entries_of(data, EntryStatus.REJECTED))
 
 
 @dataclass(frozen=True)
@@ -220,8 +205,8 @@ class FoldOutcome:
     """The result of one fold task (msgpack over the result backend): small, no envelope, no secret."""
 
     status: FoldStatus
-    hospital: str
-    round: int
+    hospital: str = ""
+    round: int = 0
     reason: str = ""
     message: str = ""
     fold_seconds: float = 0.0
@@ -236,11 +221,4 @@ class FoldOutcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FoldOutcome:
-        return cls(
-            status=FoldStatus(data["status"]),
-            hospital=str(data.get("hospital", "")),
-            round=int(data.get("round", 0)),
-            reason=str(data.get("reason", "")),
-            message=str(data.get("message", "")),
-            fold_seconds=float(data.get("fold_seconds", 0.0)),
-        )
+        return decode_record(cls, data, what="fold outcome")

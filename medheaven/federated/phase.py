@@ -66,15 +66,17 @@ class Phase(StrEnum):
     def vector_length(self, run: RunDescription) -> int:
         """Length of every envelope of the phase (the uploads and the committed sum)."""
         if self is Phase.STATS:
-            from medheaven.data import FeatureLayout  # pandas; only the statistics phase needs the layout
-
-            return 3 * FeatureLayout.from_dict(run.layout).n_features
+            features = run.layout.n_features
+            return 3 * features if run.stats_lanes is None else run.stats_lanes.vector_length(features)
         return run.vector_length
 
     def scale_bits(self, run: RunDescription) -> int:
-        """CKKS scale of the phase's ciphertexts: sums of squares need a smaller scale so they fit the modulus
-        (``packing.stats_scale_bits``); weights use the run's scale. Plaintext runs carry 0 (see ``protocol``)."""
+        """Scale of the phase's ciphertexts: sums of squares need a smaller scale so they fit the modulus
+        (``packing.stats_scale_bits``), or, in the two-limb layout (``bfv_planning.StatsLanes``), integer lanes at
+        scale 0 that carry their own step; weights use the run's scale. Plaintext runs carry 0 (see ``protocol``)."""
         if self is Phase.STATS:
+            if run.stats_lanes is not None:
+                return 0
             from medheaven.crypto.packing import stats_scale_bits
 
             return stats_scale_bits(run.params, max_abs_feature=run.max_abs_feature)

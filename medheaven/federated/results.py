@@ -6,6 +6,8 @@ header names this run, round, base model and key set, and it decrypts under the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from medheaven.crypto.codec import SecretKeys, hospital_codec
@@ -17,6 +19,9 @@ from medheaven.federated.phase import Phase
 from medheaven.federated.protocol import envelope_limits, expectation, sha256_hex
 from medheaven.federated.wire import Manifest, RoundSpec, RunDescription
 from medheaven.store.base import Store
+
+if TYPE_CHECKING:
+    from medheaven.data import Standardiser
 
 
 def last_committed_round(store: Store, run: str) -> int:
@@ -91,3 +96,19 @@ def committed_average(
     summed = open_committed(store, description, secret, manifest)
     weights, total = unpack_average(summed, exact=description.scheme.exact)
     return weights, total, manifest
+
+
+def committed_statistics(store: Store, description: RunDescription, secret: SecretKeys | None) -> np.ndarray:
+    """The committed statistics phase as ``[counts, sums, squares]`` per feature, whatever lane layout the run
+    was written in (``RunDescription.stats_from_sum``: the two-limb lanes are recombined exactly)."""
+    manifest = committed_manifest(store, description.run, kind=Phase.STATS, round_number=0)
+    return description.stats_from_sum(open_committed(store, description, secret, manifest))
+
+
+def committed_standardiser(store: Store, description: RunDescription, secret: SecretKeys | None) -> Standardiser:
+    """The federated standardiser of a run, from the sum of every hospital's sufficient statistics."""
+    from medheaven.data import Standardiser, SufficientStats  # pandas; only the statistics need it
+
+    summed = committed_statistics(store, description, secret)
+    # counts and sums are integers or sums of exact feature values; CKKS noise is far below their resolution
+    return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))

@@ -10,16 +10,18 @@ model) never turns on-time work into late work. While an on-time update is uploa
 waits for it past the deadline, for at most ``BACKLOG_GRACE`` seconds.
 
 Masked attempts (``spec.cohort`` non-empty, the pairwise-masked scheme): the masks of an attempt cancel only in the
-sum over its *whole* cohort, so an attempt commits only when every cohort member is folded, and fails as soon as one
-of them cannot be (refused, crashed, or silent at the deadline). A dropout is recovered by a **fresh attempt among the
-survivors**, never by completing or re-using the failed attempt; ``cohort_violations`` is the rule that keeps that
+sum over its *whole* cohort, so an attempt commits only when every cohort member is folded. It is **abandoned** the
+moment that is known to be impossible and nothing else is pending: a member refused by the aggregator, or one the
+caller knows gone (``Dropout``: its task failed, its worker died with it, it refused at its privacy budget) while
+every other member has answered. It **fails** at the deadline when a member is still silent. A dropout is recovered
+by a **fresh attempt among the survivors**, never by completing or re-using the failed attempt; ``cohort_violations`` is the rule that keeps that
 recovery from revealing the dropped hospital's update (the argument is in docs/architecture.md,
 "Dropouts"). The quorum still bounds how small a cohort may become.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -39,6 +41,24 @@ class Verdict(Enum):
     COMMIT = "commit"
     FAIL = "fail"
     WAIT = "wait"
+    #: masked only: the attempt can never commit (a cohort member is known gone) and nobody else is pending, so it is
+    #: closed now, before its deadline, and the caller opens a fresh attempt among the survivors
+    ABANDON = "abandon"
+
+    @property
+    def closes(self) -> bool:
+        """The attempt is closed without a commit (a tombstone follows)."""
+        return self in {Verdict.FAIL, Verdict.ABANDON}
+
+
+class Dropout(Enum):
+    """Why a hospital is known not to answer an attempt, as its caller sees it (the values are the wire strings the
+    coordinator sends with a finalise, and what the tombstone's reason names)."""
+
+    REFUSED = "refused"  # the aggregator verified its answer and refused it (the ledger says so)
+    FAILED = "failed"  # its task ended with an error
+    LOST = "worker lost"  # its worker's liveness lease expired while it ran the task
+    BUDGET_SPENT = "budget spent"  # it refused to train: one more round would exceed its privacy budget
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,8 @@ class Decision:
     reason: str
     folded: tuple[str, ...]
     outstanding: tuple[str, ...]  # selected hospitals with no verified answer yet
+    #: cohort members that make a masked attempt impossible to commit, with why (ABANDON and FAIL of a masked attempt)
+    dropouts: tuple[tuple[str, Dropout], ...] = ()
 
 
 def decide(
@@ -55,18 +77,36 @@ def decide(
     now: float,
     *,
     on_time_pending: Iterable[str] = (),
+    gone: Mapping[str, Dropout] | None = None,
     closing: bool = False,
 ) -> Decision:
-    """Commit, fail or wait.
+    """Commit, fail, abandon or wait.
 
     ``on_time_pending``: hospitals whose update is known to have been complete before the deadline but is not in the
-    ledger yet (the coordinator sees their receipts). ``closing``: the caller closes the attempt now (the
-    aggregator's finalise), so the answer is never ``WAIT``.
+    ledger yet (the coordinator sees their receipts). ``gone``: hospitals known not to answer this attempt and why
+    (the coordinator sees their tasks; a folded hospital is never gone). ``closing``: the caller closes the attempt
+    now (the aggregator's finalise), so the answer is never ``WAIT``.
     """
     folded = tuple(h for h in spec.hospitals if h in ledger.folded_hospitals)
     outstanding = tuple(h for h in spec.hospitals if h not in ledger.answered)
+    known_gone = {h: why for h, why in (gone or {}).items() if h in spec.hospitals and h not in ledger.answered}
     if spec.cohort:
-        return _decide_masked(spec, ledger, now, folded, outstanding, on_time_pending, closing=closing)
+        return _decide_masked(spec, ledger, now, folded, outstanding, on_time_pending, known_gone, closing=closing)
+    # an unmasked round does not wait for a hospital that will not answer: it may commit, or fail, sooner
+    outstanding_live = tuple(h for h in outstanding if h not in known_gone)
+    return _decide_unmasked(spec, now, folded, outstanding, outstanding_live, on_time_pending, closing=closing)
+
+
+def _decide_unmasked(
+    spec: RoundSpec,
+    now: float,
+    folded: tuple[str, ...],
+    outstanding: tuple[str, ...],
+    live: tuple[str, ...],
+    on_time_pending: Iterable[str],
+    *,
+    closing: bool,
+) -> Decision:
     quorum_met = len(folded) >= spec.quorum
 
     def closed(why: str) -> Decision:
@@ -74,12 +114,12 @@ def decide(
             return Decision(Verdict.COMMIT, f"{why}; {len(folded)} folded, quorum {spec.quorum}", folded, outstanding)
         return Decision(Verdict.FAIL, f"{why}; only {len(folded)} folded, quorum is {spec.quorum}", folded, outstanding)
 
-    if not outstanding:
-        return closed("every selected hospital has answered")
-    if len(folded) + len(outstanding) < spec.quorum:
-        why = f"quorum {spec.quorum} can no longer be reached: {len(folded)} folded, {len(outstanding)} outstanding"
+    if not live:
+        return closed("every selected hospital has answered" if not outstanding else "no other hospital can answer")
+    if len(folded) + len(live) < spec.quorum:
+        why = f"quorum {spec.quorum} can no longer be reached: {len(folded)} folded, {len(live)} outstanding"
         return Decision(Verdict.FAIL, why, folded, outstanding)
-    wait = None if closing else _wait_reason(spec, outstanding, now, on_time_pending)
+    wait = None if closing else _wait_reason(spec, live, now, on_time_pending)
     if wait is not None:
         return Decision(Verdict.WAIT, wait, folded, outstanding)
     return closed("the attempt is being closed" if closing else "the deadline has passed")
@@ -104,27 +144,44 @@ def _decide_masked(
     folded: tuple[str, ...],
     outstanding: tuple[str, ...],
     on_time_pending: Iterable[str],
+    gone: Mapping[str, Dropout],
     *,
     closing: bool,
 ) -> Decision:
-    """A masked attempt is all or nothing: its sum means something only with every cohort member's masks in it."""
+    """A masked attempt is all or nothing: its sum means something only with every cohort member's masks in it.
+
+    Abandoning waits for the members still working (not for the deadline): each of them either folds or is known
+    gone, so the tombstone then names every member's fate and the fresh attempt can be judged at once. Abandoning
+    while one of them trains would make it refuse to upload into the closed attempt and look like one more dropout.
+    """
     missing = tuple(h for h in spec.cohort if h not in ledger.folded_hospitals)
-    refused = tuple(h for h in missing if h in ledger.rejected_hospitals)
+    doomed = tuple(
+        (h, Dropout.REFUSED if h in ledger.rejected_hospitals else gone[h])
+        for h in missing
+        if h in ledger.rejected_hospitals or h in gone
+    )
+    working = tuple(h for h in missing if h not in dict(doomed))
     if not missing and len(folded) >= spec.quorum:
         why = f"every cohort member folded ({len(folded)} hospitals, quorum {spec.quorum})"
         return Decision(Verdict.COMMIT, why, folded, outstanding)
     if not missing:  # a cohort smaller than the quorum is never opened
         why = f"the whole cohort of {len(folded)} folded, but the quorum is {spec.quorum}"
         return Decision(Verdict.FAIL, why, folded, outstanding)
-    wait = None if closing or refused else _wait_reason(spec, outstanding, now, on_time_pending)
+    lost = ", ".join(f"{h} {why.value}" for h, why in doomed)
+    if doomed and not working:
+        why = (
+            f"cohort incomplete: {lost}, and every other member has answered, so this masked attempt's sum can "
+            "never be unmasked: abandoned now, a fresh attempt follows among the survivors"
+        )
+        return Decision(Verdict.ABANDON, why, folded, outstanding, doomed)
+    wait = None if closing else _wait_reason(spec, working, now, on_time_pending)
     if wait is not None:
-        return Decision(Verdict.WAIT, wait, folded, outstanding)
-    why = (
-        f"cohort incomplete: {', '.join(refused)} refused, so this masked attempt's sum can never be unmasked"
-        if refused
-        else f"cohort incomplete: no folded update from {', '.join(outstanding)}"
-    )
-    return Decision(Verdict.FAIL, why, folded, outstanding)
+        if doomed:
+            wait = f"cohort incomplete ({lost}); {wait}, so that the fresh attempt knows who uploaded"
+        return Decision(Verdict.WAIT, wait, folded, outstanding, doomed)
+    silent = f"no folded update from {', '.join(working)}"
+    why = f"cohort incomplete: {f'{lost}; ' if doomed else ''}{silent}"
+    return Decision(Verdict.FAIL, why, folded, outstanding, doomed)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from medheaven.errors import ConfigurationError
+from medheaven.records import decode_record, encode_record
 
 SERVER_OPTIMISER_FORMAT = 1
 
@@ -45,6 +46,9 @@ class ServerOptimiserKind(enum.Enum):
     FEDAVG = "fedavg"
     FEDAVGM = "fedavgm"
     FEDADAM = "fedadam"
+
+
+_STORED_FIELDS = ("learning_rate", "momentum", "beta_2", "tau")  # all written, so all must be read back
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,7 @@ class ServerOptimiser:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SERVER_OPTIMISER_FORMAT,
-            "kind": self.kind.value,
-            "learning_rate": self.learning_rate,
-            "momentum": self.momentum,
-            "beta_2": self.beta_2,
-            "tau": self.tau,
-        }
+        return {"format": SERVER_OPTIMISER_FORMAT, **encode_record(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServerOptimiser:
@@ -116,13 +113,7 @@ class ServerOptimiser:
             kind = ServerOptimiserKind(str(data["kind"]))
         except ValueError as exc:
             raise ConfigurationError(f"server_optimiser kind {data['kind']!r} is unknown") from exc
-        return cls(
-            kind=kind,
-            learning_rate=float(data["learning_rate"]),
-            momentum=float(data["momentum"]),
-            beta_2=float(data["beta_2"]),
-            tau=float(data["tau"]),
-        )
+        return decode_record(cls, data, what="server_optimiser", required=_STORED_FIELDS, kind=kind)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def verify_round(store: Store, secret: SecretKeys | None, run: str, round_number
         return _verify_exact(store, codec, description, manifest)
     plain_sum = np.zeros(description.vector_length)
     for entry in manifest.folded:
-        envelope = _envelope(store, description, str(entry["key"]), str(entry["sha256"]))
+        envelope = _envelope(store, description, entry.key, entry.sha256)
         plain_sum += codec.decode_sum(envelope.chunks, length=envelope.length, scale_bits=envelope.scale_bits)
     reference, reference_total = unpack_average(plain_sum)
     result = _envelope(store, description, manifest.result_key, manifest.result_sha256)
@@ -75,7 +75,7 @@ def _verify_exact(
     length = description.vector_length
     residues = np.zeros(length, dtype=np.uint64)
     for entry in manifest.folded:
-        envelope = _envelope(store, description, str(entry["key"]), str(entry["sha256"]))
+        envelope = _envelope(store, description, entry.key, entry.sha256)
         residues += codec.decode_residues(envelope.chunks, length=envelope.length)  # wraps mod 2^64; t divides it
     np.bitwise_and(residues, modulus_mask, out=residues)
     result = _envelope(store, description, manifest.result_key, manifest.result_sha256)

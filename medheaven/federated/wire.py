@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import numpy as np
 
+from medheaven.crypto.bfv_planning import StatsLanes
 from medheaven.crypto.codec import Parameters, Scheme, parameters_from_dict
 from medheaven.errors import ConfigurationError, EnvelopeFormatError, EnvelopeSizeError, SignatureError
+from medheaven.feature_layout import FeatureLayout
+from medheaven.federated.ledger import LedgerEntry, ledger_entries
 from medheaven.federated.phase import Phase
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
 from medheaven.privacy.config import DpConfig
+from medheaven.records import decode_record, encode_record, typed_field
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
 MAX_RECEIPT_FIELDS = 32
+_TRAINING_REQUIRED = ("epochs", "batch_size", "learning_rate", "optimizer")  # the rest has defaults older runs lack
+_ENTRIES = ("folded", "rejected")
 #: Domain separation of receipt signatures from envelope signatures (same Ed25519 hospital key, distinct messages).
 RECEIPT_DOMAIN = b"medheaven/receipt/v1\x00"
 
@@ -69,21 +76,12 @@ class LocalTraining:
         return self.dp is None or self.dp.release_metrics
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["dp"] = self.dp.to_dict() if self.dp is not None else None
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalTraining:
-        return cls(
-            epochs=int(data["epochs"]),
-            batch_size=int(data["batch_size"]),
-            learning_rate=float(data["learning_rate"]),
-            optimizer=str(data["optimizer"]),
-            lr_decay=float(data.get("lr_decay", 1.0)),
-            dp=DpConfig.from_dict(data["dp"]) if data.get("dp") else None,
-            planned_rounds=int(data.get("planned_rounds", 1)),
-        )
+        dp = DpConfig.from_dict(data["dp"]) if data.get("dp") else None  # {} and null both mean no DP
+        return decode_record(cls, data, what="local training settings", required=_TRAINING_REQUIRED, dp=dp)
 
 
 @dataclass(frozen=True)
@@ -94,14 +92,17 @@ class RunDescription:
     model: ModelSpec
     params: Parameters
     fingerprint: str
-    layout: dict[str, Any]
+    layout: FeatureLayout
     plaintext: bool = False
     max_abs_feature: float = 1000.0
-    test_data: str | None = None
     #: the server step hospitals apply to each decrypted average (medheaven.federated.server_optimiser); plain FedAvg
     #: is written as format 1 without the field, so descriptions of earlier runs read unchanged and plain runs stay
     #: readable by earlier versions, while a run with a server step is format 2, which earlier readers must refuse
     server: ServerOptimiser = field(default_factory=ServerOptimiser)
+    #: how the statistics phase lays out its lanes (``bfv_planning.StatsLanes``: counts, sums and squares in two
+    #: limbs). None: one lane per statistic at ``packing.stats_scale_bits`` (ckks, plaintext, and bfv-masked runs
+    #: created before the two-lane layout, which stay readable as they were written)
+    stats_lanes: StatsLanes | None = None
 
     @property
     def scheme(self) -> Scheme:
@@ -115,6 +116,15 @@ class RunDescription:
         """Flat weights plus the spare slot holding the (scaled) sample count."""
         return self.model.parameter_count() + 1
 
+    def stats_upload(self, stats: np.ndarray) -> np.ndarray:
+        """A hospital's ``[counts, sums, squares]`` (``SufficientStats.to_vector``) as the statistics phase sends it
+        in this run: the two-limb lanes if it has them, else as is (``Phase.vector_length`` follows the same rule)."""
+        return stats if self.stats_lanes is None else self.stats_lanes.to_lanes(stats)
+
+    def stats_from_sum(self, summed: np.ndarray) -> np.ndarray:
+        """The decrypted sum of the statistics phase back to ``[counts, sums, squares]`` (exact recombination)."""
+        return summed if self.stats_lanes is None else self.stats_lanes.from_lanes(summed)
+
     def to_dict(self) -> dict[str, Any]:
         data = {
             "format": 1,
@@ -127,14 +137,15 @@ class RunDescription:
             "scheme": self.scheme.value,
             "ckks": self.params.to_dict(),  # the key set's parameters (the name predates bfv-masked)
             "fingerprint": self.fingerprint,
-            "layout": self.layout,
+            "layout": self.layout.to_dict(),
             "plaintext": self.plaintext,
             "max_abs_feature": self.max_abs_feature,
-            "test_data": self.test_data,
         }
         if not self.server.is_plain:
             data["format"] = 2
             data["server_optimiser"] = self.server.to_dict()
+        if self.stats_lanes is not None:
+            data["stats_lanes"] = self.stats_lanes.to_dict()
         return data
 
     @classmethod
@@ -147,16 +158,13 @@ class RunDescription:
         server = data.get("server_optimiser")
         if version == 2 and not isinstance(server, dict):
             raise ConfigurationError(f"model.json of run {data.get('run')!r} is format 2 but has no server_optimiser")
-        return cls(
-            run=str(data["run"]),
-            model=ModelSpec.from_dict(data["model"]),
+        return decode_record(
+            cls,
+            data,
+            what=f"model.json of run {data.get('run')!r}",
             params=parameters_from_dict(dict(data["ckks"])),
-            fingerprint=str(data["fingerprint"]),
-            layout=dict(data["layout"]),
-            plaintext=bool(data.get("plaintext", False)),
-            max_abs_feature=float(data.get("max_abs_feature", 1000.0)),
-            test_data=data.get("test_data"),
             server=ServerOptimiser.from_dict(server) if isinstance(server, dict) else ServerOptimiser(),
+            stats_lanes=StatsLanes.from_dict(dict(data["stats_lanes"])) if data.get("stats_lanes") else None,
         )
 
 
@@ -188,28 +196,11 @@ class RoundSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        data["hospitals"] = list(self.hospitals)
-        data["cohort"] = list(self.cohort)
-        data["training"] = self.training.to_dict()
-        return data
+        return encode_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundSpec:
-        return cls(
-            run=str(data["run"]),
-            round=int(data["round"]),
-            attempt=int(data["attempt"]),
-            kind=Phase(data["kind"]),
-            hospitals=tuple(str(h) for h in data["hospitals"]),
-            quorum=int(data["quorum"]),
-            deadline=float(data["deadline"]),
-            base_sha256=str(data["base_sha256"]),
-            training=LocalTraining.from_dict(data["training"]),
-            opened_at=float(data.get("opened_at", 0.0)),
-            cohort=tuple(str(h) for h in data.get("cohort", ())),
-        )
+        return decode_record(cls, data, what="round spec", required=("training",))
 
 
 @dataclass(frozen=True)
@@ -240,9 +231,7 @@ class Receipt:
         object.__setattr__(self, "kind", Phase(self.kind))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        return data
+        return encode_record(self)
 
     def signed_message(self) -> bytes:
         """Canonical bytes: every field but the signature, maps as sorted key/value lists (msgpack does not sort)."""
@@ -322,10 +311,7 @@ def _number(value: Any, name: str) -> float:
 
 
 def _typed(data: dict[str, Any], name: str, kind: type) -> Any:
-    value = data[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise EnvelopeFormatError(f"receipt field {name!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+    return typed_field(data, name, kind, what="receipt", error=EnvelopeFormatError)
 
 
 def _number_map(value: Any, name: str) -> dict[str, float]:
@@ -354,8 +340,8 @@ class Manifest:
     result_sha256: str
     result_size: int
     selected: tuple[str, ...]
-    folded: tuple[dict[str, Any], ...]
-    rejected: tuple[dict[str, Any], ...]
+    folded: tuple[LedgerEntry, ...]  # EntryStatus.FOLDED entries of the attempt's ledger
+    rejected: tuple[LedgerEntry, ...]  # EntryStatus.REJECTED entries
     quorum: int
     opened_at: float
     deadline: float
@@ -367,34 +353,12 @@ class Manifest:
 
     @property
     def participants(self) -> tuple[str, ...]:
-        return tuple(str(entry["hospital"]) for entry in self.folded)
+        return tuple(entry.hospital for entry in self.folded)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["format"] = 1
-        data["kind"] = self.kind.value
-        data["selected"] = list(self.selected)
-        data["folded"] = list(self.folded)
-        data["rejected"] = list(self.rejected)
-        return data
+        return {**encode_record(self), "format": 1}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        return cls(
-            run=str(data["run"]),
-            round=int(data["round"]),
-            attempt=int(data["attempt"]),
-            kind=Phase(data["kind"]),
-            base_sha256=str(data["base_sha256"]),
-            result_key=str(data["result_key"]),
-            result_sha256=str(data["result_sha256"]),
-            result_size=int(data["result_size"]),
-            selected=tuple(data["selected"]),
-            folded=tuple(data["folded"]),
-            rejected=tuple(data["rejected"]),
-            quorum=int(data["quorum"]),
-            opened_at=float(data["opened_at"]),
-            deadline=float(data["deadline"]),
-            finalised_at=float(data["finalised_at"]),
-            timings=dict(data.get("timings", {})),
-        )
+        folded, rejected = ledger_entries(data)
+        return decode_record(cls, data, what="manifest", required=_ENTRIES, folded=folded, rejected=rejected)

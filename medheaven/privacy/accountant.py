@@ -63,6 +63,12 @@ def calibrate_noise(target_epsilon: float, delta: float, sampling_rate: float, s
     return float(z)
 
 
+def within_budget(epsilon: float, budget: float) -> bool:
+    """Whether a spend of ``epsilon`` is within ``budget``: the one test the hospital's refusal and the coordinator's
+    exclusion of a hospital that cannot afford a round both apply (the slack absorbs calibration's bisection tol)."""
+    return epsilon <= budget * (1.0 + 1e-6) + 1e-3 * budget
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     round: int
@@ -94,9 +100,9 @@ class PrivacyLedger:
     def after(self, entry: LedgerEntry) -> PrivacyLedger:
         return replace(self, entries=(*self.entries, entry))
 
-    def allows(self, entry: LedgerEntry, *, slack: float = 1e-6) -> bool:
-        """Whether training one more round as ``entry`` keeps ε within the budget (slack absorbs bisection tol)."""
-        return self.after(entry).spent() <= self.budget_epsilon * (1.0 + slack) + 1e-3 * self.budget_epsilon
+    def allows(self, entry: LedgerEntry) -> bool:
+        """Whether training one more round as ``entry`` keeps ε within the budget."""
+        return within_budget(self.after(entry).spent(), self.budget_epsilon)
 
     def save(self, path: Path) -> None:
         """Atomic write (temp file + rename): a crash mid-write never loses the spent budget."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,15 +33,51 @@ class PrivacyBudgetError(MedHeavenError):
     """The hospital refuses to train: one more round would spend more than the run's target ε."""
 
 
+#: the receipt field with the ε a hospital's ledger would reach after one more round like its last: how the coordinator
+#: knows, before it opens an attempt, that a hospital cannot afford it (``medheaven.privacy.budget``)
+NEXT_EPSILON = "next_epsilon"
+
+
 @dataclass(frozen=True)
 class PrivateRound:
     epsilon: float
     delta: float
     noise_multiplier: float
     steps: int
+    next_epsilon: float  # ε after one more round of the same steps, sampling rate and z
 
     def receipt_fields(self) -> dict[str, float]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier}
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            NEXT_EPSILON: self.next_epsilon,
+        }
+
+
+def plan_round(
+    groups: np.ndarray, *, dp: DpConfig, planned_rounds: int, epochs: float, batch_patients: int, round_number: int
+) -> LedgerEntry:
+    """What one round of this hospital's DP-SGD spends: its steps, patient sampling rate and z (calibrated from the
+    run's target and planned rounds when the run does not fix z)."""
+    index = PatientIndex.of(groups)
+    q = sampling_rate(batch_patients, index.n_patients)
+    steps = steps_per_round(epochs, q)
+    z = dp.noise_multiplier or _calibrated(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
+    return LedgerEntry(round=round_number, steps=steps, sampling_rate=q, noise_multiplier=z)
+
+
+def budget_standing(ledger_path: Path, entry: LedgerEntry, *, dp: DpConfig) -> dict[str, float]:
+    """The receipt fields of a hospital that has not trained in this phase (the statistics phase): what it has
+    spent so far and what the next round ``entry`` would bring it to, so the coordinator can leave it out of a round
+    it cannot afford instead of opening an attempt that its refusal would close."""
+    ledger = PrivacyLedger.load(ledger_path, budget_epsilon=dp.target_epsilon, delta=dp.delta)
+    return {
+        "epsilon": ledger.spent(),
+        "delta": dp.delta,
+        "noise_multiplier": entry.noise_multiplier,
+        NEXT_EPSILON: ledger.after(entry).spent(),
+    }
 
 
 def train_private(
@@ -59,11 +95,15 @@ def train_private(
     hospital_id: str,
 ) -> PrivateRound:
     index = PatientIndex.of(groups)
-    q = sampling_rate(batch_patients, index.n_patients)
-    steps = steps_per_round(epochs, q)
-    z = dp.noise_multiplier or _calibrated(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
+    entry = plan_round(
+        groups,
+        dp=dp,
+        planned_rounds=planned_rounds,
+        epochs=epochs,
+        batch_patients=batch_patients,
+        round_number=round_number,
+    )
     ledger = PrivacyLedger.load(ledger_path, budget_epsilon=dp.target_epsilon, delta=dp.delta)
-    entry = LedgerEntry(round=round_number, steps=steps, sampling_rate=q, noise_multiplier=z)
     # a retried attempt of a round counts again: the earlier attempt's model may have been released too
     if not ledger.allows(entry):
         raise PrivacyBudgetError(
@@ -73,10 +113,17 @@ def train_private(
     # the spend is recorded before training: a crash mid-round must never under-count released noise
     ledger = ledger.after(entry)
     ledger.save(ledger_path)
+    z, steps = entry.noise_multiplier, entry.steps
     private = _dp_sgd(model, dp.clip)
-    private.noise_multiplier, private.sampling_rate = z, q
+    private.noise_multiplier, private.sampling_rate = z, entry.sampling_rate
     private.train(x, y, index, steps)
-    return PrivateRound(epsilon=ledger.spent(), delta=dp.delta, noise_multiplier=z, steps=steps)
+    return PrivateRound(
+        epsilon=ledger.spent(),
+        delta=dp.delta,
+        noise_multiplier=z,
+        steps=steps,
+        next_epsilon=ledger.after(replace(entry, round=round_number + 1)).spent(),
+    )
 
 
 # The same (ε, δ, q, steps) calibrates to the same z every round: a bisection over the accountant took 2-8 s per

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medheaven.privacy.config import DpConfig
+from medheaven.records import decode_record
 
 UNIT = "patient"
 
@@ -23,17 +24,12 @@ UNIT = "patient"
 class HospitalSpend:
     epsilon: float
     delta: float
-    noise_multiplier: float
-    round: int  # the last round <= the model's round whose receipt reported it
+    noise_multiplier: float = 0.0
+    round: int = 0  # the last round <= the model's round whose receipt reported it
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HospitalSpend:
-        return cls(
-            epsilon=float(data["epsilon"]),
-            delta=float(data["delta"]),
-            noise_multiplier=float(data.get("noise_multiplier", 0.0)),
-            round=int(data.get("round", 0)),
-        )
+        return decode_record(cls, data, what="spent privacy")
 
 
 @dataclass(frozen=True)
@@ -71,15 +67,7 @@ class ModelPrivacy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelPrivacy:
-        return cls(
-            target_epsilon=float(data["target_epsilon"]),
-            delta=float(data["delta"]),
-            clip=float(data["clip"]),
-            release_metrics=bool(data["release_metrics"]),
-            per_hospital={str(h): HospitalSpend.from_dict(s) for h, s in dict(data.get("per_hospital", {})).items()},
-            model_round=int(data.get("model_round", 0)),
-            unit=str(data.get("unit", UNIT)),
-        )
+        return decode_record(cls, data, what="model privacy record")
 
 
 def spent_by_hospital(

@@ -1,7 +1,7 @@
 """A tiny document model (headings, paragraphs, tables, images, bullet lists) rendered to Markdown or HTML.
 
 The report builds its content once as blocks, so the Markdown and the HTML version can never say different
-things. Inline markup is limited to `code` and **strong**, which both renderers understand.
+things. Inline markup is limited to `code`, **strong** and *emphasis*, which both renderers understand.
 """
 
 from __future__ import annotations
@@ -39,7 +39,20 @@ class Bullets:
     items: tuple[str, ...]
 
 
-Block = Heading | Paragraph | Table | Image | Bullets
+@dataclass(frozen=True)
+class OutlineItem:
+    text: str
+    children: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A bullet list two levels deep."""
+
+    items: tuple[OutlineItem, ...]
+
+
+Block = Heading | Paragraph | Table | Image | Bullets | Outline
 
 
 def _md_cell(text: str) -> str:
@@ -60,26 +73,38 @@ def to_markdown(blocks: list[Block]) -> str:
             lines.append("")
         elif isinstance(block, Image):
             lines += [f"![{block.alt}]({block.file})", ""]
+        elif isinstance(block, Outline):
+            for item in block.items:
+                lines += [f"- {item.text}", *(f"  - {child}" for child in item.children)]
+            lines.append("")
         else:
             lines += [f"- {item}" for item in block.items]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*|\*([^*]+)\*")
 
 
 def _inline_html(text: str) -> str:
     out, position = [], 0
     for match in _INLINE.finditer(text):
         out.append(html.escape(text[position : match.start()]))
-        code, strong = match.groups()
-        out.append(
-            f"<code>{html.escape(code)}</code>" if code is not None else f"<strong>{html.escape(strong)}</strong>"
-        )
+        code, strong, emphasis = match.groups()
+        if code is not None:
+            out.append(f"<code>{html.escape(code)}</code>")
+        elif strong is not None:
+            out.append(f"<strong>{_inline_html(strong)}</strong>")  # `code` may stand inside
+        else:
+            out.append(f"<em>{_inline_html(emphasis)}</em>")
         position = match.end()
     out.append(html.escape(text[position:]))
     return "".join(out)
+
+
+def _outline_item_html(item: OutlineItem) -> str:
+    children = "".join(f"<li>{_inline_html(child)}</li>" for child in item.children)
+    return f"<li>{_inline_html(item.text)}" + (f"<ul>{children}</ul>" if children else "") + "</li>"
 
 
 _STYLE = (
@@ -106,6 +131,8 @@ def to_html(blocks: list[Block], *, title: str) -> str:
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif isinstance(block, Image):
             parts.append(f'<img src="{html.escape(block.file)}" alt="{html.escape(block.alt)}">')
+        elif isinstance(block, Outline):
+            parts.append("<ul>" + "".join(_outline_item_html(item) for item in block.items) + "</ul>")
         else:
             parts.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block.items) + "</ul>")
     parts.append("</body></html>")

@@ -12,7 +12,6 @@ hospital's own validation split; :attr:`RoundRow.evaluated_round` says which mod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from medheaven.federated.paths import CONTEXT_KEY, RunPaths
 from medheaven.federated.phase import Phase
 from medheaven.federated.wire import Manifest, RunDescription
 from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
+from medheaven.records import read_json_object
 from medheaven.store.base import Store
 
 PHASES = ("fetch_decrypt", "evaluate", "train", "encrypt_upload", "fold")
@@ -178,9 +178,7 @@ def _update_manifests(store: Store, paths: RunPaths) -> dict[int, Manifest]:
 
 def round_row(manifest: Manifest, history: dict[str, Any], *, hospitals: Any = ()) -> RoundRow:
     """One round from its manifest, preferring the coordinator's history record where it has a field."""
-    metrics = {
-        str(e["hospital"]): {k: float(v) for k, v in dict(e.get("metrics", {})).items()} for e in manifest.folded
-    }
+    metrics = {e.hospital: dict(e.metrics) for e in manifest.folded}
     weighted = {name: _weighted(metrics, name) for name in SUMMARY_METRICS}
     weighted.update({k: float(v) for k, v in dict(history.get("weighted", {})).items()})
     seconds = float(history.get("seconds", manifest.finalised_at - manifest.opened_at))
@@ -192,18 +190,14 @@ def round_row(manifest: Manifest, history: dict[str, Any], *, hospitals: Any = (
         seconds=seconds,
         selected=tuple(str(h) for h in manifest.selected),
         states=participation(manifest, dict(history.get("statuses", {})), hospitals=tuple(hospitals)),
-        rejected={str(r["hospital"]): str(r.get("reason", "rejected")) for r in manifest.rejected},
+        rejected={r.hospital: r.reason or "rejected" for r in manifest.rejected},
         metrics=metrics,
         weighted=weighted,
         phases=phases,
         phase_source=source,
-        bytes_up=int(history.get("bytes_up", sum(int(e.get("size", 0)) for e in manifest.folded))),
+        bytes_up=int(history.get("bytes_up", sum(e.size for e in manifest.folded))),
         global_bytes=int(history.get("global_bytes", manifest.result_size)),
-        privacy={
-            str(e["hospital"]): {k: float(v) for k, v in dict(e["privacy"]).items()}
-            for e in manifest.folded
-            if e.get("privacy")
-        },
+        privacy={e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy},
     )
 
 
@@ -215,7 +209,7 @@ def participation(manifest: Manifest, statuses: dict[str, Any], *, hospitals: tu
     """What happened to each hospital this round. The coordinator's statuses tell late from failed; without them
     a selected hospital that was neither folded nor rejected is counted as late."""
     folded = set(manifest.participants)
-    rejected = {str(r["hospital"]) for r in manifest.rejected}
+    rejected = {r.hospital for r in manifest.rejected}
     states: dict[str, str] = {}
     for hospital in (*hospitals, *manifest.selected):
         if hospital in folded:
@@ -238,10 +232,10 @@ def phase_breakdown(manifest: Manifest, seconds: float, phases_max: dict[str, An
     the deadline, finalising) is the rest. Old records without fold times fall back to the per-phase maximum over
     hospitals that ``history.json`` keeps, which need not lie on one hospital's path.
     """
-    last = max(manifest.folded, key=lambda e: float(e.get("folded_at", -1.0)), default=None)
-    if last is not None and "folded_at" in last:
-        timings = {k: float(v) for k, v in dict(last.get("timings", {})).items()}
-        source = f"critical path ({last['hospital']}, the last hospital folded)"
+    last = max(manifest.folded, key=lambda e: e.at, default=None)
+    if last is not None and last.at > 0.0:  # records written before fold times were kept have none
+        timings = dict(last.timings)
+        source = f"critical path ({last.hospital}, the last hospital folded)"
     else:
         timings = {k: float(v) for k, v in phases_max.items()}
         source = "per-phase maximum over hospitals"
@@ -253,7 +247,7 @@ def phase_breakdown(manifest: Manifest, seconds: float, phases_max: dict[str, An
 def _stats_row(manifest: Manifest) -> StatsRow:
     return StatsRow(
         participants=manifest.participants,
-        bytes_up=sum(int(e.get("size", 0)) for e in manifest.folded),
+        bytes_up=sum(e.size for e in manifest.folded),
         result_bytes=manifest.result_size,
         seconds=manifest.finalised_at - manifest.opened_at,
     )
@@ -261,22 +255,16 @@ def _stats_row(manifest: Manifest) -> StatsRow:
 
 def load_baseline(path: Path) -> Baseline:
     """Read the output of ``medheaven baseline --json``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataFileError(f"baseline file {path} does not exist; write it with `medheaven baseline --json`") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFileError(
-            f"baseline file {path} is not JSON ({exc}); write it with `medheaven baseline --json`"
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("centralised"), dict):
+    remedy = "write it with `medheaven baseline --json`"
+    data = read_json_object(path, what="baseline file", remedy=remedy, error=DataFileError)
+    if not isinstance(data.get("centralised"), dict):
         raise DataFileError(
             f"baseline file {path} has no 'centralised' results: it must be the output of `medheaven baseline --json`"
         )
     local = data.get("local", {})
     if not isinstance(local, dict):
         raise DataFileError(f"baseline file {path}: 'local' must map hospitals to their results")
-    details = {k: data[k] for k in ("data", "schema", "split", "test", "training") if k in data}
+    details: dict[str, Any] = {k: data[k] for k in ("data", "schema", "split", "test", "training") if k in data}
     return Baseline(
         centralised=_numbers(data["centralised"]),
         local={str(h): _numbers(v) for h, v in local.items() if isinstance(v, dict)},

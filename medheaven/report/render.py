@@ -14,6 +14,7 @@ from medheaven.federated.verify import verify_round
 from medheaven.report.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from medheaven.report.plots import plot_discrimination, plot_loss, plot_participation, plot_round_time
 from medheaven.report.records import Baseline, RunRecords, load_run_records
+from medheaven.report.threat_model import threat_model_outline
 from medheaven.store.base import Store
 
 ReportFormat = Literal["md", "html"]
@@ -356,50 +357,14 @@ def _bytes_section(records: RunRecords) -> list[Block]:
 
 
 def _privacy_section(records: RunRecords) -> list[Block]:
-    rows = (
-        (
-            "hospital",
-            "its own patient rows; the shared secret CKKS context; its signing key; every decrypted global model and "
-            "the decrypted standardisation statistics (sums over all hospitals)",
-            "other hospitals' rows. Caveat: the secret key is shared, so a hospital that reads another hospital's "
-            "update from the store could decrypt it, n_k included; MEDHEAVEN_KEEP_UPDATES=false deletes updates "
-            "once their round commits (at the price of this report's HE-vs-plaintext check)",
-        ),
-        (
-            "aggregator",
-            "the public context; ciphertexts (updates, global models); signed receipts with each hospital's "
-            "validation metrics and timings",
-            "any secret key, any weight, any training-sample count n_k",
-        ),
-        (
-            "coordinator",
-            "the run configuration; round timings; participation; the validation metrics in manifests and history",
-            "any secret key, any weight, any n_k",
-        ),
-        (
-            "store (global server)",
-            "the public context; ciphertexts; round specs and manifests (digests, sizes, timings, metrics); "
-            "history and the final test metrics",
-            "any secret key, any weight, any n_k",
-        ),
-        (
-            "broker (Redis)",
-            "task messages with run ids, round numbers, store references, digests and receipts",
-            "ciphertext payloads, keys, weights, any n_k",
-        ),
-    )
+    """The threat model, from its one source (``threat_model.md``, also README.md's "Threat model")."""
     blocks: list[Block] = [
         Heading(2, "What each party saw"),
-        Table(("party", "saw", "never saw"), rows),
         Paragraph(
-            "Nobody but the hospitals sees any model weight or any n_k: updates are encrypted pre-scaled by n_k, "
-            "with n_k itself encrypted in a spare slot, and only key holders decrypt the sum. Metadata that is not "
-            "hidden: who took part in which round, timing, payload sizes, and the validation metrics hospitals "
-            "report. Those metrics are rounded to a grid (accuracy and base rate to 0.01, the others to 0.001; "
-            "`medheaven.federated.release`) coarse enough that no validation-set size, hence no data-set size, "
-            "can be recovered from them, and no row count is reported. Hospitals share one secret key, so the design assumes hospitals do "
-            "not collude with the aggregator."
+            f"This run used scheme `{records.description.scheme.value}`. What each party holds, sees and never "
+            "sees, under each scheme (the README's threat model):"
         ),
+        threat_model_outline(),
     ]
     if records.description.plaintext:
         blocks.append(

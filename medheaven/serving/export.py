@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medheaven.crypto.codec import SecretKeys, secret_keys_from_bytes
-from medheaven.data import FeatureLayout, Standardiser, SufficientStats
+from medheaven.data import FeatureLayout, Standardiser
 from medheaven.data.partition import prepared_schema_for
 from medheaven.data.schemas import Schema
 from medheaven.errors import (
@@ -40,12 +40,18 @@ from medheaven.errors import (
 )
 from medheaven.federated.paths import RunPaths
 from medheaven.federated.phase import Phase
-from medheaven.federated.results import committed_average, committed_manifest, last_committed_round, open_committed
+from medheaven.federated.results import (
+    committed_average,
+    committed_manifest,
+    committed_standardiser,
+    last_committed_round,
+)
 from medheaven.federated.server_optimiser import Trajectory
 from medheaven.federated.wire import RunDescription
 from medheaven.model import ModelSpec
 from medheaven.privacy.spent import ModelPrivacy, model_privacy, run_dp
 from medheaven.private_files import check_private_file_mode, private_staging_dir, write_private_file
+from medheaven.records import read_json_object
 from medheaven.store.base import Store
 
 PREPROCESSING_FORMAT = 1
@@ -129,16 +135,8 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: Path) -> Preprocessing:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigurationError(
-                f"{path} does not exist: `medheaven export` writes it next to the .keras file; keep the two together"
-            ) from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"{path} is not valid JSON ({exc}); export the model again") from exc
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{path} must hold a JSON object; export the model again")
+        remedy = "`medheaven export` writes it next to the .keras file; keep the two together or export again"
+        data = read_json_object(path, what="preprocessing file", remedy=remedy, error=ConfigurationError)
         return cls.from_dict(data, source=str(path))
 
 
@@ -245,9 +243,7 @@ def decrypt_global_model(
 
 def decrypt_standardiser(store: Store, secret: SecretKeys | None, description: RunDescription) -> Standardiser:
     """The federated standardiser, from the encrypted sum of every hospital's sufficient statistics."""
-    manifest = committed_manifest(store, description.run, kind=Phase.STATS, round_number=0)
-    summed = open_committed(store, description, secret, manifest)
-    return Standardiser.from_stats(SufficientStats.from_vector(summed, summed.size // 3))
+    return committed_standardiser(store, description, secret)
 
 
 # -- the export -------------------------------------------------------------------------------------------
@@ -262,16 +258,8 @@ class ExportResult:
 
 def read_split_schema(path: Path, layout: FeatureLayout) -> dict[str, Any] | None:
     """The source schema recorded in a split's schema.json, checked against the run's features."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataFileError(
-            f"split schema {path} does not exist (it is the schema.json `medheaven data split` wrote)"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"split schema {path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise SchemaError(f"split schema {path} must hold a JSON object")
+    remedy = "pass the schema.json `medheaven data split` wrote"
+    data = read_json_object(path, what="split schema", remedy=remedy, error=DataFileError)
     features = set(data.get("numeric", [])) | set(data.get("categorical", []))
     expected = set(layout.numeric) | {c for c, _ in layout.categorical}
     if features != expected:
@@ -309,7 +297,7 @@ def export_model(
     decrypted = decrypt_global_model(store, secret, run, chosen)
     description = decrypted.description
     standardiser = decrypt_standardiser(store, secret, description)
-    layout = FeatureLayout.from_dict(description.layout)
+    layout = description.layout
     source_schema = read_split_schema(split_schema, layout) if split_schema is not None else None
     if split_schema is None and (default := default_split_schema(store, run)) is not None:
         # best effort: the test file's folder may hold another split's schema.json; it only records the target
@@ -346,7 +334,7 @@ def exported_privacy(store: Store, run: str, round_number: int) -> ModelPrivacy 
     if dp is None:
         return None
     rounds = [
-        (r, {str(e["hospital"]): dict(e["privacy"]) for e in manifest.folded if e.get("privacy")})
+        (r, {e.hospital: dict(e.privacy) for e in manifest.folded if e.privacy})
         for r in range(1, round_number + 1)
         for manifest in (committed_manifest(store, run, kind=Phase.UPDATE, round_number=r),)
     ]

@@ -67,15 +67,16 @@ def prediction_schema(preprocessing: Preprocessing, name: str, schema_file: Path
 
 def read_prediction_input(path: Path, schema: Schema, layout: FeatureLayout) -> PredictionInput:
     raw = read_raw_csv(path)
+    cleaner = CLEANERS.get(schema.name)
+    # after cleaning: a schema's cleaning derives columns (diabetes130's prior_encounters) the layout may hold
+    frame = cleaner(raw) if cleaner is not None else raw
     needed = [*layout.numeric, *(column for column, _ in layout.categorical)]
-    missing = [column for column in needed if column not in raw.columns]
+    missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise SchemaError(
             f"data file {path} lacks column(s) {', '.join(missing)} that the model needs (read with schema "
             f"{schema.name!r}); add them, or pass the --schema the file is written in"
         )
-    cleaner = CLEANERS.get(schema.name)
-    frame = cleaner(raw) if cleaner is not None else raw
     if frame.empty:
         raise DataFileError(f"data file {path} has no rows left after the {schema.name!r} schema's cleaning")
     columns: dict[str, pd.Series] = {c: parse_numeric(frame[c], column=c, path=path) for c in layout.numeric}

@@ -81,9 +81,7 @@ def check_run(store: Store, run: str) -> list[Check]:
                 )
             )
         for entry in manifest.folded:
-            if store.exists(str(entry["key"])):
-                checks.append(
-                    _check_file(store, str(entry["key"]), str(entry["sha256"]), f"{label} update {entry['hospital']}")
-                )
+            if store.exists(entry.key):
+                checks.append(_check_file(store, entry.key, entry.sha256, f"{label} update {entry.hospital}"))
         previous = manifest.result_sha256
     return checks

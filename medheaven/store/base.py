@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, BinaryIO
 
 from medheaven.errors import StoreError
 
@@ -31,7 +31,7 @@ def validate_key(key: str) -> str:
 
 
 class Store(ABC):
-    """Abstract store. Subclasses implement the six byte-level verbs; JSON helpers are shared."""
+    """Abstract store. Subclasses implement the seven byte-level verbs; JSON helpers are shared."""
 
     #: human-readable location (path or folder id) used in error messages
     location: str
@@ -39,6 +39,11 @@ class Store(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray) -> None:
         """Write ``data`` under ``key``, atomically replacing what was there."""
+
+    @abstractmethod
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        """``put`` of everything in the seekable file ``source``, streamed from it rather than read into memory
+        (the aggregator's finalise writes a round's sum this way: see ``federated/result_spool.py``)."""
 
     @abstractmethod
     def create(self, key: str, data: bytes | bytearray) -> None:

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httplib2
 from googleapiclient.errors import HttpError
@@ -188,10 +188,14 @@ class DriveStore(Store):
     # --- the Store verbs --------------------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes | bytearray) -> None:
-        self._with_fresh_folders(lambda: self._put(key, data))
+        self._with_fresh_folders(lambda: self._put(key, io.BytesIO(data)))
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        # the resumable upload reads the file one chunk (``chunk_size``) at a time: never the whole file in memory
+        self._with_fresh_folders(lambda: self._put(key, source))
 
     def create(self, key: str, data: bytes | bytearray) -> None:
-        self._with_fresh_folders(lambda: self._create(key, data))
+        self._with_fresh_folders(lambda: self._create(key, io.BytesIO(data)))
 
     def get(self, key: str) -> bytes:
         for _ in range(2):
@@ -259,7 +263,7 @@ class DriveStore(Store):
 
     # --- writing ----------------------------------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes | bytearray) -> None:
+    def _put(self, key: str, data: BinaryIO) -> None:
         folder_id, title, found = self._lookup(key, create=True)
         if found:
             keep = _newest(found)
@@ -271,7 +275,7 @@ class DriveStore(Store):
             keep = _newest(found)
         self._trash_duplicates(key, found, keep["id"])
 
-    def _create(self, key: str, data: bytes | bytearray) -> None:
+    def _create(self, key: str, data: BinaryIO) -> None:
         folder_id, title, found = self._lookup(key, create=True)
         if found:
             raise StoreConflictError(
@@ -286,11 +290,10 @@ class DriveStore(Store):
                 f"{self.location}/{key} was created concurrently by another writer; theirs is kept"
             )
 
-    def _upload(
-        self, key: str, data: bytes | bytearray, folder_id: str, title: str, *, file_id: str | None
-    ) -> dict[str, Any]:
+    def _upload(self, key: str, data: BinaryIO, folder_id: str, title: str, *, file_id: str | None) -> dict[str, Any]:
         mime = mimetypes.guess_type(title)[0] or "application/octet-stream"
-        media = _ChunkBytesUpload(io.BytesIO(data), mime, chunksize=self._chunk_size, resumable=True)
+        sent_md5 = _md5_of_file(data)
+        media = _ChunkBytesUpload(data, mime, chunksize=self._chunk_size, resumable=True)
         files = self._auth.service.files()
         if file_id is None:
             body = {"title": title, "mimeType": mime, "parents": [{"id": folder_id}]}
@@ -303,7 +306,7 @@ class DriveStore(Store):
         while response is None:
             response = self._call(f"uploading {key}", lambda: request.next_chunk(http=self._http())[1])
         stored = response.get("md5Checksum")
-        if stored and stored != _md5(data):
+        if stored and stored != sent_md5:
             raise StoreError(
                 f"{self.location}/{key}: Drive stored bytes whose MD5 differs from what was sent; put again"
             )
@@ -469,6 +472,16 @@ def _newest(found: Sequence[Any]) -> Any:
 def _md5(data: bytes | bytearray) -> str:
     # Drive reports MD5 sums; this checks transfers, not authenticity (envelopes carry signatures)
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _md5_of_file(source: BinaryIO) -> str:
+    """``_md5`` of everything in ``source``, read in 1 MiB pieces (the upload seeks to each chunk itself)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    source.seek(0)
+    while piece := source.read(1 << 20):
+        digest.update(piece)
+    source.seek(0)
+    return digest.hexdigest()
 
 
 def _is_key_part(title: str) -> bool:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from medheaven.errors import StoreAccessError, StoreConflictError, StoreKeyNotFoundError
 from medheaven.store.base import Store, validate_key
@@ -23,12 +26,12 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def _write_temp(self, path: Path, data: bytes | bytearray) -> Path:
+    def _write_temp(self, path: Path, fill: Callable[[BinaryIO], object]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                fill(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
         except BaseException:
@@ -39,12 +42,18 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        tmp = self._write_temp(path, lambda handle: handle.write(data))
+        os.replace(tmp, path)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        path = self._path(key)
+        source.seek(0)
+        tmp = self._write_temp(path, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
         os.replace(tmp, path)
 
     def create(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        tmp = self._write_temp(path, lambda handle: handle.write(data))
         try:
             # link() fails if the target exists, so the complete file appears at once or not at all
             os.link(tmp, path)
