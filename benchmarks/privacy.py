@@ -28,25 +28,28 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.federation import round_breakdown
-from coordinator.simulation import (
-    Simulation,
-    default_model,
-    prepare_simulation,
-    run_in_processes,
-    run_in_threads,
-    simulation_config,
-)
+from benchmarks.runs import add_split_arguments, split_simulation, with_retries
+from coordinator.options import dp_config, local_training
+from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
-from medheaven.privacy.config import DpConfig
+from medheaven.privacy.config import (
+    OPTIMIZERS,
+    RECIPE_BATCH_PATIENTS,
+    RECIPE_EPOCHS,
+    RECIPE_LEARNING_RATE,
+    RECIPE_OPTIMIZER,
+)
 
 NO_DP = "none"
 TARGETS = {"roc_auc_gap_at_epsilon_8_max": 0.01}
@@ -58,20 +61,20 @@ def _epsilons(text: str) -> list[float | None]:
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None, help="data file (default: synthetic)")
-    parser.add_argument("--schema", default="diabetes130")
-    parser.add_argument("--hospitals", type=int, default=5)
-    parser.add_argument("--scheme", default="column:admission_source_id")
-    parser.add_argument("--seed", type=int, default=42, help="split seed (BENCHMARKS.md and the baseline use 42)")
+    add_split_arguments(parser, seed_help="split seed (BENCHMARKS.md and the baseline use 42)")
     parser.add_argument("--rounds", type=int, default=10, help="the same for every row")
     parser.add_argument("--epsilons", type=_epsilons, default=_epsilons("none,8,3,1"), help="'none' = no DP")
     parser.add_argument("--attack-epsilons", type=_epsilons, default=_epsilons("none,8,1"))
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--clip", type=float, default=1.0, help="C: L2 bound on one patient's gradient per step")
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=512, help="encounters (plain) / expected patients (DP)")
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--dp-learning-rate", type=float, default=None, help="DP rows only (default: the same)")
+    parser.add_argument("--local-epochs", type=int, default=1, help="no-DP rows")
+    parser.add_argument("--batch-size", type=int, default=512, help="encounters per step, no-DP rows")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="no-DP rows")
+    # the DP rows' own recipe (DpConfig; its defaults are the one chosen on validation, PRIVACY.md)
+    parser.add_argument("--dp-batch-patients", type=int, default=RECIPE_BATCH_PATIENTS, help="expected per step")
+    parser.add_argument("--dp-epochs", type=float, default=RECIPE_EPOCHS, help="expected passes over patients/round")
+    parser.add_argument("--dp-learning-rate", type=float, default=RECIPE_LEARNING_RATE)
+    parser.add_argument("--dp-optimizer", choices=OPTIMIZERS, default=RECIPE_OPTIMIZER)
     parser.add_argument("--hidden", default="64,32")
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--l2", type=float, default=1e-3)
@@ -83,7 +86,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--mode", choices=["threads", "processes"], default="processes")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
-    parser.add_argument("--synthetic-rows", type=int, default=20000)
     parser.add_argument("--attack-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/privacy"))
     parser.add_argument("--round-timeout", type=float, default=900.0)
@@ -150,15 +152,17 @@ def loss_threshold_attack(
     }
 
 
-def evaluate_released(
-    simulation: Simulation,
-    run: str,
-    *,
-    attack: bool,
-    attack_seed: int,
-    partition_column: str | None = None,
-    validation_fraction: float = 0.1,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AttackPlan:
+    """Who the membership-inference attack compares: ``seed`` draws the samples; ``partition_column`` (the split's
+    column, when it has one) gives the same-source non-members; ``validation_fraction`` is the hospital node's."""
+
+    seed: int
+    partition_column: str | None = None
+    validation_fraction: float = 0.1
+
+
+def evaluate_released(simulation: Simulation, run: str, attack: AttackPlan | None = None) -> dict[str, Any]:
     """Held-out test metrics of the last round's model and, if asked, the membership-inference attack on it."""
     from medheaven.data import encode_features, prepare_hospital_data
     from medheaven.data.schemas import GROUP, LABEL
@@ -171,23 +175,23 @@ def evaluate_released(
     test_risk = released.risk(encode_features(test, released.layout))
     test_labels = test[LABEL].to_numpy()
     out: dict[str, Any] = {"round": released.round, "test": binary_metrics(test_labels, test_risk)}
-    if not attack:
+    if attack is None:
         return out
     non_members = patient_losses(test[GROUP].to_numpy(), test_labels, test_risk)
-    test_source = _first_value(test, partition_column)
-    rng = np.random.default_rng(attack_seed)
+    test_source = _first_value(test, attack.partition_column)
+    rng = np.random.default_rng(attack.seed)
     per_hospital: dict[str, Any] = {}
     for hospital in simulation.hospitals:
         frame = read(simulation.data_files[hospital])
         # the hospital's own train/validation split, exactly as its node makes it (HospitalNode's defaults)
-        data = prepare_hospital_data(frame, released.layout, validation_fraction=validation_fraction, seed=0)
+        data = prepare_hospital_data(frame, released.layout, validation_fraction=attack.validation_fraction, seed=0)
         assert data.train_groups is not None
         members = patient_losses(data.train_groups, data.train_y, released.risk(data.train_x))
         attack_row = loss_threshold_attack(members, non_members, rng=rng)
         if test_source is not None:
             # non-members from the same admission sources as the hospital: hospitals differ in base rate, so the
             # pooled comparison also measures that shift; this one isolates what training on the patients did
-            sources = set(_first_value(frame, partition_column).tolist())
+            sources = set(_first_value(frame, attack.partition_column).tolist())
             matched = {p: v for p, v in non_members.items() if test_source.get(p) in sources}
             attack_row["matched"] = loss_threshold_attack(members, matched, rng=rng)
         per_hospital[hospital] = attack_row
@@ -221,15 +225,18 @@ def _label(epsilon: float | None) -> str:
 
 
 def _training(args: argparse.Namespace, epsilon: float | None) -> LocalTraining:
-    dp = None if epsilon is None else DpConfig(epsilon, args.delta, clip=args.clip)
-    rate = args.learning_rate if dp is None or args.dp_learning_rate is None else args.dp_learning_rate
-    return LocalTraining(
-        epochs=args.local_epochs, batch_size=args.batch_size, learning_rate=rate, dp=dp, planned_rounds=args.rounds
+    recipe = (args.dp_batch_patients, args.dp_epochs, args.dp_learning_rate, args.dp_optimizer)
+    return local_training(
+        epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        rounds=args.rounds,
+        dp=dp_config(epsilon, args.delta, args.clip, 0.0, True, *recipe),
     )
 
 
 def run_row(
-    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, epsilon: float | None, *, attempt: int
+    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, epsilon: float | None, attempt: int
 ) -> dict[str, Any]:
     run = f"eps-{_label(epsilon)}" + (f"-retry{attempt}" if attempt else "")
     config = simulation_config(
@@ -246,14 +253,14 @@ def run_row(
     breakdown = [round_breakdown(store, run, int(r["round"])) for r in history]
     later = breakdown[1:] or breakdown
     column = args.scheme.partition(":")[2] if args.scheme.startswith("column:") else None
-    scored = evaluate_released(
-        simulation, run, attack=epsilon in args.attack_epsilons, attack_seed=args.attack_seed, partition_column=column
-    )
+    attack = AttackPlan(args.attack_seed, column) if epsilon in args.attack_epsilons else None
+    scored = evaluate_released(simulation, run, attack)
     return {
         "run": run,
         "epsilon_target": epsilon,
         "delta": None if epsilon is None else args.delta,
         "clip": None if epsilon is None else args.clip,
+        "training": config.training.to_dict(),
         "loadavg": os.getloadavg(),
         "wall_seconds": wall,
         "round_seconds": [float(r["seconds"]) for r in history],
@@ -269,22 +276,6 @@ def run_row(
         "selected_round": result.test["round"] if result.test else None,
         **scored,
     }
-
-
-def _row_with_retries(
-    simulation: Simulation, args: argparse.Namespace, model: ModelSpec, epsilon: float | None
-) -> dict[str, Any]:
-    for attempt in range(args.retries + 1):
-        try:
-            row = run_row(simulation, args, model, epsilon, attempt=attempt)
-        except MedHeavenError as exc:
-            print(json.dumps({"failed_row": _label(epsilon), "error": str(exc)[:400]}), file=sys.stderr)
-            if attempt == args.retries:
-                raise
-        else:
-            row["retries"] = attempt
-            return row
-    raise AssertionError("unreachable")
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -325,22 +316,15 @@ def main(argv: list[str] | None = None) -> None:
         "members: one hospital's training patients; non-members: an equal-size sample of held-out test patients",
     }
     shutil.rmtree(args.out, ignore_errors=True)
-    simulation = prepare_simulation(
-        args.out,
-        data=args.data,
-        schema=args.schema,
-        hospitals=args.hospitals,
-        scheme=args.scheme,
-        seed=args.seed,
-        synthetic_rows=args.synthetic_rows,
-        params=plan_ckks_parameters() if args.encryption == "ckks" else None,
-    )
+    simulation = split_simulation(args, params=plan_ckks_parameters() if args.encryption == "ckks" else None)
     model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
     results["parameters"] = model.parameter_count()
     results["hospitals"] = list(simulation.hospitals)
     rows = []
     for epsilon in args.epsilons:
-        row = _row_with_retries(simulation, args, model, epsilon)
+        row = with_retries(
+            partial(run_row, simulation, args, model, epsilon), retries=args.retries, retry_on=(MedHeavenError,)
+        )
         rows.append(row)
         # progress on stderr (the table is only printed at the end): a long run can be followed in its log
         print(json.dumps({"row": _label(epsilon), **summarise([row])["table"][0]}), file=sys.stderr, flush=True)

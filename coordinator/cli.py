@@ -157,6 +157,10 @@ def run(
     dp_clip: options.DpClipOption = options.DP_CLIP,
     dp_noise: options.DpNoiseOption = options.DP_NOISE,
     dp_metrics: options.DpMetricsOption = options.DP_METRICS,
+    dp_batch: options.DpBatchOption = options.DP_BATCH,
+    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
+    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
+    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
 ) -> None:
     """Start a new run and drive it to the end.
 
@@ -182,7 +186,9 @@ def run(
             learning_rate=learning_rate,
             lr_decay=lr_decay,
             rounds=rounds,
-            dp=options.dp_config(dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics),
+            dp=options.dp_config(
+                dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
+            ),
         ),
         evaluator=evaluator,
         test_path=test_data,

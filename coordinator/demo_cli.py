@@ -43,6 +43,10 @@ def demo(
     dp_clip: options.DpClipOption = options.DP_CLIP,
     dp_noise: options.DpNoiseOption = options.DP_NOISE,
     dp_metrics: options.DpMetricsOption = options.DP_METRICS,
+    dp_batch: options.DpBatchOption = options.DP_BATCH,
+    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
+    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
+    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
 ) -> None:
     """Run a whole encrypted federation on this machine: split data, key ceremony, rounds, test, verification.
 
@@ -66,7 +70,9 @@ def demo(
         learning_rate=learning_rate,
         lr_decay=lr_decay,
         server=options.server_step(server_optimiser, server_lr, server_momentum),
-        dp=options.dp_config(dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics),
+        dp=options.dp_config(
+            dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
+        ),
         seed=seed,
         synthetic_rows=rows,
         plaintext=plaintext,

@@ -12,7 +12,13 @@ import typer
 
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining
-from medheaven.privacy.config import DpConfig
+from medheaven.privacy.config import (
+    RECIPE_BATCH_PATIENTS,
+    RECIPE_EPOCHS,
+    RECIPE_LEARNING_RATE,
+    RECIPE_OPTIMIZER,
+    DpConfig,
+)
 
 DpEpsilonOption = Annotated[
     float | None, typer.Option("--dp-epsilon", help="Patient-level DP-SGD: target ε per hospital (off if unset).")
@@ -25,8 +31,21 @@ DpNoiseOption = Annotated[
 DpMetricsOption = Annotated[
     bool, typer.Option("--dp-metrics/--no-dp-metrics", help="Report validation metrics (not DP; see README).")
 ]
+# DP-SGD's own recipe, in place of --batch-size/--local-epochs/--learning-rate (PRIVACY.md, "Choosing the recipe")
+DpBatchOption = Annotated[
+    int, typer.Option("--dp-batch-patients", min=1, help="DP-SGD: expected patients per Poisson-sampled step.")
+]
+DpEpochsOption = Annotated[float, typer.Option("--dp-epochs", help="DP-SGD: expected passes over patients per round.")]
+DpLearningRateOption = Annotated[float, typer.Option("--dp-learning-rate", help="DP-SGD: local learning rate.")]
+DpOptimizerOption = Annotated[str, typer.Option("--dp-optimizer", help="DP-SGD: local optimiser, adam | sgd.")]
 #: Defaults of the options above (Annotated options take their default from the parameter, so it is kept here once).
 DP_DELTA, DP_CLIP, DP_NOISE, DP_METRICS = 1e-5, 1.0, 0.0, True
+DP_BATCH, DP_EPOCHS, DP_LEARNING_RATE, DP_OPTIMIZER = (
+    RECIPE_BATCH_PATIENTS,
+    RECIPE_EPOCHS,
+    RECIPE_LEARNING_RATE,
+    RECIPE_OPTIMIZER,
+)
 
 ServerOptimiserOption = Annotated[
     str, typer.Option("--server-optimiser", help="Server step the hospitals apply: fedavg | fedavgm | fedadam.")
@@ -55,11 +74,22 @@ def server_step(kind: str, learning_rate: float | None, momentum: float | None) 
     return ServerOptimiser.parse(kind, learning_rate=learning_rate, momentum=momentum)
 
 
-def dp_config(epsilon: float | None, delta: float, clip: float, noise: float, metrics: bool) -> DpConfig | None:
-    """The DP-SGD setting the options ask for (None without ``--dp-epsilon``); ``DpConfig`` refuses bad values."""
+def dp_config(
+    epsilon: float | None,
+    delta: float,
+    clip: float,
+    noise: float,
+    metrics: bool,
+    batch_patients: int = DP_BATCH,
+    epochs: float = DP_EPOCHS,
+    learning_rate: float = DP_LEARNING_RATE,
+    optimizer: str = DP_OPTIMIZER,
+) -> DpConfig | None:
+    """The DP-SGD setting the options ask for (None without ``--dp-epsilon``), arguments in the options' order
+    (``DpConfig``'s fields); ``DpConfig`` refuses bad values."""
     if epsilon is None:
         return None
-    return DpConfig(epsilon, delta, clip=clip, noise_multiplier=noise, release_metrics=metrics)
+    return DpConfig(epsilon, delta, clip, noise, metrics, batch_patients, epochs, learning_rate, optimizer)
 
 
 def local_training(

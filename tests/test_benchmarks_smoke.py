@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import aggregator, federation, privacy, recipe_cv, scaling
+from benchmarks import aggregator, dp_grid, federation, privacy, recipe_cv, scaling
 
 
 def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
@@ -108,6 +108,19 @@ def test_privacy_benchmark_emits_table_with_attack(tmp_path: Path, capsys: pytes
     line = result["table"][1]
     assert {"test_roc_auc", "test_pr_auc", "roc_auc_gap_to_no_dp", "round_time_ratio_to_no_dp"} <= line.keys()
     assert line["roc_auc_gap_to_no_dp"] == pytest.approx(plain["test"]["roc_auc"] - private["test"]["roc_auc"])
+
+
+def test_dp_grid_scores_on_validation_and_times_a_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--hospitals", "2", "--synthetic-rows", "800", "--rounds", "2", "--batch-patients", "64"]
+    dp_grid.main([*common, "--no-dp", "--epsilon", "3", "--out", str(tmp_path / "grid")])
+    result = _stdout_json(capsys)
+    plain, private = result["rows"]
+    assert plain["config"]["epsilon"] is None and private["config"]["epsilon"] == 3.0
+    assert len(private["validation_roc_auc_weighted"]) == 2 and result["best"] == private
+    assert all(p["epsilon"] <= 3.0 * 1.001 and p["steps"] >= 1 for p in private["planned"].values())
+    dp_grid.main([*common, "--time-round", "h1", "--repeat", "1", "--out", str(tmp_path / "time")])
+    timed = _stdout_json(capsys)
+    assert timed["method"] == "ghost" and set(timed["seconds"]) == {"dp_sgd", "fit_1_epoch", "fit_1_epochs"}
 
 
 def test_recipe_cv_emits_one_validation_curve_per_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

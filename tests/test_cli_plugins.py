@@ -41,9 +41,12 @@ def test_cli_plugins_pyproject_declares_demo_on_the_application_side() -> None:
 def test_cli_plugins_demo_is_listed_and_parses_the_dp_options() -> None:
     listed = CliRunner().invoke(app, ["--help"])
     assert listed.exit_code == 0 and "demo" in listed.output
-    shown = CliRunner().invoke(app, ["demo", "--help"])
+    shown = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})  # long names uncut
     assert shown.exit_code == 0, shown.output
-    for option in ("--dp-epsilon", "--dp-delta", "--dp-clip", "--dp-noise", "--dp-metrics", "--hospitals"):
+    for option in (
+        *("--dp-epsilon", "--dp-delta", "--dp-clip", "--dp-noise", "--dp-metrics", "--hospitals"),
+        *("--dp-batch-patients", "--dp-epochs", "--dp-learning-rate", "--dp-optimizer"),
+    ):
         assert option in shown.output
 
 
@@ -69,6 +72,9 @@ def test_cli_plugins_unloadable_plugin_is_one_line_naming_it(monkeypatch: pytest
         ("--dp-delta", "1.5", "delta must be in (0, 1)"),
         ("--dp-clip", "-1", "clipping norm C must be > 0"),
         ("--dp-noise", "-0.5", "noise multiplier z must be >= 0"),
+        ("--dp-epochs", "0", "epochs must be > 0"),
+        ("--dp-learning-rate", "-1", "learning_rate must be > 0"),
+        ("--dp-optimizer", "rmsprop", "optimizer must be one of adam, sgd"),
     ],
 )
 def test_cli_plugins_demo_and_coordinator_run_validate_dp_options_alike(

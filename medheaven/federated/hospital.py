@@ -288,8 +288,8 @@ class HospitalNode:
             data.train_groups,
             dp=training.dp,
             planned_rounds=training.planned_rounds,
-            epochs=training.epochs,
-            batch_patients=training.batch_size,
+            epochs=training.private_epochs,
+            batch_patients=training.batch_patients,
             round_number=1,
         )
         return budget_standing(self._privacy_ledger(spec.run), entry, dp=training.dp)
@@ -358,7 +358,7 @@ class HospitalNode:
         clock = time.perf_counter()
         prepared = self._prepared(cache)
         training = spec.training
-        slot = model_slot(description.model, optimizer=training.optimizer, learning_rate=training.learning_rate)
+        slot = model_slot(description.model, optimizer=training.local_optimizer, learning_rate=training.learning_rate)
         with slot.lock:  # one model per process (model_pool.py); the hospitals of the embedded demo take turns
             model = slot.model
             set_flat_weights(model, weights)
@@ -411,8 +411,8 @@ class HospitalNode:
             data.train_groups,
             dp=training.dp,
             planned_rounds=training.planned_rounds,
-            epochs=training.epochs,
-            batch_patients=training.batch_size,
+            epochs=training.private_epochs,
+            batch_patients=training.batch_patients,
             round_number=spec.round,
             ledger_path=ledger,
             hospital_id=self.hospital_id,

@@ -49,7 +49,25 @@ class LocalTraining:
     planned_rounds: int = 1
 
     def rate_for(self, round_number: int) -> float:
-        return self.learning_rate * self.lr_decay ** max(round_number - 1, 0)
+        base = (
+            self.dp.learning_rate if self.dp is not None and self.dp.learning_rate is not None else self.learning_rate
+        )
+        return base * self.lr_decay ** max(round_number - 1, 0)
+
+    # under DP-SGD the run's DP setting carries its own recipe (DpConfig); these resolve it against the plain one
+    @property
+    def local_optimizer(self) -> str:
+        return self.dp.optimizer if self.dp is not None and self.dp.optimizer is not None else self.optimizer
+
+    @property
+    def batch_patients(self) -> int:
+        """DP-SGD's expected patients per step."""
+        return self.dp.batch_patients if self.dp is not None and self.dp.batch_patients is not None else self.batch_size
+
+    @property
+    def private_epochs(self) -> float:
+        """DP-SGD's expected passes over a hospital's patients per round."""
+        return self.dp.epochs if self.dp is not None and self.dp.epochs is not None else float(self.epochs)
 
     @property
     def releases_metrics(self) -> bool:

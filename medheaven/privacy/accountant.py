@@ -86,9 +86,15 @@ class PrivacyLedger:
     entries: tuple[LedgerEntry, ...] = ()
 
     def spent(self) -> float:
-        accountant = rdp.RdpAccountant(RDP_ORDERS)
+        # RDP composes additively, so the rounds run with one (q, z) are one self-composed event of all their steps:
+        # the same ε, computed once per distinct (q, z) rather than once per round (each costs up to ~1 s for large q)
+        steps: dict[tuple[float, float], int] = {}
         for entry in self.entries:
-            accountant.compose(step_event(entry.sampling_rate, entry.noise_multiplier, entry.steps))
+            key = (entry.sampling_rate, entry.noise_multiplier)
+            steps[key] = steps.get(key, 0) + entry.steps
+        accountant = rdp.RdpAccountant(RDP_ORDERS)
+        for (q, z), count in steps.items():
+            accountant.compose(step_event(q, z, count))
         return float(accountant.get_epsilon(self.delta)) if self.entries else 0.0
 
     def after(self, entry: LedgerEntry) -> PrivacyLedger:

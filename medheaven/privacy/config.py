@@ -13,6 +13,15 @@ from medheaven.errors import ConfigurationError
 # accountant and dp-accounting to know it
 BUDGET_MARKER = "privacy budget spent:"
 
+OPTIMIZERS = ("adam", "sgd")
+
+#: The DP-SGD recipe chosen on the hospitals' validation patients (PRIVACY.md, "Choosing the recipe"; the test split
+#: was not read): large Poisson batches of patients, a learning rate well above the non-private one, Adam.
+RECIPE_BATCH_PATIENTS = 2048
+RECIPE_EPOCHS = 2.0
+RECIPE_LEARNING_RATE = 3e-3
+RECIPE_OPTIMIZER = "adam"
+
 
 @dataclass(frozen=True)
 class DpConfig:
@@ -22,6 +31,14 @@ class DpConfig:
     ``rounds`` x local steps (see :func:`medheaven.privacy.accountant.calibrate_noise`). ``clip`` is C, the L2 bound on
     one patient's gradient contribution per step. ``release_metrics`` switches off the per-round validation metrics a
     hospital reports in the clear (they are *not* covered by the accountant; see README "Differential privacy").
+
+    The DP-SGD recipe of the local training, in place of the run's non-private one (``LocalTraining``):
+    ``batch_patients`` is the *expected* number of patients per step (each hospital samples each of its patients
+    with q = batch_patients / its training patients, capped at 1, so a small hospital has a large q and calibrates
+    a larger z); ``epochs`` the expected passes over a hospital's patients per round (round(epochs / q) steps);
+    ``learning_rate`` and ``optimizer`` those of the hospital's local optimiser. The defaults are the recipe chosen
+    on validation (``RECIPE_*``); ``None`` (what ``from_dict`` gives a record written before these fields existed)
+    takes the run's non-private value.
     """
 
     target_epsilon: float
@@ -29,6 +46,10 @@ class DpConfig:
     clip: float = 1.0
     noise_multiplier: float = 0.0  # 0 until calibrated
     release_metrics: bool = True
+    batch_patients: int | None = RECIPE_BATCH_PATIENTS
+    epochs: float | None = RECIPE_EPOCHS
+    learning_rate: float | None = RECIPE_LEARNING_RATE
+    optimizer: str | None = RECIPE_OPTIMIZER
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
@@ -39,6 +60,14 @@ class DpConfig:
             raise ConfigurationError(f"dp: clipping norm C must be > 0, got {self.clip}")
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
             raise ConfigurationError(f"dp: noise multiplier z must be >= 0, got {self.noise_multiplier}")
+        if self.batch_patients is not None and self.batch_patients < 1:
+            raise ConfigurationError(f"dp: expected batch of patients must be >= 1, got {self.batch_patients}")
+        for name in ("epochs", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"dp: {name} must be > 0, got {value}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ConfigurationError(f"dp: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
     @property
     def calibrated(self) -> bool:
@@ -56,6 +85,10 @@ class DpConfig:
                 clip=float(data.get("clip", 1.0)),
                 noise_multiplier=float(data.get("noise_multiplier", 0.0)),
                 release_metrics=bool(data.get("release_metrics", True)),
+                batch_patients=None if data.get("batch_patients") is None else int(data["batch_patients"]),
+                epochs=None if data.get("epochs") is None else float(data["epochs"]),
+                learning_rate=None if data.get("learning_rate") is None else float(data["learning_rate"]),
+                optimizer=None if data.get("optimizer") is None else str(data["optimizer"]),
             )
         except KeyError as missing:
             raise ConfigurationError(f"dp config lacks the field {missing}; give target_epsilon and delta") from None
