@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medheaven.crypto.codec import PublicKeys, aggregator_codec, public_keys_from_bytes
-from medheaven.crypto.envelope import Envelope, check_envelope, read_envelope
+from medheaven.crypto.envelope import Envelope, EnvelopeExpectation, check_envelope, read_envelope
 from medheaven.crypto.signing import HospitalRegistry
 from medheaven.errors import (
     DigestMismatchError,
@@ -153,14 +153,9 @@ class AggregatorNode:
 
     def _fold_envelope(self, state: _RoundState, description: RunDescription, envelope: Envelope) -> None:
         spec = state.spec
-        expect = expectation(
-            description,
-            phase=spec.kind,
-            round_number=spec.round,
-            base=spec.base_sha256,
-            length=spec.kind.vector_length(description),
+        fold_update(
+            state.accumulator, envelope, expect=_upload_expectation(description, spec), registry=self.registry()
         )
-        fold_update(state.accumulator, envelope, expect=expect, registry=self.registry())
 
     def _state(self, spec: RoundSpec) -> _RoundState:
         """The round's in-memory state, rebuilt from the ledger if this process has none (e.g. after a crash)."""
@@ -231,13 +226,7 @@ class AggregatorNode:
         if not envelope.signature:
             raise SignatureError(f"envelope claiming to be from {envelope.hospital!r} carries no signature")
         registry.verify(envelope.hospital, envelope.signed_message(), envelope.signature)
-        expect = expectation(
-            description,
-            phase=spec.kind,
-            round_number=spec.round,
-            base=spec.base_sha256,
-            length=spec.kind.vector_length(description),
-        )
+        expect = _upload_expectation(description, spec)
         # a correctly signed envelope of another run, round or base is a replay, not this attempt's answer
         if (envelope.kind, envelope.run, envelope.round, envelope.base) != (
             expect.kind,
@@ -453,6 +442,17 @@ class AggregatorNode:
         )
         accumulator = state.accumulator
         return spool_result(result, accumulator.iter_chunks(), accumulator.chunk_count, folder=self.spool_folder)
+
+
+def _upload_expectation(description: RunDescription, spec: RoundSpec) -> EnvelopeExpectation:
+    """What every hospital's upload to the attempt ``spec`` must look like (one rule for fold and receipt checks)."""
+    return expectation(
+        description,
+        phase=spec.kind,
+        round_number=spec.round,
+        base=spec.base_sha256,
+        length=spec.kind.vector_length(description),
+    )
 
 
 def _parse_dropouts(raw: Mapping[str, str], *, run: str, kind: Phase, round_number: int) -> dict[str, Dropout]:
