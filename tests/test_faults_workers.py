@@ -185,12 +185,13 @@ def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_onc
 
 
 def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: Path) -> None:
-    """A hospital frozen mid-training misses the deadline: the round commits without it, its late update is rejected
-    and never reaches the next round. While the round is open, the same receipt delivered twice more is a no-op;
-    after the commit it is rejected as closed. Every hospital appears at most once in every manifest.
+    """A hospital frozen mid-training stops renewing its worker's lease: once it has had no live worker for 10 s it
+    counts as lost, the round commits with the quorum without waiting for the deadline, and its late update, sent when
+    it thaws, is rejected and never reaches the next round. While the round is open, the same receipt delivered twice
+    more is a no-op; after the commit it is rejected as closed. Every hospital appears at most once in every manifest.
 
-    On the older ``ckks`` scheme, whose rounds commit with the quorum at the deadline; under the masked default a
-    straggler ends the attempt instead (test_faults_dropout.py)."""
+    On the older ``ckks`` scheme, whose rounds commit with the quorum; under the masked default a lost hospital ends
+    the attempt instead (test_faults_dropout.py)."""
     simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=2400, params=plan_ckks_parameters())
     h1, h2, h3 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
@@ -209,7 +210,7 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
         duplicates = [fed.app.send_task("medheaven.aggregate.fold", args=(receipt,), queue="aggregate") for _ in "ab"]
         assert [d.get(timeout=60)["status"] for d in duplicates] == ["duplicate", "duplicate"]
         assert fed.manifest(config.run, 1) is None
-        first = wait_for(lambda: fed.manifest(config.run, 1), timeout=90, what="round 1 to commit at its deadline")
+        first = wait_for(lambda: fed.manifest(config.run, 1), timeout=90, what="round 1 to commit without h3")
         after_commit = fed.app.send_task("medheaven.aggregate.fold", args=(receipt,), queue="aggregate")
         closed = after_commit.get(timeout=60)
         thaw(straggler)
@@ -228,7 +229,7 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
     assert (closed["status"], closed["reason"]) == ("closed", "closed")
     assert (late["status"], late["reason"], late["hospital"]) == ("closed", "closed", h3)
     assert "already committed" in late["message"]
-    assert [r["statuses"][h3] for r in history] == ["late", "folded"]
+    assert [r["statuses"][h3] for r in history] == ["worker lost", "folded"]
     reports = assert_run_sound(
         simulation, config.run, rounds=2, watcher=watcher, expected={1: {h1, h2}, 2: {h1, h2, h3}}
     )
