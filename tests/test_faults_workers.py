@@ -184,6 +184,12 @@ def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_onc
     assert "rebuilt update round 1 of kill-aggregator from its ledger (1 folded)" in log
 
 
+def _announced(state: tuple[str, object]) -> bool:
+    """A task past its guard: STARTED, with the worker's main pid that ``workers.lease.announce`` adds."""
+    status, info = state
+    return status == "STARTED" and isinstance(info, dict) and "worker_pid" in info
+
+
 def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: Path) -> None:
     """A hospital frozen mid-training stops renewing its worker's lease: once it has had no live worker for 10 s it
     counts as lost, the round commits with the quorum without waiting for the deadline, and its late update, sent when
@@ -198,9 +204,16 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
         config = fed.config("straggler", rounds=2, min_hospitals=2, round_timeout=35)
         watcher = CommitWatcher(simulation.store_dir, config.run)
         run = BackgroundRun(fed.coordinator(config))
-        wait_for(lambda: fed.train_state(config.run, 1, h3)[0] == "STARTED", timeout=120,
+        # frozen inside its training, not before the task's own checks: Celery records STARTED before the task body
+        # runs, the body's guard then adds the worker's main pid to the STARTED meta, and right after it the task
+        # looks for a closed round. Frozen before that look, the thawed task would find round 1 committed and drop
+        # itself untrained (correctly), and no late update would reach the aggregator. The task then imports
+        # TensorFlow and trains (seconds), so a short pause after the guard lands the freeze inside the training.
+        wait_for(lambda: _announced(fed.train_state(config.run, 1, h3)), timeout=120,
                  what="h3's round-1 training to start", interval=0.02)  # fmt: skip
+        time.sleep(0.3)
         straggler = freeze(fed.worker(f"{h3}-0"))
+        assert fed.train_state(config.run, 1, h3)[0] == "STARTED", "h3's training finished before the freeze"
         # read now: once the frozen worker's lease expires (10 s) the coordinator gives h3's task back to its queue
         # under new ids (issue 19); the straggler's own fold is the one that reaches the aggregator late
         late_task, late_fold = fed.dispatch(config.run, 1)[h3]["task"], fed.dispatch(config.run, 1)[h3]["fold"]
