@@ -37,7 +37,16 @@ import numpy as np
 
 from benchmarks.federation import round_breakdown
 from benchmarks.runs import add_split_arguments, split_simulation, with_retries
-from coordinator.options import dp_config, local_training
+from coordinator.options import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    LOCAL_EPOCHS,
+    LR_DECAY,
+    SERVER_OPTIMISER,
+    dp_config,
+    local_training,
+    server_step,
+)
 from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import MedHeavenError
@@ -67,9 +76,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attack-epsilons", type=_epsilons, default=_epsilons("none,8,1"))
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--clip", type=float, default=1.0, help="C: L2 bound on one patient's gradient per step")
-    parser.add_argument("--local-epochs", type=int, default=1, help="no-DP rows")
-    parser.add_argument("--batch-size", type=int, default=512, help="encounters per step, no-DP rows")
-    parser.add_argument("--learning-rate", type=float, default=5e-4, help="no-DP rows")
+    # every row trains as `medheaven-coordinator run` does by default: the no-DP rows with the plain recipe, the DP rows
+    # with the DP recipe, both under the same learning-rate schedule and server step
+    parser.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS, help="no-DP rows")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encounters per step, no-DP rows")
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help="no-DP rows")
+    parser.add_argument(
+        "--lr-decay", type=float, default=LR_DECAY, help="every row: rate of round r = lr * decay^(r-1)"
+    )
+    parser.add_argument("--server-optimiser", default=SERVER_OPTIMISER, help="every row: fedavg | fedavgm | fedadam")
     # the DP rows' own recipe (DpConfig; its defaults are the one chosen on validation, PRIVACY.md)
     parser.add_argument("--dp-batch-patients", type=int, default=RECIPE_BATCH_PATIENTS, help="expected per step")
     parser.add_argument("--dp-epochs", type=float, default=RECIPE_EPOCHS, help="expected passes over patients/round")
@@ -232,6 +247,7 @@ def _training(args: argparse.Namespace, epsilon: float | None) -> LocalTraining:
         learning_rate=args.learning_rate,
         rounds=args.rounds,
         dp=dp_config(epsilon, args.delta, args.clip, 0.0, True, *recipe),
+        lr_decay=args.lr_decay,
     )
 
 
@@ -240,7 +256,12 @@ def run_row(
 ) -> dict[str, Any]:
     run = f"eps-{_label(epsilon)}" + (f"-retry{attempt}" if attempt else "")
     config = simulation_config(
-        simulation, run=run, rounds=args.rounds, round_timeout=args.round_timeout, training=_training(args, epsilon)
+        simulation,
+        run=run,
+        rounds=args.rounds,
+        round_timeout=args.round_timeout,
+        training=_training(args, epsilon),
+        server=server_step(args.server_optimiser, None, None),
     )
     started = time.perf_counter()
     if args.mode == "threads":
@@ -261,6 +282,7 @@ def run_row(
         "delta": None if epsilon is None else args.delta,
         "clip": None if epsilon is None else args.clip,
         "training": config.training.to_dict(),
+        "server": config.server.to_dict(),
         "loadavg": os.getloadavg(),
         "wall_seconds": wall,
         "round_seconds": [float(r["seconds"]) for r in history],
