@@ -14,20 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.runs import add_split_arguments, split_simulation, with_retries
+from benchmarks.runs import add_split_arguments, fresh_split_and_model, results_header, timed_run, with_retries
 from coordinator.simulation import (
     Simulation,
-    default_model,
-    run_in_processes,
-    run_in_threads,
     simulation_config,
 )
 from medheaven.crypto.codec import load_secret_keys, scheme_of
@@ -106,12 +101,7 @@ def _run(
         ),
         plaintext=plaintext,
     )
-    started = time.perf_counter()
-    if args.mode == "threads":
-        result, _ = run_in_threads(simulation, config, model=model)
-    else:
-        result = run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
-    wall = time.perf_counter() - started
+    result, wall = timed_run(simulation, config, args, model=model)
     rounds = result.history
     per_round = [float(r["seconds"]) for r in rounds]
     store = simulation.store()
@@ -145,16 +135,9 @@ def _summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
-    hidden = tuple(int(w) for w in args.hidden.split(",") if w)
-    results: dict[str, Any] = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "nproc": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
-    }
+    results = results_header(args)
     # one split and key set for every run, so encrypted and plaintext runs see the same hospitals and rows
-    shutil.rmtree(args.out, ignore_errors=True)
-    simulation = split_simulation(args)
-    model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
+    simulation, model = fresh_split_and_model(args)
     results["parameters"] = model.parameter_count()
     # the encrypted runs' scheme: the simulation's key set (bfv-masked, pairwise-masked, unless --data's plan says
     # otherwise), recorded so that a row of BENCHMARKS.md says what it measured

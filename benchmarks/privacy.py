@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.federation import round_breakdown
-from benchmarks.runs import add_split_arguments, split_simulation, with_retries
+from benchmarks.runs import add_split_arguments, fresh_split_and_model, results_header, timed_run, with_retries
 from coordinator.options import (
     BATCH_SIZE,
     LEARNING_RATE,
@@ -47,7 +45,7 @@ from coordinator.options import (
     local_training,
     server_step,
 )
-from coordinator.simulation import Simulation, default_model, run_in_processes, run_in_threads, simulation_config
+from coordinator.simulation import Simulation, simulation_config
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
@@ -263,12 +261,7 @@ def run_row(
         training=_training(args, epsilon),
         server=server_step(args.server_optimiser, None, None),
     )
-    started = time.perf_counter()
-    if args.mode == "threads":
-        result, _ = run_in_threads(simulation, config, model=model)
-    else:
-        result = run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
-    wall = time.perf_counter() - started
+    result, wall = timed_run(simulation, config, args, model=model)
     history = result.history
     store = simulation.store()
     breakdown = [round_breakdown(store, run, int(r["round"])) for r in history]
@@ -328,18 +321,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
-    hidden = tuple(int(w) for w in args.hidden.split(",") if w)
     results: dict[str, Any] = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "nproc": os.cpu_count(),
-        "loadavg_start": os.getloadavg(),
+        **results_header(args),
         "encryption": "CKKS, the default plan" if args.encryption == "ckks" else "the simulation's default scheme",
         "attack": "loss-threshold (per patient mean cross-entropy under the last round's decrypted global model); "
         "members: one hospital's training patients; non-members: an equal-size sample of held-out test patients",
     }
-    shutil.rmtree(args.out, ignore_errors=True)
-    simulation = split_simulation(args, params=plan_ckks_parameters() if args.encryption == "ckks" else None)
-    model = default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
+    simulation, model = fresh_split_and_model(
+        args, params=plan_ckks_parameters() if args.encryption == "ckks" else None
+    )
     results["parameters"] = model.parameter_count()
     results["hospitals"] = list(simulation.hospitals)
     rows = []

@@ -1,4 +1,5 @@
-"""What the federation benchmarks share: the data split options, the simulation they prepare, and the retry rule.
+"""What the federation benchmarks share: the data split options, the simulation and model they prepare, how a run
+is driven and timed, and the retry rule.
 
 Redis database 15 is shared with the test suite, whose fixtures flush it and whose workers consume the same queue
 names: a measurement that loses its task messages fails its quorum (or times out) and is measured again from
@@ -9,13 +10,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.simulation import Simulation, prepare_simulation
+from coordinator.run import RunConfig
+from coordinator.simulation import (
+    Simulation,
+    SimulationResult,
+    default_model,
+    prepare_simulation,
+    run_in_processes,
+    run_in_threads,
+)
 from medheaven.crypto.codec import Parameters
+from medheaven.model import ModelSpec
 
 # the options of add_split_arguments, by their argparse names, which are prepare_simulation's keywords
 SPLIT_OPTIONS = ("data", "schema", "hospitals", "scheme", "seed", "synthetic_rows")
@@ -35,6 +48,39 @@ def split_simulation(args: argparse.Namespace, *, params: Parameters | None = No
     """The simulation the split options of :func:`add_split_arguments` describe, prepared under ``args.out``."""
     split: dict[str, Any] = {name: getattr(args, name) for name in SPLIT_OPTIONS}
     return prepare_simulation(args.out, params=params, **split)
+
+
+def fresh_split_and_model(
+    args: argparse.Namespace, *, params: Parameters | None = None
+) -> tuple[Simulation, ModelSpec]:
+    """A new split under ``args.out`` (what an earlier benchmark left there is removed) and the model of the
+    ``--hidden``, ``--dropout`` and ``--l2`` options; one of each serves every run of the benchmark."""
+    shutil.rmtree(args.out, ignore_errors=True)
+    simulation = split_simulation(args, params=params)
+    hidden = tuple(int(w) for w in args.hidden.split(",") if w)
+    return simulation, default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
+
+
+def results_header(args: argparse.Namespace) -> dict[str, Any]:
+    """The first keys of a benchmark's JSON: its arguments, and the machine's cores and load when it starts."""
+    return {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "nproc": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def timed_run(
+    simulation: Simulation, config: RunConfig, args: argparse.Namespace, *, model: ModelSpec
+) -> tuple[SimulationResult, float]:
+    """Drive ``config`` to its end in worker threads or on ``--broker-url`` with worker processes, as ``--mode``
+    says; the result and the wall time it took in seconds."""
+    started = time.perf_counter()
+    if args.mode == "threads":
+        result, _ = run_in_threads(simulation, config, model=model)
+    else:
+        result = run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
+    return result, time.perf_counter() - started
 
 
 def with_retries(

@@ -32,6 +32,9 @@ from medheaven.store.base import Store
 if TYPE_CHECKING:
     from coordinator.queues import QueueDepth
 
+#: ``--run-id`` of every command: the run's name in the store, all ``resume`` and ``status`` need to find it
+RunIdOption = Annotated[str, typer.Option("--run-id")]
+
 app = typer.Typer(
     help="Coordinate MedHeaven federated rounds over Celery/Redis.",
     no_args_is_help=True,
@@ -110,7 +113,7 @@ def _test(coordinator: Coordinator) -> dict[str, Any] | None:
 @app.command("run")
 @command
 def run(
-    run_id: Annotated[str, typer.Option("--run-id")],
+    run_id: RunIdOption,
     hospitals: Annotated[str, typer.Option("--hospitals", help="Comma-separated hospital ids.")],
     layout: Annotated[
         Path | None,
@@ -223,7 +226,7 @@ def run(
 @app.command("resume")
 @command
 def resume(
-    run_id: Annotated[str, typer.Option("--run-id")],
+    run_id: RunIdOption,
     json_output: Annotated[bool, typer.Option("--json")] = False,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
@@ -239,7 +242,7 @@ def resume(
 @app.command("status")
 @command
 def status(
-    run_id: Annotated[str, typer.Option("--run-id")],
+    run_id: RunIdOption,
     json_output: Annotated[bool, typer.Option("--json")] = False,
     queues: Annotated[
         bool, typer.Option("--queues", help="also read each queue's depth, stranded messages and consumers (broker)")

@@ -265,6 +265,11 @@ class Federation:
         kwargs.setdefault("poll_interval", 0.1)
         return Coordinator(self.store, CeleryTransport(self.app), config, **kwargs)
 
+    def start_run(self, config: RunConfig, **kwargs: Any) -> tuple[CommitWatcher, BackgroundRun]:
+        """``config``'s coordinator on a thread, and the watcher of its commits (started first, so it sees them all)."""
+        watcher = CommitWatcher(self.simulation.store_dir, config.run)
+        return watcher, BackgroundRun(self.coordinator(config, **kwargs))
+
     def task_state(self, task_id: str) -> tuple[str, Any]:
         result = AsyncResult(task_id, app=self.app)
         return str(result.state), result.info

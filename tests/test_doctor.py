@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -228,24 +229,31 @@ def test_doctor_warns_when_the_fingerprint_is_not_pinned(simulation: Simulation,
 
 
 # -- a Redis with a password and an evicting policy --------------------------------------------------------
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    port, password = _closed_port(), "doctor-test-password"
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", password, "--save", "",
-         "--appendonly", "no", "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+@contextlib.contextmanager
+def _redis_server(port: int, arguments: list[str]) -> Iterator[None]:
+    """``redis-server`` with these arguments, once it accepts connections on ``port``; stopped on exit."""
+    server = subprocess.Popen(["redis-server", *arguments], stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
-        yield port, password
+        yield
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    port, password = _closed_port(), "doctor-test-password"
+    with _redis_server(
+        port,
+        ["--bind", "127.0.0.1", "--port", str(port), "--requirepass", password, "--save", "", "--appendonly", "no",
+         "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
+    ):  # fmt: skip
+        yield port, password
 
 
 def test_doctor_names_password_problems_and_warns_on_eviction(
@@ -357,19 +365,13 @@ def test_doctor_checks_a_tls_broker_against_the_configured_ca(simulation: Simula
     ca, cert, key = _write_tls_files(tmp_path)
     port = _closed_port()
     # the runbook's TLS command line, on a free port
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+    with _redis_server(
+        port,
+        ["--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
          "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "optional",
          "--requirepass", "tls-test", "--appendonly", "no", "--save", "", "--maxmemory-policy", "noeviction",
          "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+    ):  # fmt: skip
         broker = f"rediss://:tls-test@127.0.0.1:{port}/0"
         good = _by_name(run_checks("coordinator", _aggregator(simulation, broker, redis_tls_ca=ca)))["broker"]
         assert good.status == "ok" and "maxmemory-policy noeviction" in good.detail, good
@@ -377,6 +379,3 @@ def test_doctor_checks_a_tls_broker_against_the_configured_ca(simulation: Simula
         assert "certificate verify failed" in _failure(unverified, "broker")
         missing = run_checks("coordinator", _aggregator(simulation, broker, redis_tls_ca=tmp_path / "none.crt"))
         assert "MEDHEAVEN_REDIS_TLS_CA" in _failure(missing, "broker")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

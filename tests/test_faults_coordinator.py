@@ -12,7 +12,6 @@ from typing import Any
 import psutil
 import pytest
 from fault_support import (
-    BackgroundRun,
     CommitWatcher,
     assert_run_sound,
     environment_without_medheaven,
@@ -50,8 +49,7 @@ def test_fault_quorum_not_reached_leaves_previous_model_and_resumes(tmp_path: Pa
     h1, h2 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("quorum", rounds=2, round_timeout=25)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        watcher, run = fed.start_run(config)
         wait_for(lambda: h2 in fed.folded(config.run, 1), timeout=120, what="h2 folded into round 1", interval=0.02)
         unreachable = freeze(fed.worker(f"{h2}-0"))  # idle: round 2's task waits for it
         paths = RunPaths(config.run)

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 from fault_support import (
-    BackgroundRun,
-    CommitWatcher,
     assert_run_sound,
     environment_without_medheaven,
     federation,
@@ -31,8 +29,7 @@ def test_fault_redis_restarted_mid_round_run_completes(tmp_path: Path) -> None:
     h1, h2 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("redis-restart", rounds=2, round_timeout=120)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        watcher, run = fed.start_run(config)
         wait_for(
             lambda: all(fed.train_state(config.run, 1, h)[0] == "STARTED" for h in (h1, h2)),
             timeout=120,

@@ -198,6 +198,15 @@ def _honest_bytes(w: World, hospital: str = "h1", **changes: Any) -> bytes:
     return w.envelope(hospital, **changes).to_bytes()
 
 
+def _junk_bytes(w: World) -> bytes:
+    return b"x"
+
+
+def _changed_receipt(upload: Callable[[World], bytes], **fields: Any) -> Callable[[World], dict[str, Any]]:
+    """A case's build: h1's signed receipt for ``upload(w)``, with ``fields`` changed after it was signed."""
+    return lambda w: {**w.plant("h1", upload(w)), **fields}
+
+
 def _payload(w: World, **fields: Any) -> bytes:
     payload = msgpack.unpackb(_honest_bytes(w), raw=False)
     payload.update(fields)
@@ -282,67 +291,54 @@ CASES: list[Case] = [
     *[
         Case(
             f"receipt-wrong-type-{field}",
-            lambda w, f=field, v=value: {**w.plant("h1", b"x"), f: v},
+            _changed_receipt(_junk_bytes, **{field: value}),
             EnvelopeFormatError,
             match,
         )
         for field, value, match in RECEIPT_TYPE_CASES
     ],
     Case(
-        "receipt-round-as-bool",
-        lambda w: {**w.plant("h1", b"x"), "round": True},
-        EnvelopeFormatError,
-        "'round' must be int",
+        "receipt-round-as-bool", _changed_receipt(_junk_bytes, round=True), EnvelopeFormatError, "'round' must be int"
     ),
     Case(
         "receipt-too-many-fields",
-        lambda w: {**w.plant("h1", b"x"), **{f"f{i}": i for i in range(40)}},
+        _changed_receipt(_junk_bytes, **{f"f{i}": i for i in range(40)}),
         EnvelopeFormatError,
         "small map",
     ),
-    Case("receipt-huge-size", lambda w: {**w.plant("h1", b"x"), "size": 1 << 50}, EnvelopeSizeError, "out of range"),
+    Case("receipt-huge-size", _changed_receipt(_junk_bytes, size=1 << 50), EnvelopeSizeError, "out of range"),
     Case(
         "receipt-digest-not-hex",
-        lambda w: {**w.plant("h1", b"x"), "sha256": "Z" * 64},
+        _changed_receipt(_junk_bytes, sha256="Z" * 64),
         EnvelopeFormatError,
         "lower-case hex digest",
     ),
     Case(
         "receipt-nan-metric",
-        lambda w: {**w.plant("h1", b"x"), "metrics": {"loss": float("nan")}},
+        _changed_receipt(_junk_bytes, metrics={"loss": float("nan")}),
         EnvelopeFormatError,
         "finite number",
     ),
     # -- receipts that do not belong to this round ----------------------------------------------------------
     Case(
         "receipt-key-escapes-round",
-        lambda w: {**w.plant("h1", _honest_bytes(w)), "key": "hostile/../../etc/passwd"},
+        _changed_receipt(_honest_bytes, key="hostile/../../etc/passwd"),
         "format",
         "updates of this round live at",
     ),
     Case(
         "receipt-wrong-attempt",
-        lambda w: {**w.plant("h1", _honest_bytes(w)), "attempt": 7},
+        _changed_receipt(_honest_bytes, attempt=7),
         "round",
         "attempt 7 .* attempt 1 is the open one",
     ),
-    Case(
-        "receipt-other-run",
-        lambda w: {**w.plant("h1", _honest_bytes(w)), "run": "somebody-else"},
-        "closed",
-        "no open update round",
-    ),
-    Case(
-        "receipt-future-round",
-        lambda w: {**w.plant("h1", _honest_bytes(w)), "round": 9},
-        "closed",
-        "no open update round 9",
-    ),
+    Case("receipt-other-run", _changed_receipt(_honest_bytes, run="somebody-else"), "closed", "no open update round"),
+    Case("receipt-future-round", _changed_receipt(_honest_bytes, round=9), "closed", "no open update round 9"),
     Case("receipt-unknown-hospital", _unknown_hospital, "unknown-hospital", "'h9' was not selected"),
     Case(
         # the attack of issue 19: a fold naming a hospital, with a made-up digest, published to the broker
         "receipt-forged-digest",
-        lambda w: {**w.plant("h1", _honest_bytes(w)), "sha256": "0" * 64},
+        _changed_receipt(_honest_bytes, sha256="0" * 64),
         "signature",
         "does not verify with hospital 'h1'",
     ),
