@@ -124,7 +124,8 @@ def run_config(
         train_epochs,
     )
 
-    models, planned, private = {}, {}, {}
+    models, planned = {}, {}
+    private: dict[str, DpSgd] = {}
     for h, d in hospitals.items():
         models[h] = build_model(spec)
         compile_model(models[h], learning_rate=config["lr"], optimizer=config.get("optimizer", "adam"))
