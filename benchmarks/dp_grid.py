@@ -8,10 +8,14 @@ train/validation split is its node's (``prepare_hospital_data``, 10% of patients
 pooled one the federation's statistics phase computes. Then the federation's arithmetic in plaintext in one process,
 without the protocol (HE equals plaintext FedAvg to ~1e-12): each hospital keeps its own model and optimiser state
 across rounds, calibrates its own z from ε, δ, its own q and the planned rounds (``medheaven.privacy.local``), runs
-the hospital's DP-SGD (``DpSgd``) from the global model, and the global model is the n-weighted FedAvg average.
+the hospital's DP-SGD (``DpSgd``) from the global model at the round's learning rate (``--lr-decay``: round r trains
+at lr * decay^(r-1), as ``LocalTraining.rate_for``), and the next global model is the product's server step
+(``--server-optimiser``, ``medheaven.federated.server_optimiser.Trajectory``, as every hospital replays it) from the
+n-weighted FedAvg average. Both default to what ``medheaven-coordinator run`` does (``coordinator/options.py``).
 Each configuration prints the validation ROC-AUC after every round (the mean over hospitals weighted by validation
 patients, as the coordinator's history reports it, and unweighted), each hospital's q, z and steps, and seconds.
-``--no-dp`` adds the non-private reference row (plain Keras ``fit``) with ``--plain-*`` settings.
+``--no-dp`` adds the non-private reference row (the hospitals' plain ``train_epochs``) with ``--plain-*`` settings,
+by default the product's plain recipe (``coordinator/options.py``), under the same schedule and server step.
 
 ``--time-round HOSPITAL`` instead times one round of that hospital's local training, alternating DP-SGD (the first
 grid configuration) with plain ``fit`` for one and for the DP row's number of epochs, ``--repeat`` times each.
@@ -33,8 +37,10 @@ import numpy as np
 
 from benchmarks.peer_flower import roc_auc
 from benchmarks.runs import add_split_arguments, split_simulation
+from coordinator.options import BATCH_SIZE, LEARNING_RATE, LOCAL_EPOCHS, LR_DECAY, SERVER_OPTIMISER, server_step
 from coordinator.simulation import default_model
 from medheaven.federated.fedavg import fedavg
+from medheaven.federated.server_optimiser import Trajectory
 from medheaven.model import ModelSpec
 from medheaven.privacy.accountant import calibrate_noise, epsilon_for
 from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_per_round
@@ -42,6 +48,10 @@ from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_pe
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +66,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", type=_floats, default=_floats("1"))
     parser.add_argument("--optimizers", default="adam", help="comma-separated: adam, sgd")
     parser.add_argument("--no-dp", action="store_true", help="add the non-private reference row")
-    parser.add_argument("--plain-batch", type=int, default=512)
-    parser.add_argument("--plain-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--plain-batch", type=int, default=BATCH_SIZE, help="no-DP row: encounters per step")
+    parser.add_argument("--plain-learning-rate", type=float, default=LEARNING_RATE, help="no-DP row")
+    parser.add_argument("--plain-epochs", type=int, default=LOCAL_EPOCHS, help="no-DP row: epochs per round")
+    parser.add_argument(
+        "--lr-decay", type=float, default=LR_DECAY, help="every row: rate of round r = lr * decay^(r-1)"
+    )
+    parser.add_argument("--server-optimiser", default=SERVER_OPTIMISER, help="every row: fedavg | fedavgm | fedadam")
+    parser.add_argument(
+        "--noise-seeds", type=_ints, default=_ints("0"), help="repeat each DP configuration with these noise seeds"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/dp-grid"))
     parser.add_argument("--time-round", default=None, metavar="HOSPITAL", help="time one local round instead")
     parser.add_argument("--repeat", type=int, default=3)
@@ -97,9 +115,17 @@ def run_config(
 ) -> dict[str, Any]:
     import keras
 
-    from medheaven.model import build_model, compile_model, get_flat_weights, predict_risk, set_flat_weights
+    from medheaven.model import (
+        build_model,
+        compile_model,
+        get_flat_weights,
+        predict_risk,
+        set_flat_weights,
+        train_epochs,
+    )
 
     models, planned = {}, {}
+    private: dict[str, DpSgd] = {}
     for h, d in hospitals.items():
         models[h] = build_model(spec)
         compile_model(models[h], learning_rate=config["lr"], optimizer=config.get("optimizer", "adam"))
@@ -108,23 +134,44 @@ def run_config(
             steps = steps_per_round(config["epochs"], q)
             z = calibrate_noise(config["epsilon"], delta, q, steps * rounds)
             planned[h] = {"q": q, "steps": steps, "z": z, "epsilon": epsilon_for(q, z, steps * rounds, delta)}
-    weights = get_flat_weights(next(iter(models.values())))
+            # one DpSgd per hospital for the whole run, as a hospital's process keeps one (privacy.local._dp_sgd): a
+            # new one per round traced its compiled functions again every round; its noise is seeded here
+            private[h] = DpSgd(
+                models[h],
+                clip=config["clip"],
+                noise_multiplier=z,
+                sampling_rate=q,
+                seed=spec.seed * 1_009 + len(private) + 7_919 * int(config.get("noise_seed", 0)),
+            )
+    # round r's global model: the product's server step (as each hospital replays it) from the FedAvg averages
+    averages = {0: np.asarray(get_flat_weights(next(iter(models.values()))), dtype=np.float64)}
+    trajectory = Trajectory(server_step(config["server"], None, None), averages.__getitem__)
+    weights = trajectory.model(0)
     curve, curve_mean = [], []
     started = time.monotonic()
     for r in range(1, rounds + 1):
         updates = []
-        for h, model in models.items():
+        rate = config["lr"] * config["lr_decay"] ** (r - 1)  # LocalTraining.rate_for
+        for i, (h, model) in enumerate(models.items()):
             d = hospitals[h]
             set_flat_weights(model, weights)
-            keras.utils.set_random_seed(spec.seed * 1_000_003 + r * 7919 + len(h))
-            if h in planned:
-                p = planned[h]
-                dp = DpSgd(model, clip=config["clip"], noise_multiplier=p["z"], sampling_rate=p["q"], seed=r)
-                dp.train(d["x"], d["y"], d["index"], int(p["steps"]))
+            model.optimizer.learning_rate.assign(rate)
+            seed = spec.seed * 1_000_003 + r * 7919 + i
+            if h in private:
+                keras.utils.set_random_seed(seed)
+                private[h].train(d["x"], d["y"], d["index"], int(planned[h]["steps"]))
             else:
-                model.fit(d["x"], d["y"], epochs=int(config["epochs"]), batch_size=int(config["batch"]), verbose=0)
+                train_epochs(
+                    model,
+                    d["x"],
+                    d["y"],
+                    epochs=int(config["epochs"]),
+                    batch_size=int(config["batch"]),
+                    rng=np.random.default_rng(seed),
+                )
             updates.append((get_flat_weights(model), int(d["y"].size)))
-        weights = fedavg(updates)
+        averages[r] = fedavg(updates)
+        weights = trajectory.model(r)
         scorer = next(iter(models.values()))
         set_flat_weights(scorer, weights)
         aucs = {h: roc_auc(d["val"][1], predict_risk(scorer, d["val"][0])) for h, d in hospitals.items()}
@@ -191,14 +238,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     configs: list[dict[str, Any]] = []
+    schedule = {"lr_decay": args.lr_decay, "server": args.server_optimiser}
     if args.no_dp:
-        configs.append({"epsilon": None, "batch": args.plain_batch, "lr": args.plain_learning_rate, "epochs": 1})
-    for batch, lr, epochs, clip, optimizer in itertools.product(
-        args.batch_patients, args.learning_rates, args.epochs, args.clips, args.optimizers.split(",")
+        configs.append(
+            {"epsilon": None, "batch": args.plain_batch, "lr": args.plain_learning_rate, "epochs": args.plain_epochs,
+             **schedule}
+        )  # fmt: skip
+    for clip, batch, lr, epochs, optimizer, noise_seed in itertools.product(
+        args.clips, args.batch_patients, args.learning_rates, args.epochs, args.optimizers.split(","), args.noise_seeds
     ):
         configs.append(
             {"epsilon": args.epsilon, "batch": int(batch), "lr": lr, "epochs": epochs, "clip": clip,
-             "optimizer": optimizer}
+             "optimizer": optimizer, "noise_seed": noise_seed, **schedule}
         )  # fmt: skip
     rows = []
     for config in configs:

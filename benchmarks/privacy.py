@@ -53,6 +53,7 @@ from medheaven.model import ModelSpec
 from medheaven.privacy.config import (
     OPTIMIZERS,
     RECIPE_BATCH_PATIENTS,
+    RECIPE_CLIP,
     RECIPE_EPOCHS,
     RECIPE_LEARNING_RATE,
     RECIPE_OPTIMIZER,
@@ -73,7 +74,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epsilons", type=_epsilons, default=_epsilons("none,8,3,1"), help="'none' = no DP")
     parser.add_argument("--attack-epsilons", type=_epsilons, default=_epsilons("none,8,1"))
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--clip", type=float, default=1.0, help="C: L2 bound on one patient's gradient per step")
+    parser.add_argument(
+        "--clip", type=float, default=RECIPE_CLIP, help="C: L2 bound on one patient's gradient per step"
+    )
     # every row trains as `medheaven-coordinator run` does by default: the no-DP rows with the plain recipe, the DP rows
     # with the DP recipe, both under the same learning-rate schedule and server step
     parser.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS, help="no-DP rows")

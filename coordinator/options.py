@@ -14,6 +14,7 @@ from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining
 from medheaven.privacy.config import (
     RECIPE_BATCH_PATIENTS,
+    RECIPE_CLIP,
     RECIPE_EPOCHS,
     RECIPE_LEARNING_RATE,
     RECIPE_OPTIMIZER,
@@ -39,7 +40,7 @@ DpEpochsOption = Annotated[float, typer.Option("--dp-epochs", help="DP-SGD: expe
 DpLearningRateOption = Annotated[float, typer.Option("--dp-learning-rate", help="DP-SGD: local learning rate.")]
 DpOptimizerOption = Annotated[str, typer.Option("--dp-optimizer", help="DP-SGD: local optimiser, adam | sgd.")]
 #: Defaults of the options above (Annotated options take their default from the parameter, so it is kept here once).
-DP_DELTA, DP_CLIP, DP_NOISE, DP_METRICS = 1e-5, 1.0, 0.0, True
+DP_DELTA, DP_CLIP, DP_NOISE, DP_METRICS = 1e-5, RECIPE_CLIP, 0.0, True
 DP_BATCH, DP_EPOCHS, DP_LEARNING_RATE, DP_OPTIMIZER = (
     RECIPE_BATCH_PATIENTS,
     RECIPE_EPOCHS,

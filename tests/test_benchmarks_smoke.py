@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import aggregator, dp_grid, federation, privacy, recipe_cv, scaling
+from coordinator import options
 
 
 def _stdout_json(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
@@ -118,6 +119,18 @@ def test_dp_grid_scores_on_validation_and_times_a_round(tmp_path: Path, capsys: 
     assert plain["config"]["epsilon"] is None and private["config"]["epsilon"] == 3.0
     assert len(private["validation_roc_auc_weighted"]) == 2 and result["best"] == private
     assert all(p["epsilon"] <= 3.0 * 1.001 and p["steps"] >= 1 for p in private["planned"].values())
+    # by default every row trains under the product's schedule and server step, the no-DP row with its plain recipe
+    schedule = {"lr_decay": options.LR_DECAY, "server": options.SERVER_OPTIMISER}
+    assert plain["config"] == {
+        "epsilon": None, "batch": options.BATCH_SIZE, "lr": options.LEARNING_RATE, "epochs": options.LOCAL_EPOCHS,
+        **schedule,
+    }  # fmt: skip
+    assert private["config"].items() >= schedule.items()
+    dp_grid.main(
+        [*common, "--epsilon", "3", "--server-optimiser", "fedavg", "--lr-decay", "1", "--out", str(tmp_path / "g2")]
+    )
+    (fedavg_row,) = _stdout_json(capsys)["rows"]
+    assert fedavg_row["config"]["server"] == "fedavg" and fedavg_row["config"]["lr_decay"] == 1.0
     dp_grid.main([*common, "--time-round", "h1", "--repeat", "1", "--out", str(tmp_path / "time")])
     timed = _stdout_json(capsys)
     assert timed["method"] == "ghost" and set(timed["seconds"]) == {"dp_sgd", "fit_1_epoch", "fit_1_epochs"}

@@ -91,6 +91,18 @@ def test_dp_config_carries_its_recipe_and_local_training_resolves_it() -> None:
     assert LocalTraining(batch_size=64).rate_for(1) == 1e-3
 
 
+def test_every_default_clipping_norm_is_the_recipe_s() -> None:
+    from benchmarks import privacy
+    from coordinator import options
+    from medheaven.privacy.config import LEGACY_CLIP, RECIPE_CLIP
+
+    assert DpConfig(3.0, 1e-5).clip == options.DP_CLIP == privacy._arguments([]).clip == RECIPE_CLIP
+    dp = options.dp_config(3.0, options.DP_DELTA, options.DP_CLIP, options.DP_NOISE, options.DP_METRICS)
+    assert dp == DpConfig(3.0, 1e-5)
+    # a record without C was trained with the C of its time
+    assert DpConfig.from_dict({"target_epsilon": 3.0, "delta": 1e-5}).clip == LEGACY_CLIP
+
+
 def _model_and_data(n_rows: int = 400, n_patients: int = 120) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
     from medheaven.model import ModelSpec, build_model, compile_model
 

@@ -16,11 +16,15 @@ BUDGET_MARKER = "privacy budget spent:"
 OPTIMIZERS = ("adam", "sgd")
 
 #: The DP-SGD recipe chosen on the hospitals' validation patients (PRIVACY.md, "Choosing the recipe"; the test split
-#: was not read): large Poisson batches of patients, a learning rate well above the non-private one, Adam.
+#: was not read) under the product's server step and learning-rate decay: large Poisson batches of patients, a
+#: learning rate well above the non-private one, Adam, and a clipping norm C below the typical per-patient gradient.
 RECIPE_BATCH_PATIENTS = 2048
 RECIPE_EPOCHS = 2.0
-RECIPE_LEARNING_RATE = 3e-3
+RECIPE_LEARNING_RATE = 1e-2
 RECIPE_OPTIMIZER = "adam"
+RECIPE_CLIP = 0.3
+#: what a record written without a clipping norm was trained with (every DpConfig record carries one)
+LEGACY_CLIP = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,14 @@ class DpConfig:
     ``batch_patients`` is the *expected* number of patients per step (each hospital samples each of its patients
     with q = batch_patients / its training patients, capped at 1, so a small hospital has a large q and calibrates
     a larger z); ``epochs`` the expected passes over a hospital's patients per round (round(epochs / q) steps);
-    ``learning_rate`` and ``optimizer`` those of the hospital's local optimiser. The defaults are the recipe chosen
-    on validation (``RECIPE_*``); ``None`` (what ``from_dict`` gives a record written before these fields existed)
+    ``learning_rate`` and ``optimizer`` those of the hospital's local optimiser. The defaults (and ``clip``'s) are the
+    recipe chosen on validation (``RECIPE_*``); ``None`` (what ``from_dict`` gives a record written before these fields existed)
     takes the run's non-private value.
     """
 
     target_epsilon: float
     delta: float
-    clip: float = 1.0
+    clip: float = RECIPE_CLIP
     noise_multiplier: float = 0.0  # 0 until calibrated
     release_metrics: bool = True
     batch_patients: int | None = RECIPE_BATCH_PATIENTS
@@ -82,7 +86,7 @@ class DpConfig:
             return cls(
                 target_epsilon=float(data["target_epsilon"]),
                 delta=float(data["delta"]),
-                clip=float(data.get("clip", 1.0)),
+                clip=float(data.get("clip", LEGACY_CLIP)),
                 noise_multiplier=float(data.get("noise_multiplier", 0.0)),
                 release_metrics=bool(data.get("release_metrics", True)),
                 batch_patients=None if data.get("batch_patients") is None else int(data["batch_patients"]),
