@@ -24,20 +24,35 @@ class DeliveryLimitError(MedHeavenError):
     pass
 
 
-def _redis_client(task: Any) -> Any | None:
+def _redis_backend(task: Any) -> Any | None:
     from celery.backends.redis import RedisBackend
 
     backend = task.app.backend
-    return backend.client if isinstance(backend, RedisBackend) else None
+    return backend if isinstance(backend, RedisBackend) else None
+
+
+def _increment(client: Any, key: str) -> int:
+    with client.pipeline() as pipe:  # MULTI/EXEC: the count and its expiry together
+        pipe.incr(key)
+        pipe.expire(key, _COUNTER_TTL)
+        return int(pipe.execute()[0])
 
 
 def count_delivery(task: Any, *, limit: int) -> int:
+    """Count this delivery of ``task``; raise ``DeliveryLimitError`` past ``limit``.
+
+    The count is the first thing a task does, so it meets a Redis outage that begins as the task starts: it rides
+    the outage out under the workers' publish retry policy (``workers.config``: retries for ``OUTAGE_TOLERANCE``),
+    through the result backend's own ``ensure`` (its "Connection to Redis lost" lines collapse into the worker's one
+    outage line, ``workers.outage_log``), instead of failing the task. A retried increment whose reply was lost may
+    count one delivery twice: the task then reports one redelivery too many, and the limit is met one delivery early.
+    """
     task_id = str(task.request.id)
-    client = _redis_client(task)
-    if client is not None:
+    backend = _redis_backend(task)
+    if backend is not None:
         key = f"medheaven:deliveries:{task_id}"
-        count = int(client.incr(key))
-        client.expire(key, _COUNTER_TTL)
+        policy = dict(task.app.conf.task_publish_retry_policy or {})
+        count = int(backend.ensure(_increment, (backend.client, key), **policy))
     else:
         with _LOCAL_LOCK:
             count = _LOCAL_COUNTS.get(task_id, 0) + 1
