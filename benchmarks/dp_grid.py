@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.peer_flower import roc_auc
-from benchmarks.runs import add_split_arguments, split_simulation
-from coordinator.options import BATCH_SIZE, LEARNING_RATE, LOCAL_EPOCHS, LR_DECAY, SERVER_OPTIMISER, server_step
+from benchmarks.runs import add_schedule_arguments, add_split_arguments, split_simulation
+from coordinator.options import BATCH_SIZE, LEARNING_RATE, LOCAL_EPOCHS, server_step
 from coordinator.simulation import default_model
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.server_optimiser import Trajectory
@@ -69,10 +69,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain-batch", type=int, default=BATCH_SIZE, help="no-DP row: encounters per step")
     parser.add_argument("--plain-learning-rate", type=float, default=LEARNING_RATE, help="no-DP row")
     parser.add_argument("--plain-epochs", type=int, default=LOCAL_EPOCHS, help="no-DP row: epochs per round")
-    parser.add_argument(
-        "--lr-decay", type=float, default=LR_DECAY, help="every row: rate of round r = lr * decay^(r-1)"
-    )
-    parser.add_argument("--server-optimiser", default=SERVER_OPTIMISER, help="every row: fedavg | fedavgm | fedadam")
+    add_schedule_arguments(parser)
     parser.add_argument(
         "--noise-seeds", type=_ints, default=_ints("0"), help="repeat each DP configuration with these noise seeds"
     )

@@ -34,13 +34,18 @@ from typing import Any
 import numpy as np
 
 from benchmarks.federation import round_breakdown
-from benchmarks.runs import add_split_arguments, fresh_split_and_model, results_header, timed_run, with_retries
+from benchmarks.runs import (
+    add_schedule_arguments,
+    add_split_arguments,
+    fresh_split_and_model,
+    results_header,
+    timed_run,
+    with_retries,
+)
 from coordinator.options import (
     BATCH_SIZE,
     LEARNING_RATE,
     LOCAL_EPOCHS,
-    LR_DECAY,
-    SERVER_OPTIMISER,
     dp_config,
     local_training,
     server_step,
@@ -82,10 +87,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS, help="no-DP rows")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="encounters per step, no-DP rows")
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help="no-DP rows")
-    parser.add_argument(
-        "--lr-decay", type=float, default=LR_DECAY, help="every row: rate of round r = lr * decay^(r-1)"
-    )
-    parser.add_argument("--server-optimiser", default=SERVER_OPTIMISER, help="every row: fedavg | fedavgm | fedadam")
+    add_schedule_arguments(parser)
     # the DP rows' own recipe (DpConfig; its defaults are the one chosen on validation, PRIVACY.md)
     parser.add_argument("--dp-batch-patients", type=int, default=RECIPE_BATCH_PATIENTS, help="expected per step")
     parser.add_argument("--dp-epochs", type=float, default=RECIPE_EPOCHS, help="expected passes over patients/round")

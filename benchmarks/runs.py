@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.options import LR_DECAY, SERVER_OPTIMISER
 from coordinator.run import RunConfig
 from coordinator.simulation import (
     Simulation,
@@ -32,6 +33,15 @@ from medheaven.model import ModelSpec
 
 # the options of add_split_arguments, by their argparse names, which are prepare_simulation's keywords
 SPLIT_OPTIONS = ("data", "schema", "hospitals", "scheme", "seed", "synthetic_rows")
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every row of a training benchmark shares with `medheaven-coordinator run`'s defaults: the learning-rate
+    schedule and the server step."""
+    parser.add_argument(
+        "--lr-decay", type=float, default=LR_DECAY, help="every row: rate of round r = lr * decay^(r-1)"
+    )
+    parser.add_argument("--server-optimiser", default=SERVER_OPTIMISER, help="every row: fedavg | fedavgm | fedadam")
 
 
 def add_split_arguments(parser: argparse.ArgumentParser, *, seed_help: str) -> None:
