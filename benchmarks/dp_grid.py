@@ -41,6 +41,7 @@ from coordinator.options import BATCH_SIZE, LEARNING_RATE, LOCAL_EPOCHS, server_
 from coordinator.simulation import default_model
 from medheaven.federated.fedavg import fedavg
 from medheaven.federated.server_optimiser import Trajectory
+from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 from medheaven.privacy.accountant import calibrate_noise, epsilon_for
 from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_per_round
@@ -144,11 +145,12 @@ def run_config(
     averages = {0: np.asarray(get_flat_weights(next(iter(models.values()))), dtype=np.float64)}
     trajectory = Trajectory(server_step(config["server"], None, None), averages.__getitem__)
     weights = trajectory.model(0)
+    schedule = LocalTraining(learning_rate=config["lr"], lr_decay=config["lr_decay"])  # the hospitals' rate_for
     curve, curve_mean = [], []
     started = time.monotonic()
     for r in range(1, rounds + 1):
         updates = []
-        rate = config["lr"] * config["lr_decay"] ** (r - 1)  # LocalTraining.rate_for
+        rate = schedule.rate_for(r)
         for i, (h, model) in enumerate(models.items()):
             d = hospitals[h]
             set_flat_weights(model, weights)

@@ -153,8 +153,7 @@ def test_fault_aggregator_sigkilled_mid_round_rebuilds_and_folds_each_update_onc
     h1, h2, h3 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("kill-aggregator", rounds=1, round_timeout=180)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config, resend_after=10.0))
+        watcher, run = fed.start_run(config, resend_after=10.0)
         wait_for(lambda: fed.manifest(config.run, 0, kind="stats"), timeout=120, what="the stats phase to commit")
         late = {h: freeze(fed.worker(f"{h}-0")) for h in (h2, h3)}  # idle now; their round-1 tasks wait
         wait_for(lambda: fed.folded(config.run, 1) == [h1], timeout=120, what="h1 folded into round 1")
@@ -202,8 +201,7 @@ def test_fault_straggler_excluded_and_duplicate_receipts_folded_once(tmp_path: P
     h1, h2, h3 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("straggler", rounds=2, min_hospitals=2, round_timeout=35)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        watcher, run = fed.start_run(config)
         # frozen inside its training, not before the task's own checks: Celery records STARTED before the task body
         # runs, the body's guard then adds the worker's main pid to the STARTED meta, and right after it the task
         # looks for a closed round. Frozen before that look, the thawed task would find round 1 committed and drop
@@ -305,8 +303,7 @@ def test_fault_aggregator_frozen_past_the_deadline_on_time_updates_folded(tmp_pa
     simulation = small_simulation(tmp_path / "sim", hospitals=3, rows=1500)
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("frozen-aggregator", rounds=1, round_timeout=40)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        watcher, run = fed.start_run(config)
         wait_for(lambda: fed.dispatch(config.run, 1), timeout=240, what="round 1 to open", interval=0.02)
         frozen = freeze(fed.worker("aggregator"))
         spec = fed.store.get_json(f"{config.run}/rounds/1/spec.json")

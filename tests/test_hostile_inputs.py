@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 import pytest
 from crypto_fixtures import WIDE_PARAMS, secret_context
-from fault_support import BackgroundRun, CommitWatcher, assert_run_sound, federation, log_text, redis_server, wait_for
+from fault_support import assert_run_sound, federation, log_text, redis_server, wait_for
 from federation_support import small_simulation
 from kombu import Connection
 
@@ -633,8 +633,7 @@ def test_forged_fold_messages_for_two_hospitals_leave_the_round_to_commit_with_a
     _h1, h2, h3 = simulation.hospitals
     with redis_server(tmp_path / "redis") as redis, federation(simulation, redis.url(), tmp_path / "logs") as fed:
         config = fed.config("forged", rounds=1, round_timeout=180)
-        watcher = CommitWatcher(simulation.store_dir, config.run)
-        run = BackgroundRun(fed.coordinator(config))
+        watcher, run = fed.start_run(config)
         wait_for(lambda: fed.dispatch(config.run, 1), timeout=240, what="round 1 to open", interval=0.02)
         forged = []
         for hospital in (h2, h3):
