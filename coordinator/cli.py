@@ -25,7 +25,9 @@ from coordinator.run import RunConfig, create_run
 from coordinator.transport import CeleryTransport
 from medheaven.cli.support import command, print_json, set_debug, stderr, stdout
 from medheaven.errors import BrokerUnreachableError, QuorumNotReachedError
+from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
+from medheaven.privacy.config import DpConfig
 from medheaven.settings import Settings
 from medheaven.store.base import Store
 
@@ -112,6 +114,9 @@ def _test(coordinator: Coordinator) -> dict[str, Any] | None:
 
 @app.command("run")
 @command
+@options.DP_OPTIONS
+@options.SERVER_OPTIONS
+@options.RECIPE_OPTIONS
 def run(
     run_id: RunIdOption,
     hospitals: Annotated[str, typer.Option("--hospitals", help="Comma-separated hospital ids.")],
@@ -122,13 +127,6 @@ def run(
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 10,
     min_hospitals: Annotated[int | None, typer.Option("--min-hospitals", help="Quorum; default: all.")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round.")] = None,
-    local_epochs: options.LocalEpochsOption = options.LOCAL_EPOCHS,
-    batch_size: options.BatchSizeOption = options.BATCH_SIZE,
-    learning_rate: options.LearningRateOption = options.LEARNING_RATE,
-    lr_decay: options.LrDecayOption = options.LR_DECAY,
-    server_optimiser: options.ServerOptimiserOption = options.SERVER_OPTIMISER,
-    server_lr: options.ServerLrOption = None,
-    server_momentum: options.ServerMomentumOption = None,
     hidden: Annotated[str, typer.Option("--hidden", help="MLP widths, e.g. 64,32; empty for logistic.")] = "64,32",
     dropout: Annotated[float, typer.Option("--dropout")] = ModelSpec.dropout,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -155,15 +153,10 @@ def run(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress.")] = False,
-    dp_epsilon: options.DpEpsilonOption = None,
-    dp_delta: options.DpDeltaOption = options.DP_DELTA,
-    dp_clip: options.DpClipOption = options.DP_CLIP,
-    dp_noise: options.DpNoiseOption = options.DP_NOISE,
-    dp_metrics: options.DpMetricsOption = options.DP_METRICS,
-    dp_batch: options.DpBatchOption = options.DP_BATCH,
-    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
-    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
-    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
+    *,
+    recipe: options.LocalRecipe,  # the options of the three groups above
+    server: ServerOptimiser,
+    dp: DpConfig | None,
 ) -> None:
     """Start a new run and drive it to the end.
 
@@ -183,20 +176,11 @@ def run(
         rounds=rounds,
         min_hospitals=min_hospitals or len(hospital_ids),
         round_timeout=round_timeout or settings.round_timeout,
-        training=options.local_training(
-            epochs=local_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            lr_decay=lr_decay,
-            rounds=rounds,
-            dp=options.dp_config(
-                dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
-            ),
-        ),
+        training=recipe.training(rounds=rounds, dp=dp),
         evaluator=evaluator,
         test_path=test_data,
         plaintext=plaintext,
-        server=options.server_step(server_optimiser, server_lr, server_momentum),
+        server=server,
     )
     store = _open_store(settings)
     if layout is not None:

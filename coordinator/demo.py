@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from coordinator.loop import LogObserver
-from coordinator.options import LR_DECAY, local_training
+from coordinator.options import LocalRecipe
 from coordinator.progress import rounds_table
 from coordinator.simulation import (
     SimulationResult,
@@ -113,15 +113,12 @@ def run_demo(
     hospitals: int,
     rounds: int,
     scheme: str,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
     seed: int,
     synthetic_rows: int,
     plaintext: bool,
     quiet: bool,
+    recipe: LocalRecipe | None = None,
     dp: DpConfig | None = None,
-    lr_decay: float = LR_DECAY,
     server: ServerOptimiser | None = None,
 ) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -147,9 +144,7 @@ def run_demo(
         run=f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}",
         rounds=rounds,
         round_timeout=settings.round_timeout,
-        training=local_training(
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, rounds=rounds, dp=dp, lr_decay=lr_decay
-        ),
+        training=(recipe or LocalRecipe()).training(rounds=rounds, dp=dp),
         plaintext=plaintext,
         server=server,
     )

@@ -14,9 +14,14 @@ import typer
 
 from coordinator import options
 from medheaven.cli.support import command, print_json
+from medheaven.federated.server_optimiser import ServerOptimiser
+from medheaven.privacy.config import DpConfig
 
 
 @command
+@options.DP_OPTIONS
+@options.SERVER_OPTIONS
+@options.RECIPE_OPTIONS
 def demo(
     data: Annotated[Path | None, typer.Option("--data", help="Data file; default: synthetic diabetes130.")] = None,
     schema: Annotated[str, typer.Option("--schema")] = "diabetes130",
@@ -24,13 +29,6 @@ def demo(
     hospitals: Annotated[int, typer.Option("--hospitals", min=1)] = 3,
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 5,
     scheme: Annotated[str, typer.Option("--scheme", help="iid | dirichlet:ALPHA | column:NAME")] = "iid",
-    epochs: options.LocalEpochsOption = options.LOCAL_EPOCHS,
-    batch_size: options.BatchSizeOption = options.BATCH_SIZE,
-    learning_rate: options.LearningRateOption = options.LEARNING_RATE,
-    lr_decay: options.LrDecayOption = options.LR_DECAY,
-    server_optimiser: options.ServerOptimiserOption = options.SERVER_OPTIMISER,
-    server_lr: options.ServerLrOption = None,
-    server_momentum: options.ServerMomentumOption = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     rows: Annotated[int, typer.Option("--synthetic-rows", help="Size of the synthetic data set.")] = 20000,
     out: Annotated[Path, typer.Option("--out", help="Working folder (data, keys, store).")] = Path("medheaven-demo"),
@@ -38,15 +36,10 @@ def demo(
         bool, typer.Option("--plaintext-insecure", help="INSECURE comparison mode: no encryption.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
-    dp_epsilon: options.DpEpsilonOption = None,
-    dp_delta: options.DpDeltaOption = options.DP_DELTA,
-    dp_clip: options.DpClipOption = options.DP_CLIP,
-    dp_noise: options.DpNoiseOption = options.DP_NOISE,
-    dp_metrics: options.DpMetricsOption = options.DP_METRICS,
-    dp_batch: options.DpBatchOption = options.DP_BATCH,
-    dp_epochs: options.DpEpochsOption = options.DP_EPOCHS,
-    dp_learning_rate: options.DpLearningRateOption = options.DP_LEARNING_RATE,
-    dp_optimizer: options.DpOptimizerOption = options.DP_OPTIMIZER,
+    *,
+    recipe: options.LocalRecipe,  # the options of the three groups above
+    server: ServerOptimiser,
+    dp: DpConfig | None,
 ) -> None:
     """Run a whole encrypted federation on this machine: split data, key ceremony, rounds, test, verification.
 
@@ -65,14 +58,9 @@ def demo(
         hospitals=hospitals,
         rounds=rounds,
         scheme=scheme,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_decay=lr_decay,
-        server=options.server_step(server_optimiser, server_lr, server_momentum),
-        dp=options.dp_config(
-            dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
-        ),
+        recipe=recipe,
+        server=server,
+        dp=dp,
         seed=seed,
         synthetic_rows=rows,
         plaintext=plaintext,

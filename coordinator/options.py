@@ -6,7 +6,11 @@ functions below, so both commands accept, default, document and validate the sam
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -91,6 +95,102 @@ def dp_config(
     if epsilon is None:
         return None
     return DpConfig(epsilon, delta, clip, noise, metrics, batch_patients, epochs, learning_rate, optimizer)
+
+
+#: One option of a group: the parameter it becomes, its annotated type and its default.
+OptionSpec = tuple[str, Any, object]
+
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options that several commands share and that build one value: the command takes that value.
+
+    Used as a decorator, the group replaces the command's keyword parameter ``parameter`` by its options and calls
+    the command with ``build(*option values)``, so the options are declared once for every command that takes them.
+    Typer has no option groups; it reads a command's parameters from its signature, which the decorator rewrites.
+    """
+
+    parameter: str
+    options: tuple[OptionSpec, ...]
+    build: Callable[..., object]
+
+    def __call__(self, command: Callable[..., _R]) -> Callable[..., _R]:
+        signature = inspect.signature(command, eval_str=True)
+        if self.parameter not in signature.parameters:
+            raise TypeError(f"{command.__qualname__} has no parameter {self.parameter} for the options it takes")
+        kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+        kept = [p for p in kept if p.name != self.parameter]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, annotation, default in self.options
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> _R:
+            values = [kwargs.pop(name, default) for name, _, default in self.options]
+            return command(*args, **kwargs, **{self.parameter: self.build(*values)})
+
+        parameters = kept + added
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+        return wrapper
+
+
+@dataclass(frozen=True)
+class LocalRecipe:
+    """The non-private local training a run's options ask for (DP-SGD has its own, in ``DpConfig``)."""
+
+    epochs: int = LOCAL_EPOCHS
+    batch_size: int = BATCH_SIZE
+    learning_rate: float = LEARNING_RATE
+    lr_decay: float = LR_DECAY
+
+    def training(self, *, rounds: int, dp: DpConfig | None) -> LocalTraining:
+        return local_training(
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, lr_decay=self.lr_decay,
+            rounds=rounds, dp=dp,
+        )  # fmt: skip
+
+
+#: ``--local-epochs --batch-size --learning-rate --lr-decay`` as the command's ``recipe: LocalRecipe``.
+RECIPE_OPTIONS = OptionGroup(
+    "recipe",
+    (
+        ("local_epochs", LocalEpochsOption, LOCAL_EPOCHS),
+        ("batch_size", BatchSizeOption, BATCH_SIZE),
+        ("learning_rate", LearningRateOption, LEARNING_RATE),
+        ("lr_decay", LrDecayOption, LR_DECAY),
+    ),
+    LocalRecipe,
+)
+#: ``--server-optimiser --server-lr --server-momentum`` as the command's ``server: ServerOptimiser``.
+SERVER_OPTIONS = OptionGroup(
+    "server",
+    (
+        ("server_optimiser", ServerOptimiserOption, SERVER_OPTIMISER),
+        ("server_lr", ServerLrOption, None),
+        ("server_momentum", ServerMomentumOption, None),
+    ),
+    server_step,
+)
+#: The nine ``--dp-*`` options, in ``dp_config``'s order, as the command's ``dp: DpConfig | None``.
+DP_OPTIONS = OptionGroup(
+    "dp",
+    (
+        ("dp_epsilon", DpEpsilonOption, None),
+        ("dp_delta", DpDeltaOption, DP_DELTA),
+        ("dp_clip", DpClipOption, DP_CLIP),
+        ("dp_noise", DpNoiseOption, DP_NOISE),
+        ("dp_metrics", DpMetricsOption, DP_METRICS),
+        ("dp_batch", DpBatchOption, DP_BATCH),
+        ("dp_epochs", DpEpochsOption, DP_EPOCHS),
+        ("dp_learning_rate", DpLearningRateOption, DP_LEARNING_RATE),
+        ("dp_optimizer", DpOptimizerOption, DP_OPTIMIZER),
+    ),
+    dp_config,
+)
 
 
 def local_training(

@@ -14,8 +14,10 @@ import typer
 from typer.testing import CliRunner
 
 from coordinator.cli import app as coordinator_app
+from coordinator.options import DP_CLIP, DP_OPTIONS, RECIPE_OPTIONS, LocalRecipe
 from medheaven.cli import plugins
 from medheaven.cli.root import app
+from medheaven.privacy.config import DpConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +100,30 @@ def test_cli_plugins_library_commands_do_not_load_the_coordinator() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_cli_plugins_option_groups_reach_the_command_as_one_value_each() -> None:
+    received: list[tuple[int, LocalRecipe, DpConfig | None]] = []
+
+    @DP_OPTIONS
+    @RECIPE_OPTIONS
+    def train(
+        rounds: Annotated[int, typer.Option("--rounds")] = 3, *, recipe: LocalRecipe, dp: DpConfig | None
+    ) -> None:
+        received.append((rounds, recipe, dp))
+
+    cli = typer.Typer()
+    cli.command()(train)
+    assert CliRunner().invoke(cli, ["--rounds", "4", "--batch-size", "32"]).exit_code == 0
+    options = ["--dp-epsilon", "2.5", "--dp-delta", "1e-6", "--dp-batch-patients", "64", "--no-dp-metrics"]
+    assert CliRunner().invoke(cli, [*options, "--lr-decay", "0.5"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["--batch-size", "0"]).exit_code == 2  # the option's own check still holds
+    (rounds, recipe, dp), (_, other, private) = received
+    assert (rounds, recipe, dp) == (4, LocalRecipe(batch_size=32), None)
+    assert other == LocalRecipe(lr_decay=0.5) and private is not None
+    assert (private.target_epsilon, private.delta, private.batch_patients, private.release_metrics) == (
+        2.5, 1e-6, 64, False,
+    )  # fmt: skip
+    assert private.clip == DP_CLIP
+    with pytest.raises(TypeError, match="no parameter dp"):
+        DP_OPTIONS(hello)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app as coordinator_app
 from coordinator.demo import run_demo
+from coordinator.options import LocalRecipe
 from medheaven.errors import ConfigurationError, QuorumNotReachedError
 from medheaven.federated.paths import RunPaths
 from medheaven.store.local import LocalStore
@@ -31,9 +32,7 @@ def _demo(out: Path, data: Path, schema: Path) -> dict[str, object]:
         hospitals=3,
         rounds=1,
         scheme="iid",
-        epochs=1,
-        batch_size=64,
-        learning_rate=1e-3,
+        recipe=LocalRecipe(epochs=1, batch_size=64, learning_rate=1e-3),
         seed=0,
         synthetic_rows=0,
         plaintext=False,
