@@ -23,7 +23,6 @@ from typing import Any
 from benchmarks.runs import add_split_arguments, fresh_split_and_model, results_header, timed_run, with_retries
 from coordinator.simulation import (
     Simulation,
-    simulation_config,
 )
 from medheaven.crypto.codec import load_secret_keys, scheme_of
 from medheaven.errors import MedHeavenError
@@ -88,20 +87,10 @@ def _run(
 ) -> dict[str, Any]:
     mode = "plaintext" if plaintext else "encrypted"
     run = f"{mode}-{repeat}" + (f"-retry{attempt}" if attempt else "")
-    config = simulation_config(
-        simulation,
-        run=run,
-        rounds=args.rounds,
-        round_timeout=args.round_timeout,
-        training=LocalTraining(
-            epochs=args.local_epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            lr_decay=args.lr_decay,
-        ),
-        plaintext=plaintext,
+    training = LocalTraining(
+        epochs=args.local_epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay
     )
-    result, wall = timed_run(simulation, config, args, model=model)
+    _, result, wall = timed_run(simulation, args, run=run, training=training, model=model, plaintext=plaintext)
     rounds = result.history
     per_round = [float(r["seconds"]) for r in rounds]
     store = simulation.store()

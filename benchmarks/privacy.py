@@ -50,7 +50,7 @@ from coordinator.options import (
     local_training,
     server_step,
 )
-from coordinator.simulation import Simulation, simulation_config
+from coordinator.simulation import Simulation
 from medheaven.crypto.planning import plan_ckks_parameters
 from medheaven.errors import MedHeavenError
 from medheaven.federated.wire import LocalTraining
@@ -258,15 +258,10 @@ def run_row(
     simulation: Simulation, args: argparse.Namespace, model: ModelSpec, epsilon: float | None, attempt: int
 ) -> dict[str, Any]:
     run = f"eps-{_label(epsilon)}" + (f"-retry{attempt}" if attempt else "")
-    config = simulation_config(
-        simulation,
-        run=run,
-        rounds=args.rounds,
-        round_timeout=args.round_timeout,
-        training=_training(args, epsilon),
-        server=server_step(args.server_optimiser, None, None),
+    server = server_step(args.server_optimiser, None, None)
+    config, result, wall = timed_run(
+        simulation, args, run=run, training=_training(args, epsilon), model=model, server=server
     )
-    result, wall = timed_run(simulation, config, args, model=model)
     history = result.history
     store = simulation.store()
     breakdown = [round_breakdown(store, run, int(r["round"])) for r in history]

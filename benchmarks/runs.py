@@ -27,8 +27,11 @@ from coordinator.simulation import (
     prepare_simulation,
     run_in_processes,
     run_in_threads,
+    simulation_config,
 )
 from medheaven.crypto.codec import Parameters
+from medheaven.federated.server_optimiser import ServerOptimiser
+from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 
 # the options of add_split_arguments, by their argparse names, which are prepare_simulation's keywords
@@ -81,16 +84,27 @@ def results_header(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def timed_run(
-    simulation: Simulation, config: RunConfig, args: argparse.Namespace, *, model: ModelSpec
-) -> tuple[SimulationResult, float]:
-    """Drive ``config`` to its end in worker threads or on ``--broker-url`` with worker processes, as ``--mode``
-    says; the result and the wall time it took in seconds."""
+    simulation: Simulation,
+    args: argparse.Namespace,
+    *,
+    run: str,
+    training: LocalTraining,
+    model: ModelSpec,
+    plaintext: bool = False,
+    server: ServerOptimiser | None = None,
+) -> tuple[RunConfig, SimulationResult, float]:
+    """Run ``run`` of ``--rounds`` rounds (``--round-timeout`` each) to its end in worker threads, or on
+    ``--broker-url`` with worker processes, as ``--mode`` says; its configuration, result and wall time in seconds."""
+    config = simulation_config(
+        simulation, run=run, rounds=args.rounds, round_timeout=args.round_timeout, training=training,
+        plaintext=plaintext, server=server,
+    )  # fmt: skip
     started = time.perf_counter()
     if args.mode == "threads":
         result, _ = run_in_threads(simulation, config, model=model)
     else:
         result = run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
-    return result, time.perf_counter() - started
+    return config, result, time.perf_counter() - started
 
 
 def with_retries(

@@ -74,31 +74,51 @@ LrDecayOption = Annotated[float, typer.Option("--lr-decay", help="Round r trains
 LOCAL_EPOCHS, BATCH_SIZE, LEARNING_RATE, LR_DECAY = 1, 256, 2e-3, 0.9
 
 
-def server_step(kind: str, learning_rate: float | None, momentum: float | None) -> ServerOptimiser:
+def server_step(
+    server_optimiser: ServerOptimiserOption = SERVER_OPTIMISER,
+    server_lr: ServerLrOption = None,
+    server_momentum: ServerMomentumOption = None,
+) -> ServerOptimiser:
     """The server step the options ask for; ``ServerOptimiser.parse`` refuses unknown kinds and bad values."""
-    return ServerOptimiser.parse(kind, learning_rate=learning_rate, momentum=momentum)
+    return ServerOptimiser.parse(server_optimiser, learning_rate=server_lr, momentum=server_momentum)
 
 
 def dp_config(
-    epsilon: float | None,
-    delta: float,
-    clip: float,
-    noise: float,
-    metrics: bool,
-    batch_patients: int = DP_BATCH,
-    epochs: float = DP_EPOCHS,
-    learning_rate: float = DP_LEARNING_RATE,
-    optimizer: str = DP_OPTIMIZER,
+    dp_epsilon: DpEpsilonOption = None,
+    dp_delta: DpDeltaOption = DP_DELTA,
+    dp_clip: DpClipOption = DP_CLIP,
+    dp_noise: DpNoiseOption = DP_NOISE,
+    dp_metrics: DpMetricsOption = DP_METRICS,
+    dp_batch: DpBatchOption = DP_BATCH,
+    dp_epochs: DpEpochsOption = DP_EPOCHS,
+    dp_learning_rate: DpLearningRateOption = DP_LEARNING_RATE,
+    dp_optimizer: DpOptimizerOption = DP_OPTIMIZER,
 ) -> DpConfig | None:
     """The DP-SGD setting the options ask for (None without ``--dp-epsilon``), arguments in the options' order
     (``DpConfig``'s fields); ``DpConfig`` refuses bad values."""
-    if epsilon is None:
+    if dp_epsilon is None:
         return None
-    return DpConfig(epsilon, delta, clip, noise, metrics, batch_patients, epochs, learning_rate, optimizer)
+    return DpConfig(
+        dp_epsilon, dp_delta, dp_clip, dp_noise, dp_metrics, dp_batch, dp_epochs, dp_learning_rate, dp_optimizer
+    )
 
 
-#: One option of a group: the parameter it becomes, its annotated type and its default.
-OptionSpec = tuple[str, Any, object]
+@dataclass(frozen=True)
+class LocalRecipe:
+    """The non-private local training a run's options ask for (DP-SGD has its own, in ``DpConfig``); the fields'
+    types are the options' (to mypy and to the record, plain ``int`` and ``float``)."""
+
+    local_epochs: LocalEpochsOption = LOCAL_EPOCHS
+    batch_size: BatchSizeOption = BATCH_SIZE
+    learning_rate: LearningRateOption = LEARNING_RATE
+    lr_decay: LrDecayOption = LR_DECAY
+
+    def training(self, *, rounds: int, dp: DpConfig | None) -> LocalTraining:
+        return local_training(
+            epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            lr_decay=self.lr_decay, rounds=rounds, dp=dp,
+        )  # fmt: skip
+
 
 _R = TypeVar("_R")
 
@@ -107,90 +127,49 @@ _R = TypeVar("_R")
 class OptionGroup:
     """Options that several commands share and that build one value: the command takes that value.
 
-    Used as a decorator, the group replaces the command's keyword parameter ``parameter`` by its options and calls
-    the command with ``build(*option values)``, so the options are declared once for every command that takes them.
-    Typer has no option groups; it reads a command's parameters from its signature, which the decorator rewrites.
+    The options are the parameters of ``build`` (names, ``typer.Option`` types and defaults), so they are declared
+    once. Used as a decorator, the group replaces the command's keyword parameter ``parameter`` by them and calls the
+    command with ``build(**their values)``. Typer has no option groups; it reads a command's parameters from its
+    signature, which the decorator rewrites.
     """
 
     parameter: str
-    options: tuple[OptionSpec, ...]
     build: Callable[..., object]
 
+    def options(self) -> list[inspect.Parameter]:
+        return [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(self.build, eval_str=True).parameters.values()
+        ]
+
     def __call__(self, command: Callable[..., _R]) -> Callable[..., _R]:
-        signature = inspect.signature(command, eval_str=True)
+        signature, options = inspect.signature(command, eval_str=True), self.options()
         if self.parameter not in signature.parameters:
             raise TypeError(f"{command.__qualname__} has no parameter {self.parameter} for the options it takes")
-        kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
-        kept = [p for p in kept if p.name != self.parameter]
-        added = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for name, annotation, default in self.options
+        if clash := sorted({p.name for p in options} & set(signature.parameters)):
+            raise TypeError(f"{command.__qualname__} already has parameters {', '.join(clash)} of {self.parameter}")
+        kept = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.name != self.parameter
         ]
+        names = [p.name for p in options]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> _R:
-            values = [kwargs.pop(name, default) for name, _, default in self.options]
-            return command(*args, **kwargs, **{self.parameter: self.build(*values)})
+            values = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return command(*args, **kwargs, **{self.parameter: self.build(**values)})
 
-        parameters = kept + added
+        parameters = kept + options
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
         return wrapper
 
 
-@dataclass(frozen=True)
-class LocalRecipe:
-    """The non-private local training a run's options ask for (DP-SGD has its own, in ``DpConfig``)."""
-
-    epochs: int = LOCAL_EPOCHS
-    batch_size: int = BATCH_SIZE
-    learning_rate: float = LEARNING_RATE
-    lr_decay: float = LR_DECAY
-
-    def training(self, *, rounds: int, dp: DpConfig | None) -> LocalTraining:
-        return local_training(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, lr_decay=self.lr_decay,
-            rounds=rounds, dp=dp,
-        )  # fmt: skip
-
-
-#: ``--local-epochs --batch-size --learning-rate --lr-decay`` as the command's ``recipe: LocalRecipe``.
-RECIPE_OPTIONS = OptionGroup(
-    "recipe",
-    (
-        ("local_epochs", LocalEpochsOption, LOCAL_EPOCHS),
-        ("batch_size", BatchSizeOption, BATCH_SIZE),
-        ("learning_rate", LearningRateOption, LEARNING_RATE),
-        ("lr_decay", LrDecayOption, LR_DECAY),
-    ),
-    LocalRecipe,
-)
-#: ``--server-optimiser --server-lr --server-momentum`` as the command's ``server: ServerOptimiser``.
-SERVER_OPTIONS = OptionGroup(
-    "server",
-    (
-        ("server_optimiser", ServerOptimiserOption, SERVER_OPTIMISER),
-        ("server_lr", ServerLrOption, None),
-        ("server_momentum", ServerMomentumOption, None),
-    ),
-    server_step,
-)
-#: The nine ``--dp-*`` options, in ``dp_config``'s order, as the command's ``dp: DpConfig | None``.
-DP_OPTIONS = OptionGroup(
-    "dp",
-    (
-        ("dp_epsilon", DpEpsilonOption, None),
-        ("dp_delta", DpDeltaOption, DP_DELTA),
-        ("dp_clip", DpClipOption, DP_CLIP),
-        ("dp_noise", DpNoiseOption, DP_NOISE),
-        ("dp_metrics", DpMetricsOption, DP_METRICS),
-        ("dp_batch", DpBatchOption, DP_BATCH),
-        ("dp_epochs", DpEpochsOption, DP_EPOCHS),
-        ("dp_learning_rate", DpLearningRateOption, DP_LEARNING_RATE),
-        ("dp_optimizer", DpOptimizerOption, DP_OPTIMIZER),
-    ),
-    dp_config,
-)
+#: ``--local-epochs --batch-size --learning-rate --lr-decay`` as a command's ``recipe: LocalRecipe``,
+#: ``--server-*`` as its ``server: ServerOptimiser``, the nine ``--dp-*`` as its ``dp: DpConfig | None``.
+RECIPE_OPTIONS, SERVER_OPTIONS = OptionGroup("recipe", LocalRecipe), OptionGroup("server", server_step)
+DP_OPTIONS = OptionGroup("dp", dp_config)
 
 
 def local_training(

@@ -127,3 +127,5 @@ def test_cli_plugins_option_groups_reach_the_command_as_one_value_each() -> None
     assert private.clip == DP_CLIP
     with pytest.raises(TypeError, match="no parameter dp"):
         DP_OPTIONS(hello)
+    with pytest.raises(TypeError, match="already has parameters batch_size"):
+        RECIPE_OPTIONS(lambda batch_size=1, recipe=None: None)

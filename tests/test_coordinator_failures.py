@@ -32,7 +32,7 @@ def _demo(out: Path, data: Path, schema: Path) -> dict[str, object]:
         hospitals=3,
         rounds=1,
         scheme="iid",
-        recipe=LocalRecipe(epochs=1, batch_size=64, learning_rate=1e-3),
+        recipe=LocalRecipe(local_epochs=1, batch_size=64, learning_rate=1e-3),
         seed=0,
         synthetic_rows=0,
         plaintext=False,

@@ -57,7 +57,7 @@ def test_docs_schema_example_runs_the_demo_and_export_names_the_target(tmp_path:
     schema.write_text(_docs_example(), encoding="utf-8")  # verbatim
     out = tmp_path / "demo"
     report = run_demo(out=out, data=data, schema="generic", schema_file=schema, hospitals=3, rounds=2,
-                      scheme="iid", recipe=LocalRecipe(epochs=1, batch_size=32, learning_rate=1e-2), seed=0, synthetic_rows=0,
+                      scheme="iid", recipe=LocalRecipe(local_epochs=1, batch_size=32, learning_rate=1e-2), seed=0, synthetic_rows=0,
                       plaintext=False, quiet=True)  # fmt: skip
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert report["test"]["metrics"]["roc_auc"] > 0.7  # radius drives the diagnosis: a model that learnt it
