@@ -12,6 +12,7 @@ from dp_accounting import rdp
 from medheaven.errors import ConfigurationError
 from medheaven.privacy import DpConfig, PrivacyLedger, calibrate_noise, epsilon_for
 from medheaven.privacy.accountant import RDP_ORDERS, LedgerEntry
+from medheaven.privacy.config import PrivateSchedule
 
 
 def test_accountant_epsilon_equals_dp_accounting() -> None:
@@ -234,9 +235,9 @@ def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None
     model, x, y, groups = _model_and_data()
     dp = DpConfig(target_epsilon=2.0, delta=1e-5, clip=1.0)
     ledger = tmp_path / ".privacy" / "h1-run.json"
-    common = {"dp": dp, "planned_rounds": 2, "epochs": 1, "batch_patients": 30, "ledger_path": ledger}
+    schedule = PrivateSchedule(dp, planned_rounds=2, epochs=1, batch_patients=30)
     spent = [
-        train_private(model, x, y, groups, round_number=r, hospital_id="h1", **common).epsilon  # type: ignore[arg-type]
+        train_private(model, x, y, groups, schedule, round_number=r, hospital_id="h1", ledger_path=ledger).epsilon  # type: ignore[arg-type]
         for r in (1, 2)
     ]
     assert 0 < spent[0] < spent[1] <= 2.0 * 1.001
@@ -246,7 +247,7 @@ def test_train_private_refuses_at_budget_with_the_marker(tmp_path: Path) -> None
     assert local._dp_sgd(model, 1.0) is local._dp_sgd(model, 1.0)  # type: ignore[arg-type]
     frozen = get_flat_weights(model)  # type: ignore[arg-type]
     with pytest.raises(PrivacyBudgetError, match=BUDGET_MARKER) as refused:
-        train_private(model, x, y, groups, round_number=3, hospital_id="h1", **common)  # type: ignore[arg-type]
+        train_private(model, x, y, groups, schedule, round_number=3, hospital_id="h1", ledger_path=ledger)  # type: ignore[arg-type]
     assert "'h1'" in str(refused.value) and "round 3" in str(refused.value)
     assert np.array_equal(frozen, get_flat_weights(model))  # type: ignore[arg-type]
 
@@ -263,7 +264,7 @@ def test_train_private_calibrates_each_hospital_for_its_own_sampling_rate(tmp_pa
         ledger = tmp_path / ".privacy" / f"{hospital}-run.json"
         for r in range(1, rounds + 1):
             done[hospital] = train_private(  # type: ignore[arg-type]
-                model, x, y, groups, dp=dp, planned_rounds=rounds, epochs=1.0, batch_patients=60,
+                model, x, y, groups, PrivateSchedule(dp, planned_rounds=rounds, epochs=1.0, batch_patients=60),
                 round_number=r, ledger_path=ledger, hospital_id=hospital,
             )  # fmt: skip
         entries = PrivacyLedger.load(ledger, budget_epsilon=3.0, delta=1e-5).entries
@@ -283,18 +284,18 @@ def test_next_epsilon_in_receipts_foretells_the_refusal(tmp_path: Path) -> None:
     model, x, y, groups = _model_and_data()
     dp = DpConfig(target_epsilon=2.0, delta=1e-5, clip=1.0)
     ledger = tmp_path / ".privacy" / "h1-run.json"
-    plan = {"dp": dp, "planned_rounds": 2, "epochs": 1, "batch_patients": 30}
-    before = budget_standing(ledger, plan_round(groups, round_number=1, **plan), dp=dp)  # type: ignore[arg-type]
+    plan = PrivateSchedule(dp, planned_rounds=2, epochs=1, batch_patients=30)
+    before = budget_standing(ledger, plan_round(groups, plan, round_number=1), dp=dp)  # type: ignore[arg-type]
     assert before["epsilon"] == 0.0
     rounds = [
-        train_private(model, x, y, groups, round_number=r, hospital_id="h1", ledger_path=ledger, **plan)  # type: ignore[arg-type]
+        train_private(model, x, y, groups, plan, round_number=r, hospital_id="h1", ledger_path=ledger)  # type: ignore[arg-type]
         for r in (1, 2)
     ]
     assert before[NEXT_EPSILON] == pytest.approx(rounds[0].epsilon)
     assert rounds[0].next_epsilon == pytest.approx(rounds[1].epsilon)
     assert rounds[1].next_epsilon > dp.target_epsilon * 1.01
     with pytest.raises(PrivacyBudgetError):
-        train_private(model, x, y, groups, round_number=3, hospital_id="h1", ledger_path=ledger, **plan)  # type: ignore[arg-type]
+        train_private(model, x, y, groups, plan, round_number=3, hospital_id="h1", ledger_path=ledger)  # type: ignore[arg-type]
 
     # newest first: h1's round-2 receipt decides, its statistics receipt is older; h2 reported nothing under DP
     receipts = [

@@ -281,18 +281,11 @@ class HospitalNode:
         (``privacy.local.budget_standing``); empty without DP."""
         from medheaven.privacy.local import budget_standing, plan_round
 
-        training, data = spec.training, self._data(cache)
-        if training.dp is None or data.train_groups is None:
+        schedule, data = spec.training.private_schedule, self._data(cache)
+        if schedule is None or data.train_groups is None:
             return {}
-        entry = plan_round(
-            data.train_groups,
-            dp=training.dp,
-            planned_rounds=training.planned_rounds,
-            epochs=training.private_epochs,
-            batch_patients=training.batch_patients,
-            round_number=1,
-        )
-        return budget_standing(self._privacy_ledger(spec.run), entry, dp=training.dp)
+        entry = plan_round(data.train_groups, schedule, round_number=1)
+        return budget_standing(self._privacy_ledger(spec.run), entry, dp=schedule.dp)
 
     def initial_model(self, run: str) -> tuple[bytes, str]:
         """Round 0: the deterministic initial weights, encrypted as a global model with total weight 1."""
@@ -401,22 +394,13 @@ class HospitalNode:
         """Patient-level DP-SGD (medheaven.privacy); the spent-ε ledger lives next to the hospital's data."""
         from medheaven.privacy.local import train_private
 
-        training, data, prepared = spec.training, self._data(cache), self._prepared(cache)
-        assert training.dp is not None and data.train_groups is not None
-        ledger = self._privacy_ledger(spec.run)
+        schedule, data, prepared = spec.training.private_schedule, self._data(cache), self._prepared(cache)
+        assert schedule is not None and data.train_groups is not None
+        x, y, ledger = prepared["train_x"], prepared["train_y"], self._privacy_ledger(spec.run)
         done = train_private(
-            model,
-            prepared["train_x"],
-            prepared["train_y"],
-            data.train_groups,
-            dp=training.dp,
-            planned_rounds=training.planned_rounds,
-            epochs=training.private_epochs,
-            batch_patients=training.batch_patients,
-            round_number=spec.round,
-            ledger_path=ledger,
+            model, x, y, data.train_groups, schedule, round_number=spec.round, ledger_path=ledger,
             hospital_id=self.hospital_id,
-        )
+        )  # fmt: skip
         return done.receipt_fields()
 
     def _scoring_slot(self, cache: _RunCache) -> ModelSlot:

@@ -23,7 +23,7 @@ from medheaven.federated.ledger import LedgerEntry, ledger_entries
 from medheaven.federated.phase import Phase
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.model import ModelSpec
-from medheaven.privacy.config import DpConfig
+from medheaven.privacy.config import DpConfig, PrivateSchedule
 from medheaven.records import decode_record, encode_record, typed_field
 
 PLAINTEXT_FINGERPRINT = "0" * 64  # the insecure comparison mode's stand-in for a context fingerprint
@@ -68,6 +68,13 @@ class LocalTraining:
     def private_epochs(self) -> float:
         """DP-SGD's expected passes over a hospital's patients per round."""
         return self.dp.epochs if self.dp is not None and self.dp.epochs is not None else float(self.epochs)
+
+    @property
+    def private_schedule(self) -> PrivateSchedule | None:
+        """What a hospital plans its DP-SGD rounds from; None without DP."""
+        if self.dp is None:
+            return None
+        return PrivateSchedule(self.dp, self.planned_rounds, self.private_epochs, self.batch_patients)
 
     @property
     def releases_metrics(self) -> bool:

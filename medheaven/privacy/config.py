@@ -96,3 +96,15 @@ class DpConfig:
             )
         except KeyError as missing:
             raise ConfigurationError(f"dp config lacks the field {missing}; give target_epsilon and delta") from None
+
+
+@dataclass(frozen=True)
+class PrivateSchedule:
+    """What a hospital plans its DP-SGD rounds from: the run's DP setting, the rounds z is calibrated for, and the
+    recipe's expected passes over its patients per round and expected patients per step (``LocalTraining`` resolves
+    the last two against the run's non-private recipe)."""
+
+    dp: DpConfig
+    planned_rounds: int
+    epochs: float
+    batch_patients: int

@@ -18,7 +18,7 @@ import numpy as np
 
 from medheaven.errors import MedHeavenError
 from medheaven.privacy.accountant import LedgerEntry, PrivacyLedger, calibrate_noise
-from medheaven.privacy.config import BUDGET_MARKER, DpConfig
+from medheaven.privacy.config import BUDGET_MARKER, DpConfig, PrivateSchedule
 from medheaven.privacy.dpsgd import DpSgd, PatientIndex, sampling_rate, steps_per_round
 
 if TYPE_CHECKING:
@@ -51,15 +51,13 @@ class PrivateRound:
         }
 
 
-def plan_round(
-    groups: np.ndarray, *, dp: DpConfig, planned_rounds: int, epochs: float, batch_patients: int, round_number: int
-) -> LedgerEntry:
+def plan_round(groups: np.ndarray, schedule: PrivateSchedule, *, round_number: int) -> LedgerEntry:
     """What one round of this hospital's DP-SGD spends: its steps, patient sampling rate and z (calibrated from the
     run's target and planned rounds when the run does not fix z)."""
-    index = PatientIndex.of(groups)
-    q = sampling_rate(batch_patients, index.n_patients)
-    steps = steps_per_round(epochs, q)
-    z = dp.noise_multiplier or _calibrated(dp.target_epsilon, dp.delta, q, steps * max(planned_rounds, 1))
+    index, dp = PatientIndex.of(groups), schedule.dp
+    q = sampling_rate(schedule.batch_patients, index.n_patients)
+    steps = steps_per_round(schedule.epochs, q)
+    z = dp.noise_multiplier or _calibrated(dp.target_epsilon, dp.delta, q, steps * max(schedule.planned_rounds, 1))
     return LedgerEntry(round=round_number, steps=steps, sampling_rate=q, noise_multiplier=z)
 
 
@@ -81,24 +79,14 @@ def train_private(
     x: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
+    schedule: PrivateSchedule,
     *,
-    dp: DpConfig,
-    planned_rounds: int,
-    epochs: float,
-    batch_patients: int,
     round_number: int,
     ledger_path: Path,
     hospital_id: str,
 ) -> PrivateRound:
-    index = PatientIndex.of(groups)
-    entry = plan_round(
-        groups,
-        dp=dp,
-        planned_rounds=planned_rounds,
-        epochs=epochs,
-        batch_patients=batch_patients,
-        round_number=round_number,
-    )
+    index, dp = PatientIndex.of(groups), schedule.dp
+    entry = plan_round(groups, schedule, round_number=round_number)
     ledger = PrivacyLedger.load(ledger_path, budget_epsilon=dp.target_epsilon, delta=dp.delta)
     # a retried attempt of a round counts again: the earlier attempt's model may have been released too
     if not ledger.allows(entry):
