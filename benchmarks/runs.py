@@ -18,17 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator import simulation as federation
 from coordinator.options import LR_DECAY, SERVER_OPTIMISER
 from coordinator.run import RunConfig
-from coordinator.simulation import (
-    Simulation,
-    SimulationResult,
-    default_model,
-    prepare_simulation,
-    run_in_processes,
-    run_in_threads,
-    simulation_config,
-)
+from coordinator.simulation import Simulation, SimulationResult
 from medheaven.crypto.codec import Parameters
 from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining
@@ -60,7 +53,7 @@ def add_split_arguments(parser: argparse.ArgumentParser, *, seed_help: str) -> N
 def split_simulation(args: argparse.Namespace, *, params: Parameters | None = None) -> Simulation:
     """The simulation the split options of :func:`add_split_arguments` describe, prepared under ``args.out``."""
     split: dict[str, Any] = {name: getattr(args, name) for name in SPLIT_OPTIONS}
-    return prepare_simulation(args.out, params=params, **split)
+    return federation.prepare_simulation(args.out, params=params, **split)
 
 
 def fresh_split_and_model(
@@ -71,7 +64,7 @@ def fresh_split_and_model(
     shutil.rmtree(args.out, ignore_errors=True)
     simulation = split_simulation(args, params=params)
     hidden = tuple(int(w) for w in args.hidden.split(",") if w)
-    return simulation, default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
+    return simulation, federation.default_model(simulation, hidden=hidden, dropout=args.dropout, l2=args.l2, seed=0)
 
 
 def results_header(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,15 +88,15 @@ def timed_run(
 ) -> tuple[RunConfig, SimulationResult, float]:
     """Run ``run`` of ``--rounds`` rounds (``--round-timeout`` each) to its end in worker threads, or on
     ``--broker-url`` with worker processes, as ``--mode`` says; its configuration, result and wall time in seconds."""
-    config = simulation_config(
+    config = federation.simulation_config(
         simulation, run=run, rounds=args.rounds, round_timeout=args.round_timeout, training=training,
         plaintext=plaintext, server=server,
     )  # fmt: skip
     started = time.perf_counter()
     if args.mode == "threads":
-        result, _ = run_in_threads(simulation, config, model=model)
+        result, _ = federation.run_in_threads(simulation, config, model=model)
     else:
-        result = run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
+        result = federation.run_in_processes(simulation, config, model=model, broker_url=args.broker_url)
     return config, result, time.perf_counter() - started
 
 
