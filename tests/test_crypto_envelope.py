@@ -27,23 +27,11 @@ from fuzz_support import CUTS, INSERTS, byte_edits, msgpack_values, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medheaven import errors
 from medheaven.crypto.context import SecretContext
 from medheaven.crypto.envelope import Envelope, EnvelopeLimits, check_envelope
 from medheaven.crypto.packing import encrypt_chunks, pack_update
 from medheaven.crypto.signing import HospitalRegistry
-from medheaven.errors import (
-    CiphertextError,
-    ContextMismatchError,
-    EnvelopeError,
-    EnvelopeFormatError,
-    EnvelopeSizeError,
-    EnvelopeVersionError,
-    RoundMismatchError,
-    RunMismatchError,
-    ShapeMismatchError,
-    SignatureError,
-    UnknownHospitalError,
-)
 from medheaven.federated.fold import EncryptedAccumulator, fold_update
 
 WEIGHTS = DEFAULT_PARAMS.slots + 451  # packed length 2500: two chunks, the second one partly filled
@@ -148,32 +136,32 @@ def test_envelope_unsigned_global_model_accepted_without_registry(envelope: Enve
 
 @pytest.mark.parametrize("version", [0, 3, -1, 255, "2", None, True, b"\x02", [2]])
 def test_envelope_wrong_version_refused(version: object) -> None:
-    with pytest.raises(EnvelopeVersionError, match=r"envelope format .* is not supported \(expected 2, or 1\)"):
+    with pytest.raises(errors.EnvelopeVersionError, match=r"envelope format .* is not supported \(expected 2, or 1\)"):
         _decode(_with(v=version))
 
 
 def test_envelope_float_version_refused() -> None:
     """``1.0 != 1`` is False in Python: a float version passes the check unless its type is checked too."""
-    with pytest.raises(EnvelopeVersionError, match="not supported"):
+    with pytest.raises(errors.EnvelopeVersionError, match="not supported"):
         _decode(_with(v=1.0))
 
 
 def test_envelope_missing_version_refused() -> None:
     payload = _payload()
     del payload["v"]
-    with pytest.raises(EnvelopeVersionError, match="envelope format None is not supported"):
+    with pytest.raises(errors.EnvelopeVersionError, match="envelope format None is not supported"):
         _decode(_pack(payload))
 
 
 @pytest.mark.parametrize("kind", ["upload", "", "UPDATE", "update "])
 def test_envelope_unknown_kind_refused(kind: str) -> None:
-    with pytest.raises(EnvelopeVersionError, match=f"envelope kind {kind!r} is unknown"):
+    with pytest.raises(errors.EnvelopeVersionError, match=f"envelope kind {kind!r} is unknown"):
         _decode(_with(kind=kind))
 
 
 def test_envelope_kind_other_than_expected_refused(envelope: Envelope) -> None:
     stats = _resigned(replace(envelope, kind="stats"))
-    with pytest.raises(EnvelopeVersionError, match="expected a 'update' envelope, got 'stats'"):
+    with pytest.raises(errors.EnvelopeVersionError, match="expected a 'update' envelope, got 'stats'"):
         _check(stats)
 
 
@@ -181,36 +169,36 @@ def test_envelope_kind_other_than_expected_refused(envelope: Envelope) -> None:
 
 
 def test_envelope_empty_refused() -> None:
-    with pytest.raises(EnvelopeFormatError, match=r"envelope is empty \(0 bytes\)"):
+    with pytest.raises(errors.EnvelopeFormatError, match=r"envelope is empty \(0 bytes\)"):
         _decode(b"")
 
 
 @pytest.mark.parametrize("keep", [1, 2, 9, 40, 150, 1000, -65, -1])
 def test_envelope_truncated_refused(keep: int) -> None:
     data = _valid()[1]
-    with pytest.raises(EnvelopeFormatError, match="not valid msgpack"):
+    with pytest.raises(errors.EnvelopeFormatError, match="not valid msgpack"):
         _decode(data[:keep])
 
 
 def test_envelope_trailing_bytes_refused() -> None:
-    with pytest.raises(EnvelopeFormatError, match="1 bytes after its end"):
+    with pytest.raises(errors.EnvelopeFormatError, match="1 bytes after its end"):
         _decode(_valid()[1] + b"\x00")
 
 
 @pytest.mark.parametrize("payload", [[1, 2], 5, "update", b"bytes", None, 1.5], ids=str)
 def test_envelope_not_a_map_refused(payload: object) -> None:
-    with pytest.raises(EnvelopeFormatError, match="must be a msgpack map"):
+    with pytest.raises(errors.EnvelopeFormatError, match="must be a msgpack map"):
         _decode(_pack(payload))
 
 
 @pytest.mark.parametrize(
     ("data", "error", "message"),
     [
-        (b"\xc1", EnvelopeFormatError, "not valid msgpack"),
-        (b"\x81\x01\x02", EnvelopeFormatError, "not valid msgpack"),  # an int map key
-        (b"\xd4\x01\x02", EnvelopeSizeError, "max_ext_len"),  # extension types are never part of an envelope
-        (b"\xdf\xff\xff\xff\xff", EnvelopeSizeError, "max_map_len"),  # a map declaring 2**32-1 entries
-        (b"\xdd\xff\xff\xff\xff", EnvelopeSizeError, "max_array_len"),
+        (b"\xc1", errors.EnvelopeFormatError, "not valid msgpack"),
+        (b"\x81\x01\x02", errors.EnvelopeFormatError, "not valid msgpack"),  # an int map key
+        (b"\xd4\x01\x02", errors.EnvelopeSizeError, "max_ext_len"),  # extension types are never part of an envelope
+        (b"\xdf\xff\xff\xff\xff", errors.EnvelopeSizeError, "max_map_len"),  # a map declaring 2**32-1 entries
+        (b"\xdd\xff\xff\xff\xff", errors.EnvelopeSizeError, "max_array_len"),
     ],
     ids=["never-used", "int-key", "ext", "huge-map", "huge-array"],
 )
@@ -221,7 +209,7 @@ def test_envelope_invalid_msgpack_refused(data: bytes, error: type[Exception], m
 
 
 def test_envelope_not_bytes_refused() -> None:
-    with pytest.raises(EnvelopeFormatError, match="must be bytes, got str"):
+    with pytest.raises(errors.EnvelopeFormatError, match="must be bytes, got str"):
         _decode("v1")  # type: ignore[arg-type]
 
 
@@ -232,7 +220,7 @@ def test_envelope_not_bytes_refused() -> None:
 def test_envelope_missing_field_refused(field: str) -> None:
     payload = _payload()
     del payload[field]
-    with pytest.raises(EnvelopeFormatError, match=rf"missing \['{field}'\], unexpected \[\]"):
+    with pytest.raises(errors.EnvelopeFormatError, match=rf"missing \['{field}'\], unexpected \[\]"):
         _decode(_pack(payload))
 
 
@@ -240,60 +228,60 @@ def test_envelope_unknown_field_in_place_of_a_known_one_refused() -> None:
     payload = _payload()
     del payload["base"]
     payload["parent"] = BASE
-    with pytest.raises(EnvelopeFormatError, match=r"missing \['base'\], unexpected \['parent'\]"):
+    with pytest.raises(errors.EnvelopeFormatError, match=r"missing \['base'\], unexpected \['parent'\]"):
         _decode(_pack(payload))
 
 
 def test_envelope_extra_field_refused_naming_it() -> None:
     """A complete envelope plus one field: the message should name the field, not report a 'too large' map."""
-    with pytest.raises(EnvelopeFormatError, match=r"unexpected \['extra'\]"):
+    with pytest.raises(errors.EnvelopeFormatError, match=r"unexpected \['extra'\]"):
         _decode(_with(extra=1))
 
 
-WRONG_TYPES: list[tuple[str, object, type[EnvelopeError], str]] = [
-    ("run", 5, EnvelopeFormatError, "field 'run' must be str, got int"),
-    ("run", b"run-1", EnvelopeFormatError, "field 'run' must be str, got bytes"),
-    ("run", None, EnvelopeFormatError, "field 'run' must be str, got NoneType"),
-    ("run", "../etc", EnvelopeFormatError, "run id '../etc' is malformed"),
-    ("run", "", EnvelopeFormatError, "run id '' is malformed"),
-    ("run", "r" * 65, EnvelopeFormatError, "is malformed"),
-    ("round", True, EnvelopeFormatError, "field 'round' must be int, got bool"),
-    ("round", False, EnvelopeFormatError, "field 'round' must be int, got bool"),
-    ("round", -1, EnvelopeFormatError, "envelope round -1 is negative"),
-    ("round", "3", EnvelopeFormatError, "field 'round' must be int, got str"),
-    ("round", 3.0, EnvelopeFormatError, "field 'round' must be int, got float"),
-    ("round", None, EnvelopeFormatError, "field 'round' must be int, got NoneType"),
-    ("hosp", 5, EnvelopeFormatError, "field 'hosp' must be str, got int"),
-    ("hosp", b"st-mary", EnvelopeFormatError, "field 'hosp' must be str, got bytes"),
-    ("hosp", ["st-mary"], EnvelopeFormatError, "field 'hosp' must be str, got list"),
-    ("fp", 5, EnvelopeFormatError, "field 'fp' must be str, got int"),
-    ("fp", b"\x00" * 32, EnvelopeFormatError, "field 'fp' must be str, got bytes"),
-    ("fp", "A" * 64, EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
-    ("fp", "0" * 63, EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
-    ("fp", "", EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
-    ("base", 5, EnvelopeFormatError, "field 'base' must be str, got int"),
-    ("base", "xyz", EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
-    ("base", "0" * 65, EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
-    ("len", "2500", EnvelopeFormatError, "field 'len' must be int, got str"),
-    ("len", True, EnvelopeFormatError, "field 'len' must be int, got bool"),
-    ("len", 2500.0, EnvelopeFormatError, "field 'len' must be int, got float"),
-    ("len", 0, EnvelopeSizeError, "declares vector length 0; this model allows 1..2500"),
-    ("len", -1, EnvelopeSizeError, "declares vector length -1; this model allows 1..2500"),
-    ("scale", "35", EnvelopeFormatError, "field 'scale' must be int, got str"),
-    ("scale", True, EnvelopeFormatError, "field 'scale' must be int, got bool"),
-    ("scale", 35.0, EnvelopeFormatError, "field 'scale' must be int, got float"),
-    ("chunks", b"x", EnvelopeFormatError, "field 'chunks' must be list, got bytes"),
-    ("chunks", {"0": b"x"}, EnvelopeFormatError, "field 'chunks' must be list, got dict"),
-    ("chunks", [], EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
-    ("chunks", [1, 2], EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
-    ("chunks", [b"x", "y"], EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
-    ("chunks", [b"x", b""], EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
-    ("chunks", [[b"x"]], EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
-    ("sig", "0" * 64, EnvelopeFormatError, "field 'sig' must be bytes, got str"),
-    ("sig", 5, EnvelopeFormatError, "field 'sig' must be bytes, got int"),
-    ("sig", None, EnvelopeFormatError, "field 'sig' must be bytes, got NoneType"),
-    ("sig", b"\x00" * 10, SignatureError, "signature is 10 bytes, an Ed25519 signature is 64"),
-    ("sig", b"\x00" * 65, SignatureError, "signature is 65 bytes, an Ed25519 signature is 64"),
+WRONG_TYPES: list[tuple[str, object, type[errors.EnvelopeError], str]] = [
+    ("run", 5, errors.EnvelopeFormatError, "field 'run' must be str, got int"),
+    ("run", b"run-1", errors.EnvelopeFormatError, "field 'run' must be str, got bytes"),
+    ("run", None, errors.EnvelopeFormatError, "field 'run' must be str, got NoneType"),
+    ("run", "../etc", errors.EnvelopeFormatError, "run id '../etc' is malformed"),
+    ("run", "", errors.EnvelopeFormatError, "run id '' is malformed"),
+    ("run", "r" * 65, errors.EnvelopeFormatError, "is malformed"),
+    ("round", True, errors.EnvelopeFormatError, "field 'round' must be int, got bool"),
+    ("round", False, errors.EnvelopeFormatError, "field 'round' must be int, got bool"),
+    ("round", -1, errors.EnvelopeFormatError, "envelope round -1 is negative"),
+    ("round", "3", errors.EnvelopeFormatError, "field 'round' must be int, got str"),
+    ("round", 3.0, errors.EnvelopeFormatError, "field 'round' must be int, got float"),
+    ("round", None, errors.EnvelopeFormatError, "field 'round' must be int, got NoneType"),
+    ("hosp", 5, errors.EnvelopeFormatError, "field 'hosp' must be str, got int"),
+    ("hosp", b"st-mary", errors.EnvelopeFormatError, "field 'hosp' must be str, got bytes"),
+    ("hosp", ["st-mary"], errors.EnvelopeFormatError, "field 'hosp' must be str, got list"),
+    ("fp", 5, errors.EnvelopeFormatError, "field 'fp' must be str, got int"),
+    ("fp", b"\x00" * 32, errors.EnvelopeFormatError, "field 'fp' must be str, got bytes"),
+    ("fp", "A" * 64, errors.EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
+    ("fp", "0" * 63, errors.EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
+    ("fp", "", errors.EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
+    ("base", 5, errors.EnvelopeFormatError, "field 'base' must be str, got int"),
+    ("base", "xyz", errors.EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
+    ("base", "0" * 65, errors.EnvelopeFormatError, "fingerprint or base digest is not a lower-case sha256 hex string"),
+    ("len", "2500", errors.EnvelopeFormatError, "field 'len' must be int, got str"),
+    ("len", True, errors.EnvelopeFormatError, "field 'len' must be int, got bool"),
+    ("len", 2500.0, errors.EnvelopeFormatError, "field 'len' must be int, got float"),
+    ("len", 0, errors.EnvelopeSizeError, "declares vector length 0; this model allows 1..2500"),
+    ("len", -1, errors.EnvelopeSizeError, "declares vector length -1; this model allows 1..2500"),
+    ("scale", "35", errors.EnvelopeFormatError, "field 'scale' must be int, got str"),
+    ("scale", True, errors.EnvelopeFormatError, "field 'scale' must be int, got bool"),
+    ("scale", 35.0, errors.EnvelopeFormatError, "field 'scale' must be int, got float"),
+    ("chunks", b"x", errors.EnvelopeFormatError, "field 'chunks' must be list, got bytes"),
+    ("chunks", {"0": b"x"}, errors.EnvelopeFormatError, "field 'chunks' must be list, got dict"),
+    ("chunks", [], errors.EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
+    ("chunks", [1, 2], errors.EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
+    ("chunks", [b"x", "y"], errors.EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
+    ("chunks", [b"x", b""], errors.EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
+    ("chunks", [[b"x"]], errors.EnvelopeFormatError, "chunks must be a non-empty list of non-empty byte strings"),
+    ("sig", "0" * 64, errors.EnvelopeFormatError, "field 'sig' must be bytes, got str"),
+    ("sig", 5, errors.EnvelopeFormatError, "field 'sig' must be bytes, got int"),
+    ("sig", None, errors.EnvelopeFormatError, "field 'sig' must be bytes, got NoneType"),
+    ("sig", b"\x00" * 10, errors.SignatureError, "signature is 10 bytes, an Ed25519 signature is 64"),
+    ("sig", b"\x00" * 65, errors.SignatureError, "signature is 65 bytes, an Ed25519 signature is 64"),
 ]
 
 
@@ -310,7 +298,7 @@ def test_envelope_wrong_header_field_refused(field: str, value: object, error: t
 @pytest.mark.parametrize("field", ["run", "fp", "base"])
 def test_envelope_header_string_with_trailing_newline_refused(field: str) -> None:
     """``^...$`` with ``re.match`` accepts a trailing newline: the format check must use ``fullmatch``."""
-    with pytest.raises(EnvelopeFormatError):
+    with pytest.raises(errors.EnvelopeFormatError):
         _decode(_with(**{field: _payload()[field] + "\n"}))
 
 
@@ -318,26 +306,26 @@ def test_envelope_header_string_with_trailing_newline_refused(field: str) -> Non
 
 
 def test_envelope_declared_length_beyond_limit_refused() -> None:
-    with pytest.raises(EnvelopeSizeError, match=r"declares vector length 2501; this model allows 1\.\.2500"):
+    with pytest.raises(errors.EnvelopeSizeError, match=r"declares vector length 2501; this model allows 1\.\.2500"):
         _decode(_with(len=LENGTH + 1))
 
 
 def test_envelope_chunk_count_beyond_limit_refused() -> None:
     chunks = _payload()["chunks"]
-    with pytest.raises(EnvelopeSizeError, match="max_array_len"):
+    with pytest.raises(errors.EnvelopeSizeError, match="max_array_len"):
         _decode(_with(chunks=[*chunks, chunks[0]]))
 
 
 def test_envelope_chunk_bigger_than_max_chunk_bytes_refused() -> None:
     too_big = b"\x00" * (DEFAULT_PARAMS.max_chunk_bytes() + 1)
-    with pytest.raises(EnvelopeSizeError, match="max_bin_len"):
+    with pytest.raises(errors.EnvelopeSizeError, match="max_bin_len"):
         _decode(_with(chunks=[too_big, b"x"]))
 
 
 def test_envelope_total_bytes_beyond_limit_refused() -> None:
     limits = SETUP.limits()
     data = _valid()[1] + b"\x00" * (limits.max_total_bytes - len(_valid()[1]) + 1)
-    with pytest.raises(EnvelopeSizeError, match=f"envelope is {limits.max_total_bytes + 1} bytes, more than"):
+    with pytest.raises(errors.EnvelopeSizeError, match=f"envelope is {limits.max_total_bytes + 1} bytes, more than"):
         _decode(data)
 
 
@@ -357,43 +345,47 @@ def test_envelope_limits_admit_real_envelopes_of_both_plans() -> None:
 def test_envelope_length_disagreeing_with_expectation_refused(secret: SecretContext) -> None:
     shorter = update_envelope(secret, _weights()[:-1], 1234, hospital=HOSPITAL)
     assert len(shorter.chunks) == 2
-    with pytest.raises(ShapeMismatchError, match="holds 2499 values in 2 chunks; the model needs 2500 values in 2"):
+    with pytest.raises(
+        errors.ShapeMismatchError, match="holds 2499 values in 2 chunks; the model needs 2500 values in 2"
+    ):
         _check(_receive_decoded(shorter))
 
 
 def test_envelope_chunk_count_disagreeing_with_expectation_refused(envelope: Envelope) -> None:
     one_chunk = _resigned(replace(envelope, chunks=envelope.chunks[:1]))
-    with pytest.raises(ShapeMismatchError, match="holds 2500 values in 1 chunks; the model needs 2500 values in 2"):
+    with pytest.raises(
+        errors.ShapeMismatchError, match="holds 2500 values in 1 chunks; the model needs 2500 values in 2"
+    ):
         _check(_receive_decoded(one_chunk))
 
 
 def test_envelope_scale_disagreeing_with_expectation_refused(envelope: Envelope) -> None:
     coarse = _resigned(replace(envelope, scale_bits=30))
-    with pytest.raises(ShapeMismatchError, match=r"encoded at scale 2\^30, expected 2\^35"):
+    with pytest.raises(errors.ShapeMismatchError, match=r"encoded at scale 2\^30, expected 2\^35"):
         _check(_receive_decoded(coarse))
 
 
 def test_envelope_wrong_context_fingerprint_refused() -> None:
     other = update_envelope(secret_context(DEFAULT_PARAMS, "other"), _weights(), 1234, hospital=HOSPITAL)
-    with pytest.raises(ContextMismatchError, match="the sender has another key set"):
+    with pytest.raises(errors.ContextMismatchError, match="the sender has another key set"):
         _check(_receive_decoded(other))
 
 
 def test_envelope_wrong_run_refused(secret: SecretContext) -> None:
     other = update_envelope(secret, _weights(), 1234, hospital=HOSPITAL, run="run-2")
-    with pytest.raises(RunMismatchError, match="envelope is for run 'run-2', not 'run-1'"):
+    with pytest.raises(errors.RunMismatchError, match="envelope is for run 'run-2', not 'run-1'"):
         _check(_receive_decoded(other))
 
 
 def test_envelope_wrong_round_refused(secret: SecretContext) -> None:
     later = update_envelope(secret, _weights(), 1234, hospital=HOSPITAL, round_number=ROUND + 1)
-    with pytest.raises(RoundMismatchError, match="is for round 4, expected round 3"):
+    with pytest.raises(errors.RoundMismatchError, match="is for round 4, expected round 3"):
         _check(_receive_decoded(later))
 
 
 def test_envelope_wrong_base_refused(secret: SecretContext) -> None:
     other_base = update_envelope(secret, _weights(), 1234, hospital=HOSPITAL, base=EARLIER_BASE)
-    with pytest.raises(RoundMismatchError, match="stale or replayed update"):
+    with pytest.raises(errors.RoundMismatchError, match="stale or replayed update"):
         _check(_receive_decoded(other_base))
 
 
@@ -402,12 +394,12 @@ def test_envelope_replay_from_earlier_round_refused(secret: SecretContext) -> No
     # accepted in its own round ...
     check_envelope(earlier, expect=SETUP.expectation(round_number=ROUND - 1, base=EARLIER_BASE), registry=_registry())
     # ... refused when replayed into the next one, and relabelling the round breaks the signature
-    with pytest.raises(RoundMismatchError, match="round 2, expected round 3"):
+    with pytest.raises(errors.RoundMismatchError, match="round 2, expected round 3"):
         _check(earlier)
     relabelled = replace(earlier, round=ROUND)
-    with pytest.raises(RoundMismatchError, match="stale or replayed"):
+    with pytest.raises(errors.RoundMismatchError, match="stale or replayed"):
         _check(relabelled)
-    with pytest.raises(SignatureError, match="does not verify"):
+    with pytest.raises(errors.SignatureError, match="does not verify"):
         _check(replace(relabelled, base=BASE))
 
 
@@ -416,24 +408,24 @@ def test_envelope_replay_from_earlier_round_refused(secret: SecretContext) -> No
 
 def test_envelope_unknown_hospital_refused(secret: SecretContext) -> None:
     stranger = update_envelope(secret, _weights(), 1234, hospital="stranger")
-    with pytest.raises(UnknownHospitalError, match="hospital 'stranger' is not registered"):
+    with pytest.raises(errors.UnknownHospitalError, match="hospital 'stranger' is not registered"):
         _check(_receive_decoded(stranger))
 
 
 def test_envelope_signature_by_another_hospital_refused(envelope: Envelope) -> None:
     forged = replace(envelope, signature=signing_key(OTHER_HOSPITAL).sign(envelope.signed_message()))
-    with pytest.raises(SignatureError, match="does not verify with hospital 'st-mary'"):
+    with pytest.raises(errors.SignatureError, match="does not verify with hospital 'st-mary'"):
         _check(_receive_decoded(forged))
 
 
 def test_envelope_sign_with_another_hospitals_key_refused(envelope: Envelope) -> None:
-    with pytest.raises(SignatureError, match="key of 'general' cannot sign an envelope of 'st-mary'"):
+    with pytest.raises(errors.SignatureError, match="key of 'general' cannot sign an envelope of 'st-mary'"):
         envelope.signed_by(signing_key(OTHER_HOSPITAL))
 
 
 def test_envelope_missing_signature_refused(envelope: Envelope) -> None:
     unsigned = replace(envelope, signature=b"")
-    with pytest.raises(SignatureError, match="claiming to be from 'st-mary' carries no signature"):
+    with pytest.raises(errors.SignatureError, match="claiming to be from 'st-mary' carries no signature"):
         _check(_receive_decoded(unsigned))
 
 
@@ -447,7 +439,7 @@ def test_envelope_edit_after_signing_refused(envelope: Envelope, secret: SecretC
         edited = replace(envelope, chunks=encrypt_chunks(secret, pack_update(-_weights(), 1234, params=secret.params)))
     else:
         edited = replace(envelope, hospital=OTHER_HOSPITAL)
-    with pytest.raises(SignatureError, match="does not verify"):
+    with pytest.raises(errors.SignatureError, match="does not verify"):
         _check(_receive_decoded(edited))
 
 
@@ -474,7 +466,7 @@ def test_envelope_bit_flip_anywhere_is_rejected() -> None:
     for position in positions:
         flipped = bytearray(data)
         flipped[position // 8] ^= 1 << (position % 8)
-        with pytest.raises(EnvelopeError) as caught:
+        with pytest.raises(errors.EnvelopeError) as caught:
             _receive(bytes(flipped))
         outcomes[type(caught.value).__name__] += 1
     # the sweep reaches the decoder, the header checks and the signature, not one of them only
@@ -498,11 +490,11 @@ def test_envelope_chunks_of_other_parameters_with_valid_signature_fail_the_fold(
     chunks = (wide.encrypt(packed[:slots]), wide.encrypt(packed[slots:]))
     alien = _signed_with_chunks(envelope, chunks)
     # the decoder already refuses it: N=8192 ciphertexts are larger than any N=4096 envelope can be
-    with pytest.raises(EnvelopeSizeError, match=r"envelope is \d+ bytes, more than the \d+ this model can need"):
+    with pytest.raises(errors.EnvelopeSizeError, match=r"envelope is \d+ bytes, more than the \d+ this model can need"):
         _decode(alien.to_bytes())
     # and the fold refuses it even when the decoder is bypassed
     accumulator = EncryptedAccumulator(public_context(DEFAULT_PARAMS), length=LENGTH)
-    with pytest.raises(CiphertextError, match="chunk 0 of update of 'st-mary' is not a valid ciphertext"):
+    with pytest.raises(errors.CiphertextError, match="chunk 0 of update of 'st-mary' is not a valid ciphertext"):
         fold_update(accumulator, alien, expect=SETUP.expectation(), registry=_registry())
     assert accumulator.count == 0
     assert accumulator.sums == []
@@ -517,7 +509,7 @@ def test_envelope_garbage_chunk_with_valid_signature_fails_the_fold(envelope: En
     tampered = _signed_with_chunks(envelope, (envelope.chunks[0], garbage))
     decoded = _receive(tampered.to_bytes())  # well-formed and properly signed: only the fold can tell
     accumulator = EncryptedAccumulator(public_context(DEFAULT_PARAMS), length=LENGTH)
-    with pytest.raises(CiphertextError, match="chunk 1 of update of 'st-mary' is not a valid ciphertext"):
+    with pytest.raises(errors.CiphertextError, match="chunk 1 of update of 'st-mary' is not a valid ciphertext"):
         fold_update(accumulator, decoded, expect=SETUP.expectation(), registry=_registry())
     assert accumulator.count == 0
 
@@ -529,7 +521,7 @@ def _fuzz_receive(data: bytes, strategy: str) -> None:
     FUZZ_EXAMPLES[strategy] += 1
     try:
         received = _receive(data)
-    except EnvelopeError:
+    except errors.EnvelopeError:
         FUZZ_EXAMPLES[f"{strategy}:rejected"] += 1
         return
     # anything accepted must be the genuine envelope (a mutation may leave the bytes or their meaning unchanged)
@@ -624,7 +616,7 @@ def test_envelope_cut_at_a_chunk_boundary_is_incomplete_input(into_header: int) 
     envelope, data = _valid()
     start = data.index(envelope.chunks[1]) - 5  # a 64 KB chunk is a msgpack bin 32: 0xc6 and a 4-byte length
     assert data[start] == 0xC6
-    with pytest.raises(EnvelopeFormatError, match="incomplete input"):
+    with pytest.raises(errors.EnvelopeFormatError, match="incomplete input"):
         _decode(data[: start + into_header])
 
 
@@ -672,18 +664,18 @@ def test_envelope_v2_one_digest_pass_covers_receipt_and_signature(
 def test_envelope_v2_sig_must_be_last_and_body_is_signed(envelope: Envelope) -> None:
     payload = _payload()
     reordered = {"sig": payload.pop("sig"), **payload}
-    with pytest.raises(EnvelopeFormatError, match="must end with its 'sig' field"):
+    with pytest.raises(errors.EnvelopeFormatError, match="must end with its 'sig' field"):
         _decode(_pack(reordered))
     data = bytearray(envelope.to_bytes())
     data[data.index(b"st-mary")] ^= 0x20  # the hospital id, inside the signed body
-    with pytest.raises((SignatureError, UnknownHospitalError)):
+    with pytest.raises((errors.SignatureError, errors.UnknownHospitalError)):
         _receive(bytes(data))
 
 
 def test_envelope_v2_scheme_checked(envelope: Envelope) -> None:
-    with pytest.raises(EnvelopeVersionError, match="scheme 'bfv' is unknown"):
+    with pytest.raises(errors.EnvelopeVersionError, match="scheme 'bfv' is unknown"):
         _decode(_with(scheme="bfv"))
-    with pytest.raises(ContextMismatchError, match="scheme 'ckks'"):
+    with pytest.raises(errors.ContextMismatchError, match="scheme 'ckks'"):
         check_envelope(envelope, expect=replace(SETUP.expectation(), scheme="bfv-masked"), registry=_registry())
 
 
@@ -693,5 +685,5 @@ def test_envelope_v1_still_read_and_verified(envelope: Envelope) -> None:
     assert b"scheme" not in data[:200]
     decoded = _receive(data)
     assert decoded.version == 1 and decoded.scheme == "ckks"
-    with pytest.raises(EnvelopeFormatError, match="unexpected"):
+    with pytest.raises(errors.EnvelopeFormatError, match="unexpected"):
         _decode(_pack({**msgpack.unpackb(data, raw=False), "scheme": "ckks"}))
