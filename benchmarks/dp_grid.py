@@ -12,8 +12,12 @@ the hospital's DP-SGD (``DpSgd``) from the global model at the round's learning 
 at lr * decay^(r-1), as ``LocalTraining.rate_for``), and the next global model is the product's server step
 (``--server-optimiser``, ``medheaven.federated.server_optimiser.Trajectory``, as every hospital replays it) from the
 n-weighted FedAvg average. Both default to what ``medheaven-coordinator run`` does (``coordinator/options.py``).
-Each configuration prints the validation ROC-AUC after every round (the mean over hospitals weighted by validation
-patients, as the coordinator's history reports it, and unweighted), each hospital's q, z and steps, and seconds.
+Each configuration prints the validation ROC-AUC after every round: over all hospitals' validation patients pooled
+(``--score pooled``, the default ranking: the test split is scored pooled, so this is its proxy), and the mean over
+hospitals weighted by validation patients (as the coordinator's history reports it) and unweighted; each hospital's
+mean predicted risk against its readmission rate (calibration), its q, z and steps, and seconds. The two rankings
+differ when a model's offsets between hospitals are wrong, which per-hospital ROC-AUC cannot see: DP-SGD's clipping
+bias (negatives, 89% of patients, are clipped too until their risk is tiny) squeezes them.
 ``--no-dp`` adds the non-private reference row (the hospitals' plain ``train_epochs``) with ``--plain-*`` settings,
 by default the product's plain recipe (``coordinator/options.py``), under the same schedule and server step.
 
@@ -74,6 +78,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--noise-seeds", type=_ints, default=_ints("0"), help="repeat each DP configuration with these noise seeds"
     )
+    parser.add_argument(
+        "--score",
+        choices=("pooled", "weighted"),
+        default="pooled",
+        help="what `final` ranks by: ROC-AUC over every hospital's validation patients together (as the test split "
+        "is scored), or the mean of each hospital's own, weighted by validation patients (the coordinator's history)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/dp-grid"))
     parser.add_argument("--time-round", default=None, metavar="HOSPITAL", help="time one local round instead")
     parser.add_argument("--repeat", type=int, default=3)
@@ -109,7 +120,13 @@ def load_hospitals(args: argparse.Namespace) -> tuple[ModelSpec, dict[str, dict[
 
 
 def run_config(
-    spec: ModelSpec, hospitals: dict[str, dict[str, Any]], config: dict[str, Any], *, rounds: int, delta: float
+    spec: ModelSpec,
+    hospitals: dict[str, dict[str, Any]],
+    config: dict[str, Any],
+    *,
+    rounds: int,
+    delta: float,
+    score: str = "pooled",
 ) -> dict[str, Any]:
     import keras
 
@@ -146,7 +163,10 @@ def run_config(
     trajectory = Trajectory(server_step(config["server"], None, None), averages.__getitem__)
     weights = trajectory.model(0)
     schedule = LocalTraining(learning_rate=config["lr"], lr_decay=config["lr_decay"])  # the hospitals' rate_for
-    curve, curve_mean = [], []
+    curve: list[float] = []
+    curve_mean: list[float] = []
+    curve_pooled: list[float] = []
+    calibration: list[dict[str, list[float]]] = []
     started = time.monotonic()
     for r in range(1, rounds + 1):
         updates = []
@@ -173,15 +193,21 @@ def run_config(
         weights = trajectory.model(r)
         scorer = next(iter(models.values()))
         set_flat_weights(scorer, weights)
-        aucs = {h: roc_auc(d["val"][1], predict_risk(scorer, d["val"][0])) for h, d in hospitals.items()}
+        risks = {h: predict_risk(scorer, d["val"][0]) for h, d in hospitals.items()}
+        aucs = {h: roc_auc(d["val"][1], risks[h]) for h, d in hospitals.items()}
         sizes = {h: d["val"][1].size for h, d in hospitals.items()}
         curve.append(sum(aucs[h] * sizes[h] for h in aucs) / sum(sizes.values()))
         curve_mean.append(float(np.mean(list(aucs.values()))))
+        labels = np.concatenate([d["val"][1] for d in hospitals.values()])
+        curve_pooled.append(roc_auc(labels, np.concatenate(list(risks.values()))))
+        calibration.append({h: [float(np.mean(risks[h])), float(np.mean(d["val"][1]))] for h, d in hospitals.items()})
     return {
         "config": config,
         "validation_roc_auc_weighted": curve,
         "validation_roc_auc_mean": curve_mean,
-        "final": curve[-1],
+        "validation_roc_auc_pooled": curve_pooled,
+        "validation_mean_risk_and_rate": calibration,
+        "final": (curve_pooled if score == "pooled" else curve)[-1],
         "planned": planned,
         "seconds": time.monotonic() - started,
         "loadavg": os.getloadavg(),
@@ -252,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     rows = []
     for config in configs:
-        row = run_config(spec, hospitals, config, rounds=args.rounds, delta=args.delta)
+        row = run_config(spec, hospitals, config, rounds=args.rounds, delta=args.delta, score=args.score)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("config", "final", "seconds")}), file=sys.stderr, flush=True)
     best = max((r for r in rows if r["config"]["epsilon"] is not None), key=lambda r: r["final"], default=None)

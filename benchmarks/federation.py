@@ -20,7 +20,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.runs import add_split_arguments, fresh_split_and_model, results_header, timed_run, with_retries
+from benchmarks.runs import (
+    BENCHMARK_BROKER_URL,
+    add_split_arguments,
+    fresh_split_and_model,
+    results_header,
+    timed_run,
+    with_retries,
+)
 from coordinator.simulation import (
     Simulation,
 )
@@ -51,7 +58,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--mode", choices=["threads", "processes"], default="processes")
-    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--broker-url", default=BENCHMARK_BROKER_URL)
     parser.add_argument("--only", choices=["encrypted", "plaintext", "both"], default="both")
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/federation"))
     parser.add_argument(

@@ -16,7 +16,7 @@ is the ROC-AUC of that score over every threshold (0.5 = no better than a coin),
 
     python -m benchmarks.privacy --data ../shared/data/diabetes-130-us/diabetic_data.csv.gz \\
         --hospitals 5 --scheme column:admission_source_id --seed 42 --rounds 10 --epsilons none,8,3,1 \\
-        --mode processes --broker-url redis://127.0.0.1:6379/15
+        --mode processes --broker-url redis://127.0.0.1:6379/13
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.federation import round_breakdown
 from benchmarks.runs import (
+    BENCHMARK_BROKER_URL,
     add_schedule_arguments,
     add_split_arguments,
     fresh_split_and_model,
@@ -103,7 +104,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="default: the simulation's default scheme; ckks: the CKKS plan (as PRIVACY.md was measured)",
     )
     parser.add_argument("--mode", choices=["threads", "processes"], default="processes")
-    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--broker-url", default=BENCHMARK_BROKER_URL)
     parser.add_argument("--attack-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/privacy"))
     parser.add_argument("--round-timeout", type=float, default=900.0)

@@ -27,6 +27,10 @@ from medheaven.federated.server_optimiser import ServerOptimiser
 from medheaven.federated.wire import LocalTraining
 from medheaven.model import ModelSpec
 
+#: Where a benchmark's workers meet by default: database 13 of the local Redis, not the test suite's database 15
+#: (``tests/conftest.py``), which the suite flushes; one beside the other would take each other's tasks.
+BENCHMARK_BROKER_URL = "redis://127.0.0.1:6379/13"
+
 # the options of add_split_arguments, by their argparse names, which are prepare_simulation's keywords
 SPLIT_OPTIONS = ("data", "schema", "hospitals", "scheme", "seed", "synthetic_rows")
 

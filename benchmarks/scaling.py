@@ -31,7 +31,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from benchmarks.federation import round_breakdown
-from benchmarks.runs import with_retries
+from benchmarks.runs import BENCHMARK_BROKER_URL, with_retries
 from coordinator.loop import Coordinator
 from coordinator.run import create_run
 from coordinator.simulation import default_model, prepare_simulation, run_in_processes, simulation_config
@@ -145,7 +145,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-shared", action="store_true")
     parser.add_argument("--round-timeout", type=float, default=300.0)
     parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--broker-url", default=BENCHMARK_BROKER_URL)
     parser.add_argument("--out", type=Path, default=Path("benchmark-runs/scaling"))
     return parser.parse_args(argv)
 

@@ -118,7 +118,10 @@ class ProcessCluster:
     def _start(self, name: str, app_module: str, queue: str, env: dict[str, str]) -> WorkerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
+        # the runbook's command, exec'd by workers.parent_death so that it dies with this process (a killed
+        # benchmark or test would otherwise leave its workers taking the next run's tasks)
         command = [
+            sys.executable, "-m", "workers.parent_death", str(os.getpid()),
             sys.executable, "-m", "celery", "-A", app_module, "worker",
             "-Q", queue, "-c", "1", "-P", "prefork", "-E", "-l", "INFO",
             "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip",
