@@ -109,6 +109,9 @@ def test_privacy_benchmark_emits_table_with_attack(tmp_path: Path, capsys: pytes
     line = result["table"][1]
     assert {"test_roc_auc", "test_pr_auc", "roc_auc_gap_to_no_dp", "round_time_ratio_to_no_dp"} <= line.keys()
     assert line["roc_auc_gap_to_no_dp"] == pytest.approx(plain["test"]["roc_auc"] - private["test"]["roc_auc"])
+    # calibration beside ranking: the mean predicted test risk against the test split's readmission rate
+    assert 0.0 < line["test_mean_risk"] < 1.0 and line["test_base_rate"] == private["test"]["base_rate"]
+    assert line["test_brier"] == private["test"]["brier"]
 
 
 def test_dp_grid_scores_on_validation_and_times_a_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,6 +121,14 @@ def test_dp_grid_scores_on_validation_and_times_a_round(tmp_path: Path, capsys: 
     plain, private = result["rows"]
     assert plain["config"]["epsilon"] is None and private["config"]["epsilon"] == 3.0
     assert len(private["validation_roc_auc_weighted"]) == 2 and result["best"] == private
+    # ranked by the pooled validation ROC-AUC (as the test split is scored) unless --score weighted
+    assert (
+        len(private["validation_roc_auc_pooled"]) == 2 and private["final"] == private["validation_roc_auc_pooled"][-1]
+    )
+    for hospitals in private["validation_mean_risk_and_rate"]:  # each hospital: (mean predicted risk, its rate)
+        assert set(hospitals) == {"h1", "h2"} and all(
+            0 < risk < 1 and 0 <= rate <= 1 for risk, rate in hospitals.values()
+        )
     assert all(p["epsilon"] <= 3.0 * 1.001 and p["steps"] >= 1 for p in private["planned"].values())
     # by default every row trains under the product's schedule and server step, the no-DP row with its plain recipe
     schedule = {"lr_decay": options.LR_DECAY, "server": options.SERVER_OPTIMISER}
@@ -131,6 +142,9 @@ def test_dp_grid_scores_on_validation_and_times_a_round(tmp_path: Path, capsys: 
     )
     (fedavg_row,) = _stdout_json(capsys)["rows"]
     assert fedavg_row["config"]["server"] == "fedavg" and fedavg_row["config"]["lr_decay"] == 1.0
+    dp_grid.main([*common, "--epsilon", "3", "--score", "weighted", "--out", str(tmp_path / "g3")])
+    (weighted_row,) = _stdout_json(capsys)["rows"]
+    assert weighted_row["final"] == weighted_row["validation_roc_auc_weighted"][-1]
     dp_grid.main([*common, "--time-round", "h1", "--repeat", "1", "--out", str(tmp_path / "time")])
     timed = _stdout_json(capsys)
     assert timed["method"] == "ghost" and set(timed["seconds"]) == {"dp_sgd", "fit_1_epoch", "fit_1_epochs"}

@@ -310,3 +310,33 @@ def test_next_epsilon_in_receipts_foretells_the_refusal(tmp_path: Path) -> None:
     assert set(spent) == {"h1"} and "privacy budget is spent" in spent["h1"].describe(dp)
     assert unaffordable(latest_reports(receipts[1:]), dp) == {}  # after round 1 it could still afford round 2
     assert set(latest_reports(iter(receipts), wanted=("h1",))) == {"h1"}
+
+
+def _mean_risk_after_dp_sgd(clip: float) -> tuple[float, float]:
+    """(mean predicted risk, readmission rate) after 60 DP-SGD steps on imbalanced data (11% positives) with the
+    project's MLP: standardised features, one encounter per patient, z = 1, 500 expected patients per step."""
+    from medheaven.model import ModelSpec, build_model, compile_model, predict_risk
+    from medheaven.privacy.dpsgd import DpSgd, PatientIndex
+
+    rng = np.random.default_rng(21)
+    n, features = 4_000, 64
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    logits = -2.3 + x[:, :8] @ rng.normal(0.0, 0.3, size=8)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    model = build_model(ModelSpec(n_features=features, hidden=(64, 32), dropout=0.3, seed=0))
+    compile_model(model, learning_rate=1e-2)
+    dp = DpSgd(model, clip=clip, noise_multiplier=1.0, sampling_rate=500 / n, seed=4)  # type: ignore[arg-type]
+    dp.train(x, y, PatientIndex.of(np.arange(n)), 60)
+    return float(np.mean(predict_risk(model, x))), float(y.mean())  # type: ignore[arg-type]
+
+
+def test_dpsgd_default_clip_keeps_predicted_risk_near_the_readmission_rate() -> None:
+    """Clipping bias (PRIVACY.md): with C below most patients' gradient norms every patient pushes the output with
+    the same force, and the never-readmitted majority drives every risk far below the rate; the default C does not."""
+    from medheaven.privacy.config import RECIPE_CLIP
+
+    risk, rate = _mean_risk_after_dp_sgd(RECIPE_CLIP)
+    assert 0.08 < rate < 0.15
+    assert abs(risk - rate) < 0.35 * rate, (risk, rate)
+    squeezed, _ = _mean_risk_after_dp_sgd(0.3)  # the previous default
+    assert squeezed < 0.35 * rate, (squeezed, rate)
