@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fault_support import redis_server, wait_for
 
 from medheaven.settings import Settings
-from tests.fault_support import redis_server, wait_for
 from workers.app import create_app
 
 HARNESS = textwrap.dedent(
