@@ -167,6 +167,9 @@ def run_config(
     curve_mean: list[float] = []
     curve_pooled: list[float] = []
     calibration: list[dict[str, list[float]]] = []
+    # the validation labels do not change between rounds: pooled in hospital order, as each round's risks are
+    pooled_labels = np.concatenate([d["val"][1] for d in hospitals.values()])
+    rates = {h: float(np.mean(d["val"][1])) for h, d in hospitals.items()}
     started = time.monotonic()
     for r in range(1, rounds + 1):
         updates = []
@@ -198,9 +201,8 @@ def run_config(
         sizes = {h: d["val"][1].size for h, d in hospitals.items()}
         curve.append(sum(aucs[h] * sizes[h] for h in aucs) / sum(sizes.values()))
         curve_mean.append(float(np.mean(list(aucs.values()))))
-        labels = np.concatenate([d["val"][1] for d in hospitals.values()])
-        curve_pooled.append(roc_auc(labels, np.concatenate(list(risks.values()))))
-        calibration.append({h: [float(np.mean(risks[h])), float(np.mean(d["val"][1]))] for h, d in hospitals.items()})
+        curve_pooled.append(roc_auc(pooled_labels, np.concatenate(list(risks.values()))))
+        calibration.append({h: [float(np.mean(risks[h])), rates[h]] for h in hospitals})
     return {
         "config": config,
         "validation_roc_auc_weighted": curve,

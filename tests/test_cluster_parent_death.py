@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
 import pytest
-from fault_support import redis_server, wait_for
+from fault_support import redis_server, signal_processes, wait_for
 
 from medheaven.settings import Settings
 from workers.app import create_app
@@ -72,8 +73,9 @@ def test_worker_exits_when_the_process_that_started_it_is_killed(tmp_path: Path)
             if harness.poll() is None:
                 harness.kill()
                 harness.wait(timeout=30)
-            if worker_pid and not _gone(worker_pid):
-                for proc in [psutil.Process(worker_pid), *psutil.Process(worker_pid).children(recursive=True)]:
-                    proc.kill()
+            if worker_pid and not _gone(worker_pid):  # a failed check must not leave the orphan behind
+                with suppress(psutil.NoSuchProcess):
+                    orphan = psutil.Process(worker_pid)
+                    signal_processes([orphan, *orphan.children(recursive=True)], signal.SIGKILL)
             if harness.stdout is not None:
                 harness.stdout.close()
